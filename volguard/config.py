@@ -1,0 +1,176 @@
+"""volguard's own settings: the `volguard:` section of Invoke's configuration.
+
+Invoke merges, lowest first: defaults (`DEFAULTS` below, set on the task
+collection), /etc/invoke.yaml, ~/.invoke.yaml, the project's invoke.yaml, the
+environment (`INVOKE_VOLGUARD_FLY_TOML=...`), a runtime file (`-f`); flags
+override all of them. `Settings.load()` validates the merged result.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from volguard.errors import ConfigError
+
+DEFAULTS: dict[str, Any] = {
+    "fly_toml": "fly.toml",
+    "media_root": None,  # default: fly.toml [env] MEDIA_ROOT
+    "media_groups": None,  # default: every process group
+    "min_snapshot_retention": 5,
+    "machine_counts": {},
+    "waivers": [],
+}
+
+
+@dataclass(frozen=True)
+class Waiver:
+    """A decision to accept a finding: ids, why, until when, and where it applies."""
+
+    ids: tuple[str, ...]
+    reason: str
+    until: dt.date | None = None
+    file: str | None = None  # config waivers: only findings in this file
+    line: int | None = None  # inline waivers: only findings on this line
+    origin: str = ""  # where the waiver was written, for messages
+
+    def expired(self, today: dt.date) -> bool:
+        return self.until is not None and today > self.until
+
+
+@dataclass(frozen=True)
+class Settings:
+    fly_toml: str = "fly.toml"
+    media_root: str | None = None
+    media_groups: tuple[str, ...] | None = None
+    min_snapshot_retention: int = 5
+    machine_counts: dict[str, int] = field(default_factory=dict)
+    waivers: tuple[Waiver, ...] = ()
+
+    @classmethod
+    def load(cls, section: Mapping[str, Any] | None, **flags: Any) -> Settings:
+        """Validate the `volguard:` config section, with non-None ``flags`` on top."""
+        merged = dict(DEFAULTS)
+        merged.update({k: v for k, v in dict(section or {}).items()})
+        merged.update({k: v for k, v in flags.items() if v is not None})
+        unknown = sorted(set(merged) - set(DEFAULTS))
+        if unknown:
+            raise ConfigError(
+                f"volguard config: unknown key {unknown[0]!r} "
+                f"(known: {', '.join(sorted(DEFAULTS))})"
+            )
+        return cls(
+            fly_toml=_str(merged, "fly_toml") or "fly.toml",
+            media_root=_str(merged, "media_root") or None,
+            media_groups=_groups(merged["media_groups"]),
+            min_snapshot_retention=_int(merged, "min_snapshot_retention", 1, 60),
+            machine_counts=_counts(merged["machine_counts"]),
+            waivers=tuple(_waiver(w, i) for i, w in enumerate(_list(merged, "waivers"))),
+        )
+
+
+def _str(merged: dict[str, Any], key: str) -> str | None:
+    value = merged[key]
+    if value is None or isinstance(value, str):
+        return value
+    raise ConfigError(f"volguard config: {key} must be a string, not {value!r}")
+
+
+def _int(merged: dict[str, Any], key: str, low: int, high: int) -> int:
+    value = merged[key]
+    try:
+        number = int(str(value).strip())
+    except ValueError:
+        raise ConfigError(f"volguard config: {key} must be an integer, not {value!r}") from None
+    if not low <= number <= high:
+        raise ConfigError(f"volguard config: {key} must be between {low} and {high}, not {number}")
+    return number
+
+
+def _list(merged: dict[str, Any], key: str) -> list[Any]:
+    value = merged[key]
+    if value is None:
+        return []
+    if isinstance(value, list | tuple):
+        return list(value)
+    raise ConfigError(f"volguard config: {key} must be a list, not {value!r}")
+
+
+def _groups(value: Any) -> tuple[str, ...] | None:
+    """`media_groups`: a list, or a comma-separated string (flags, environment)."""
+    if value is None or value == "":
+        return None
+    if isinstance(value, str):
+        names = [n.strip() for n in value.split(",")]
+    elif isinstance(value, list | tuple) and all(isinstance(n, str) for n in value):
+        names = [n.strip() for n in value]
+    else:
+        raise ConfigError(f"volguard config: media_groups must be a list of names, not {value!r}")
+    if not all(names):
+        raise ConfigError(f"volguard config: media_groups has an empty name in {value!r}")
+    return tuple(dict.fromkeys(names))
+
+
+def _counts(value: Any) -> dict[str, int]:
+    if not value:
+        return {}
+    if not isinstance(value, Mapping):
+        raise ConfigError(f"volguard config: machine_counts must be a mapping, not {value!r}")
+    out = {}
+    for group, count in value.items():
+        if not isinstance(count, int) or isinstance(count, bool) or count < 0:
+            raise ConfigError(
+                f"volguard config: machine_counts.{group} must be a whole number, not {count!r}"
+            )
+        out[str(group)] = count
+    return out
+
+
+def _waiver(raw: Any, index: int) -> Waiver:
+    origin = f"volguard config: waivers[{index}]"
+    if not isinstance(raw, Mapping):
+        raise ConfigError(f"{origin} must be a mapping with id and reason, not {raw!r}")
+    unknown = sorted(set(raw) - {"id", "reason", "until", "file"})
+    if unknown:
+        raise ConfigError(f"{origin}: unknown key {unknown[0]!r} (id, reason, until, file)")
+    ids = raw.get("id")
+    ids = [ids] if isinstance(ids, str) else ids
+    if not ids or not all(isinstance(i, str) for i in ids):
+        raise ConfigError(f"{origin} needs an id such as VG110")
+    return Waiver(
+        ids=tuple(check_id_or_error(i, origin) for i in ids),
+        reason=reason_or_error(raw.get("reason"), origin),
+        until=date_or_error(raw.get("until"), origin),
+        file=raw.get("file"),
+        origin=origin,
+    )
+
+
+def check_id_or_error(value: str, origin: str) -> str:
+    from volguard.catalogue import CHECKS
+
+    check_id = value.strip().upper()
+    if check_id not in CHECKS:
+        raise ConfigError(f"{origin}: unknown check id {value!r}")
+    return check_id
+
+
+def reason_or_error(value: Any, origin: str) -> str:
+    if not isinstance(value, str) or not value.strip():
+        raise ConfigError(f'{origin}: a waiver needs a reason="…"')
+    return value.strip()
+
+
+def date_or_error(value: Any, origin: str) -> dt.date | None:
+    if value is None or value == "":
+        return None
+    if isinstance(value, dt.datetime):
+        return value.date()
+    if isinstance(value, dt.date):
+        return value
+    try:
+        return dt.date.fromisoformat(str(value))
+    except ValueError:
+        raise ConfigError(f"{origin}: until={value!r} is not a date like 2027-03-01") from None

@@ -1,0 +1,432 @@
+"""fly.toml, read the way flyctl reads it (fly-facts §1), into a `FlyConfig`.
+
+`read_fly_toml()` never raises for a bad file: what cannot be read or has the
+wrong type becomes a VG100 finding, and the parts that could be read still
+form a model so the other rules can speak.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from dataclasses import dataclass, field
+from typing import Any
+
+from volguard.catalogue import finding
+from volguard.findings import Finding, Location
+from volguard.tomlsource import Path, SourceMap
+
+#: Larger than any real fly.toml by three orders of magnitude; a guard against
+#: pointing the linter at a log file or a disk image.
+MAX_BYTES = 1024 * 1024
+
+DEFAULT_GROUP = "app"  # fly.MachineProcessGroupApp
+
+
+@dataclass(frozen=True)
+class Mount:
+    """One `[[mounts]]` entry."""
+
+    source: str
+    destination: str
+    processes: tuple[str, ...]
+    key: Path  # where it sits in the file, e.g. ("mounts", 0)
+    initial_size: str | None = None
+    snapshot_retention: int | None = None
+    scheduled_snapshots: bool | None = None
+    auto_extend_size_threshold: int | None = None
+    auto_extend_size_increment: str | None = None
+    auto_extend_size_limit: str | None = None
+
+    @property
+    def label(self) -> str:
+        return f'mount "{self.source}" -> {self.destination}'
+
+
+@dataclass(frozen=True)
+class Service:
+    """An `[http_service]` or `[[services]]` entry, as far as volume rules care."""
+
+    processes: tuple[str, ...]
+    min_machines_running: int | None
+    key: Path
+
+
+@dataclass(frozen=True)
+class FlyConfig:
+    path: str
+    source_map: SourceMap
+    app: str | None = None
+    primary_region: str | None = None
+    processes: dict[str, str] = field(default_factory=dict)  # group -> command ("" = image CMD)
+    mounts: tuple[Mount, ...] = ()
+    env: dict[str, str] = field(default_factory=dict)
+    deploy_strategy: str | None = None
+    release_command: str | None = None
+    services: tuple[Service, ...] = ()
+
+    @property
+    def group_names(self) -> list[str]:
+        """Process groups, sorted like flyctl's ProcessNames(); no [processes] means `app`."""
+        return sorted(self.processes) or [DEFAULT_GROUP]
+
+    @property
+    def default_group(self) -> str:
+        """flyctl's DefaultProcessName(): `app` if present, else the first name."""
+        names = self.group_names
+        return DEFAULT_GROUP if DEFAULT_GROUP in names else names[0]
+
+    def groups_of(self, mount: Mount) -> list[str]:
+        """The groups a mount reaches: its `processes`, or only the default group when empty."""
+        if not mount.processes:
+            return [self.default_group]
+        return [g for g in self.group_names if g in mount.processes]
+
+    def mounts_of(self, group: str) -> list[Mount]:
+        return [m for m in self.mounts if group in self.groups_of(m)]
+
+    def locate(self, *path: Any) -> Location:
+        pos = self.source_map.position(tuple(path))
+        if pos is None:
+            return Location(file=self.path)
+        return Location(file=self.path, line=pos[0], column=pos[1])
+
+
+def read_fly_toml(path: str) -> tuple[FlyConfig | None, list[Finding]]:
+    """Read and model ``path``. Returns (None, [VG100]) when nothing usable could be read."""
+    text, problem = _read_text(path)
+    if problem is not None:
+        return None, [problem]
+    return parse_fly_toml(text, path)
+
+
+def parse_fly_toml(text: str, path: str = "fly.toml") -> tuple[FlyConfig | None, list[Finding]]:
+    """Model fly.toml given as text (already decoded, BOM removed)."""
+    import tomlkit  # deferred: the import costs as much as the rest of a lint run
+    from tomlkit.exceptions import ParseError, TOMLKitError
+
+    try:
+        data = tomlkit.parse(text).unwrap()
+    except ParseError as e:
+        where = Location(file=path, line=e.line, column=e.col)
+        reason = str(e).split(" at line ")[0]
+        return None, [_unparseable(path, where, reason)]
+    except (TOMLKitError, ValueError, RecursionError) as e:
+        # e.g. a duplicate key: tomlkit says what but not where; tomllib knows where
+        return None, [_unparseable(path, _locate_with_tomllib(text, path), str(e))]
+    return _Builder(path, SourceMap(text)).build(data)
+
+
+# -- reading the bytes ------------------------------------------------------------------
+
+
+def _read_text(path: str) -> tuple[str, Finding | None]:
+    where = Location(file=path)
+    try:
+        if os.path.isdir(path):
+            return "", _unreadable(path, where, "is a directory, not a file")
+        size = os.path.getsize(path)
+        if size > MAX_BYTES:
+            return "", _unreadable(
+                path, where, f"is {size:,} bytes; volguard reads at most {MAX_BYTES:,}"
+            )
+        with open(path, "rb") as fh:
+            raw = fh.read(MAX_BYTES + 1)
+    except FileNotFoundError:
+        return "", _unreadable(path, where, "does not exist")
+    except PermissionError:
+        return "", _unreadable(path, where, "cannot be read: permission denied")
+    except OSError as e:
+        return "", _unreadable(path, where, f"cannot be read: {e.strerror or e}")
+    nul = raw.find(b"\0")
+    if nul >= 0:
+        line, col = _line_col(raw, nul)
+        return "", _unreadable(path, Location(path, line, col), "is binary, not TOML (NUL byte)")
+    try:
+        return raw.decode("utf-8-sig"), None  # flyctl tolerates a UTF-8 BOM
+    except UnicodeDecodeError as e:
+        line, col = _line_col(raw, e.start)
+        return "", _unreadable(
+            path, Location(path, line, col), f"is not UTF-8 (byte 0x{raw[e.start]:02x})"
+        )
+
+
+def _line_col(raw: bytes, offset: int) -> tuple[int, int]:
+    line = raw.count(b"\n", 0, offset) + 1
+    col = offset - (raw.rfind(b"\n", 0, offset) + 1) + 1
+    return line, col
+
+
+def _unreadable(path: str, where: Location, why: str) -> Finding:
+    return finding("VG100", f"{path} {why}", where, hint="Point volguard at the app's fly.toml.")
+
+
+def _unparseable(path: str, where: Location, why: str) -> Finding:
+    at = f" at line {where.line}, column {where.column}" if where.line else ""
+    return finding(
+        "VG100",
+        f"{path} is not valid TOML{at}: {why}",
+        where,
+        hint="Fix the TOML syntax; flyctl cannot load this file either.",
+    )
+
+
+def _locate_with_tomllib(text: str, path: str) -> Location:
+    import tomllib
+
+    try:
+        tomllib.loads(text)
+    except tomllib.TOMLDecodeError as e:
+        m = re.search(r"line (\d+), column (\d+)", str(e))
+        if m:
+            return Location(file=path, line=int(m.group(1)), column=int(m.group(2)))
+    return Location(file=path)
+
+
+# -- building the model ------------------------------------------------------------------
+
+_TYPE_NAMES = {
+    str: "a string",
+    int: "an integer",
+    bool: "true or false",
+    dict: "a table",
+    list: "an array",
+}
+
+
+def _type_name(value: Any) -> str:
+    if isinstance(value, bool):
+        return "a boolean"
+    for t, name in _TYPE_NAMES.items():
+        if isinstance(value, t):
+            return name
+    if isinstance(value, float):
+        return "a float"
+    return f"a {type(value).__name__}"
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _go_string(value: Any) -> str:
+    """How flyctl's patchEnv stringifies a non-string [env] value (Go's %v)."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, list):
+        return "[" + " ".join(_go_string(v) for v in value) + "]"
+    return str(value)
+
+
+class _Builder:
+    def __init__(self, path: str, source_map: SourceMap) -> None:
+        self.path = path
+        self.source_map = source_map
+        self.findings: list[Finding] = []
+
+    def build(self, data: dict[str, Any]) -> tuple[FlyConfig, list[Finding]]:
+        deploy = self._table(data, ("deploy",)) or {}
+        config = FlyConfig(
+            path=self.path,
+            source_map=self.source_map,
+            app=self._str(data, ("app",)),
+            primary_region=self._str(data, ("primary_region",)),
+            processes=self._processes(data),
+            mounts=tuple(self._mounts(data)),
+            env=self._env(data),
+            deploy_strategy=self._str(deploy, ("deploy", "strategy")),
+            release_command=self._str(deploy, ("deploy", "release_command")),
+            services=tuple(self._services(data)),
+        )
+        return config, self.findings
+
+    # -- helpers
+
+    def _where(self, key: Path) -> Location:
+        pos = self.source_map.position(key)
+        return Location(self.path, *pos) if pos else Location(self.path)
+
+    def _wrong(self, key: Path, value: Any, expected: str) -> None:
+        dotted = ".".join(str(k) for k in key if not isinstance(k, int))
+        self.findings.append(
+            finding(
+                "VG100",
+                f"{self.path}: `{dotted}` must be {expected}, not {_type_name(value)} "
+                f"({_short(value)}); flyctl cannot load this file",
+                self._where(key),
+                hint=f"Write `{key[-1]}` as {expected}.",
+                evidence={"key": dotted, "value": _short(value)},
+            )
+        )
+
+    def _get(self, table: dict[str, Any], key: Path) -> Any:
+        return table.get(key[-1])
+
+    def _str(self, table: dict[str, Any], key: Path) -> str | None:
+        value = self._get(table, key)
+        if value is None or isinstance(value, str):
+            return value
+        self._wrong(key, value, "a string")
+        return None
+
+    def _int(self, table: dict[str, Any], key: Path) -> int | None:
+        value = self._get(table, key)
+        if value is None or _is_int(value):
+            return value
+        self._wrong(key, value, "an integer")
+        return None
+
+    def _bool(self, table: dict[str, Any], key: Path) -> bool | None:
+        value = self._get(table, key)
+        if value is None or isinstance(value, bool):
+            return value
+        self._wrong(key, value, "true or false")
+        return None
+
+    def _size(self, table: dict[str, Any], key: Path, cast: bool = False) -> str | None:
+        """A size string; with ``cast``, a number too (patchMounts casts only initial_size)."""
+        value = self._get(table, key)
+        if value is None or isinstance(value, str):
+            return value
+        if cast and isinstance(value, (int, float)) and not isinstance(value, bool):
+            return str(value)
+        expected = 'a size such as "10gb"' + (" or a number of GB" if cast else "")
+        self._wrong(key, value, expected)
+        return None
+
+    def _table(self, table: dict[str, Any], key: Path) -> dict[str, Any] | None:
+        value = self._get(table, key)
+        if value is None or isinstance(value, dict):
+            return value
+        self._wrong(key, value, "a table")
+        return None
+
+    def _str_list(self, table: dict[str, Any], key: Path) -> tuple[str, ...]:
+        value = self._get(table, key)
+        if value is None:
+            return ()
+        if isinstance(value, list) and all(isinstance(v, str) for v in value):
+            return tuple(value)
+        self._wrong(key, value, 'an array of strings, like ["app"]')
+        return ()
+
+    # -- sections
+
+    def _processes(self, data: dict[str, Any]) -> dict[str, str]:
+        value = data.get("processes")
+        if value is None:
+            return {}
+        if isinstance(value, list):
+            # legacy: `processes = []` (ignored) or [[processes]] name=/command= tables
+            groups: dict[str, str] = {}
+            for i, item in enumerate(value):
+                key = ("processes", i)
+                if not isinstance(item, dict):
+                    self._wrong(key, item, "a table with `name` and `command`")
+                    continue
+                name = self._str(item, (*key, "name"))
+                command = self._str(item, (*key, "command"))
+                if name:
+                    groups[name] = command or ""
+            return groups
+        if not isinstance(value, dict):
+            self._wrong(("processes",), value, "a table of group = command")
+            return {}
+        groups = {}
+        for name, command in value.items():
+            if isinstance(command, str):
+                groups[name] = command
+            else:
+                self._wrong(("processes", name), command, "a command string")
+                groups[name] = ""  # the group still exists for flyctl-like grouping
+        return groups
+
+    def _env(self, data: dict[str, Any]) -> dict[str, str]:
+        raw = data.get("env")
+        if isinstance(raw, list) and all(isinstance(t, dict) for t in raw):
+            env = {k: v for table in raw for k, v in table.items()}  # [[env]]: later keys win
+        else:
+            env = self._table(data, ("env",)) or {}
+        return {k: v if isinstance(v, str) else _go_string(v) for k, v in env.items()}
+
+    def _mount_entries(self, data: dict[str, Any]) -> list[tuple[Path, Any]]:
+        """flyctl's patchMounts: the legacy `mount` and `mounts`, each a table or array."""
+        entries: list[tuple[Path, Any]] = []
+        for name in ("mount", "mounts"):
+            value = data.get(name)
+            if value is None:
+                continue
+            if isinstance(value, dict):
+                entries.append(((name,), value))
+            elif isinstance(value, list):
+                entries.extend(((name, i), item) for i, item in enumerate(value))
+            else:
+                self._wrong((name,), value, "a table ([mounts]) or an array of tables ([[mounts]])")
+        return entries
+
+    def _mounts(self, data: dict[str, Any]) -> list[Mount]:
+        mounts = []
+        for key, entry in self._mount_entries(data):
+            if not isinstance(entry, dict):
+                self._wrong(key, entry, "a table with `source` and `destination`")
+                continue
+            before = len(self.findings)
+            source = self._str(entry, (*key, "source"))
+            destination = self._str(entry, (*key, "destination"))
+            for required, value in (("source", source), ("destination", destination)):
+                if value is None and required not in entry:
+                    self.findings.append(
+                        finding(
+                            "VG100",
+                            f"{self.path}: mount has no `{required}` (required by flyctl)",
+                            self._where(key),
+                            hint="Every mount needs `source` (the volume name) and "
+                            "`destination` (the path in the Machine).",
+                        )
+                    )
+            mount = Mount(
+                source=source or "",
+                destination=destination or "",
+                processes=self._str_list(entry, (*key, "processes")),
+                key=key,
+                initial_size=self._size(entry, (*key, "initial_size"), cast=True),
+                snapshot_retention=self._int(entry, (*key, "snapshot_retention")),
+                scheduled_snapshots=self._bool(entry, (*key, "scheduled_snapshots")),
+                auto_extend_size_threshold=self._int(entry, (*key, "auto_extend_size_threshold")),
+                auto_extend_size_increment=self._size(entry, (*key, "auto_extend_size_increment")),
+                auto_extend_size_limit=self._size(entry, (*key, "auto_extend_size_limit")),
+            )
+            if len(self.findings) == before:  # a mount flyctl could not load is not modelled
+                mounts.append(mount)
+        return mounts
+
+    def _services(self, data: dict[str, Any]) -> list[Service]:
+        entries: list[tuple[Path, Any]] = []
+        http = data.get("http_service")
+        if http is not None:
+            entries.append((("http_service",), http))
+        services = data.get("services")
+        if isinstance(services, dict):  # e.g. only [[services.ports]]: one service, as flyctl
+            entries.append((("services",), services))
+        elif isinstance(services, list):
+            entries.extend((("services", i), s) for i, s in enumerate(services))
+        elif services is not None:
+            self._wrong(("services",), services, "an array of tables ([[services]])")
+        out = []
+        for key, entry in entries:
+            if not isinstance(entry, dict):
+                self._wrong(key, entry, "a table")
+                continue
+            out.append(
+                Service(
+                    processes=self._str_list(entry, (*key, "processes")),
+                    min_machines_running=self._int(entry, (*key, "min_machines_running")),
+                    key=key,
+                )
+            )
+        return out
+
+
+def _short(value: Any, limit: int = 40) -> str:
+    text = repr(value)
+    return text if len(text) <= limit else text[: limit - 1] + "…"

@@ -1,0 +1,54 @@
+"""GitHub Actions: workflow-command annotations, and a Markdown step summary."""
+
+from __future__ import annotations
+
+from volguard.catalogue import CHECKS
+from volguard.findings import Finding, Severity
+from volguard.report import Report
+
+_LEVEL = {Severity.ERROR: "error", Severity.WARNING: "warning", Severity.INFO: "notice"}
+
+
+def render(report: Report, *, fail_on: Severity | None, color: bool = False) -> str:
+    lines = [_annotation(f) for f in report.sorted_findings() if not f.waived]
+    return "".join(line + "\n" for line in lines)
+
+
+def _annotation(f: Finding) -> str:
+    props = {"title": f"{f.id} {CHECKS[f.id].title}" if f.id in CHECKS else f.id}
+    if f.location.file:
+        props["file"] = f.location.file
+        if f.location.line:
+            props["line"] = str(f.location.line)
+            if f.location.column:
+                props["col"] = str(f.location.column)
+    text = ",".join(f"{k}={_escape_property(v)}" for k, v in props.items())
+    body = f.message + (f"\nhint: {f.hint}" if f.hint else "")
+    return f"::{_LEVEL[f.severity]} {text}::{_escape_data(body)}"
+
+
+def _escape_data(value: str) -> str:
+    return value.replace("%", "%25").replace("\r", "%0D").replace("\n", "%0A")
+
+
+def _escape_property(value: str) -> str:
+    return _escape_data(value).replace(":", "%3A").replace(",", "%2C")
+
+
+def step_summary(report: Report, fail_on: Severity | None) -> str:
+    """Markdown for $GITHUB_STEP_SUMMARY."""
+    failing = report.failing(fail_on)
+    verdict = "failed" if failing else "passed"
+    out = [f"### volguard: {verdict}", ""]
+    counts = report.counts()
+    out.append(
+        f"{counts['error']} errors, {counts['warning']} warnings, {counts['info']} info, "
+        f"{counts['waived']} waived ({', '.join(report.inputs.values())})"
+    )
+    if report.findings:
+        out += ["", "| | id | where | what |", "|---|---|---|---|"]
+        for f in report.sorted_findings():
+            mark = "waived" if f.waived else f.severity.value
+            message = f.message.replace("|", "\\|").replace("\n", " ")
+            out.append(f"| {mark} | [{f.id}]({f.doc}) | `{f.location}` | {message} |")
+    return "\n".join(out) + "\n"

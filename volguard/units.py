@@ -1,0 +1,32 @@
+"""Sizes the way flyctl parses them (helpers/units.go ParseSize + docker/go-units)."""
+
+from __future__ import annotations
+
+import re
+
+# docker/go-units sizeRegex, case-insensitive; FromHumanSize uses decimal units.
+_HUMAN_SIZE = re.compile(r"(\d+(?:\.\d+)*) ?([kmgtp])?i?b?", re.IGNORECASE)
+_DECIMAL = {"": 1, "k": 10**3, "m": 10**6, "g": 10**9, "t": 10**12, "p": 10**15}
+_GO_INT = re.compile(r"[+-]?\d+")  # strconv.Atoi
+
+
+class SizeError(ValueError):
+    pass
+
+
+def parse_size_gb(text: str) -> int:
+    """A mount size in whole GB: a bare integer is GB, else a decimal human size truncated.
+
+    "20" -> 20, "20gb" -> 20, "1.5GB" -> 1, "1GiB" -> 1 (go-units is decimal here),
+    "15Mb" -> 0 (which flyctl then rejects as smaller than 1GB).
+    """
+    if _GO_INT.fullmatch(text):
+        return int(text)
+    m = _HUMAN_SIZE.fullmatch(text)
+    if not m:
+        raise SizeError(f"invalid size: '{text}'")
+    try:
+        number = float(m.group(1))
+    except ValueError:  # "1.2.3" matches the regex but is no number
+        raise SizeError(f"invalid size: '{text}'") from None
+    return int(number * _DECIMAL[(m.group(2) or "").lower()]) // 10**9
