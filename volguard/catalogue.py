@@ -6,16 +6,14 @@ to them): never reuse or renumber one. docs/checks.md has a section per id.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 from volguard.findings import Finding, Location, Severity
 
 E, W = Severity.ERROR, Severity.WARNING
 
 
-@dataclass(frozen=True)
-class Check:
+class Check(NamedTuple):
     id: str
     layer: str  # static | platform | machine | data
     severity: Severity  # default severity

@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 import re
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NamedTuple
 
 from volguard.catalogue import finding
 from volguard.findings import Finding, Location
@@ -23,8 +23,7 @@ MAX_BYTES = 1024 * 1024
 DEFAULT_GROUP = "app"  # fly.MachineProcessGroupApp
 
 
-@dataclass(frozen=True)
-class Mount:
+class Mount(NamedTuple):
     """One `[[mounts]]` entry."""
 
     source: str
@@ -43,8 +42,7 @@ class Mount:
         return f'mount "{self.source}" -> {self.destination}'
 
 
-@dataclass(frozen=True)
-class Service:
+class Service(NamedTuple):
     """An `[http_service]` or `[[services]]` entry, as far as volume rules care."""
 
     processes: tuple[str, ...]

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NamedTuple
 
 from volguard import __version__
 from volguard.findings import Finding, Severity
@@ -16,8 +16,7 @@ FAIL_ON_CHOICES = ("error", "warning", "info", "never")
 EXIT_OK, EXIT_TOOL_ERROR, EXIT_FINDINGS = 0, 1, 2
 
 
-@dataclass(frozen=True)
-class LayerResult:
+class LayerResult(NamedTuple):
     """Whether a layer ran, was skipped (and why) or broke (and why)."""
 
     status: str

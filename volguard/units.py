@@ -5,9 +5,9 @@ from __future__ import annotations
 import re
 
 # docker/go-units sizeRegex, case-insensitive; FromHumanSize uses decimal units.
-_HUMAN_SIZE = re.compile(r"(\d+(?:\.\d+)*) ?([kmgtp])?i?b?", re.IGNORECASE)
+_HUMAN_SIZE = r"(?i)(\d+(?:\.\d+)*) ?([kmgtp])?i?b?"  # compiled on first use (re caches)
 _DECIMAL = {"": 1, "k": 10**3, "m": 10**6, "g": 10**9, "t": 10**12, "p": 10**15}
-_GO_INT = re.compile(r"[+-]?\d+")  # strconv.Atoi
+_GO_INT = r"[+-]?\d+"  # strconv.Atoi
 
 
 class SizeError(ValueError):
@@ -20,9 +20,9 @@ def parse_size_gb(text: str) -> int:
     "20" -> 20, "20gb" -> 20, "1.5GB" -> 1, "1GiB" -> 1 (go-units is decimal here),
     "15Mb" -> 0 (which flyctl then rejects as smaller than 1GB).
     """
-    if _GO_INT.fullmatch(text):
+    if re.fullmatch(_GO_INT, text):
         return int(text)
-    m = _HUMAN_SIZE.fullmatch(text)
+    m = re.fullmatch(_HUMAN_SIZE, text)
     if not m:
         raise SizeError(f"invalid size: '{text}'")
     try:

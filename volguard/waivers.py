@@ -22,22 +22,23 @@ from volguard.errors import ConfigError
 from volguard.findings import Finding
 from volguard.tomlsource import SourceMap
 
-_DIRECTIVE = re.compile(r"\s*volguard\s*:", re.IGNORECASE)
-_IGNORE = re.compile(
-    r"\s*volguard\s*:\s*ignore\s+(?P<ids>[A-Za-z]{2}\d{3}(?:\s*,\s*[A-Za-z]{2}\d{3})*)(?P<rest>.*)$",
-    re.IGNORECASE,
+# Patterns are compiled on first use (re caches them): most files have no directive.
+_DIRECTIVE = r"(?i)\s*volguard\s*:"
+_IGNORE = (
+    r"(?i)\s*volguard\s*:\s*ignore\s+"
+    r"(?P<ids>[A-Za-z]{2}\d{3}(?:\s*,\s*[A-Za-z]{2}\d{3})*)(?P<rest>.*)$"
 )
-_OPTION = re.compile(r"""\s*(?P<key>\w+)\s*=\s*(?:"(?P<dq>[^"]*)"|'(?P<sq>[^']*)'|(?P<bare>\S+))""")
+_OPTION = r"""\s*(?P<key>\w+)\s*=\s*(?:"(?P<dq>[^"]*)"|'(?P<sq>[^']*)'|(?P<bare>\S+))"""
 
 
 def inline_waivers(source_map: SourceMap, path: str) -> list[Waiver]:
     """Waivers written as `# volguard: ignore …` comments. Raises ConfigError when malformed."""
     waivers = []
     for comment in source_map.comments:
-        if not _DIRECTIVE.match(comment.text):
+        if "volguard" not in comment.text.lower() or not re.match(_DIRECTIVE, comment.text):
             continue
         origin = f"{path}:{comment.line}"
-        m = _IGNORE.match(comment.text)
+        m = re.match(_IGNORE, comment.text)
         if not m:
             raise ConfigError(
                 f"{origin}: cannot read volguard directive; write `# volguard: ignore VG110 "
@@ -63,7 +64,7 @@ def _options(rest: str, origin: str) -> dict[str, str]:
     options: dict[str, str] = {}
     pos = 0
     while rest[pos:].strip():
-        m = _OPTION.match(rest, pos)
+        m = re.compile(_OPTION).match(rest, pos)
         if not m:
             raise ConfigError(f"{origin}: cannot read {rest[pos:].strip()!r} in volguard directive")
         key = m.group("key").lower()
