@@ -1,15 +1,36 @@
-"""Files written so that a reader never sees half of one."""
+"""Files written so that a reader never sees half of one, and a set of files all or none."""
 
 from __future__ import annotations
 
 import os
 import tempfile
+from collections.abc import Iterable
 
 from volguard.errors import VolguardError
 
 
-def write_atomic(path: str, text: str) -> None:
-    """Write ``text`` to ``path`` via a temporary file in the same directory and a rename."""
+def write_files(files: Iterable[tuple[str, str]]) -> None:
+    """Write each (path, text): all are staged as temporary files first, then renamed in place.
+
+    If any cannot be staged, none is written and the error names the path.
+    """
+    staged: list[tuple[str, str]] = []
+    try:
+        for path, text in files:
+            staged.append((_stage(path, text), path))
+    except BaseException:
+        for tmp, _ in staged:
+            os.unlink(tmp)
+        raise
+    for tmp, path in staged:
+        try:
+            os.replace(tmp, path)
+        except OSError as e:
+            os.unlink(tmp)
+            raise VolguardError(f"cannot write {path}: {e.strerror or e}") from None
+
+
+def _stage(path: str, text: str) -> str:
     directory = os.path.dirname(os.path.abspath(path))
     try:
         fd, tmp = tempfile.mkstemp(prefix=".volguard-", dir=directory)
@@ -21,7 +42,7 @@ def write_atomic(path: str, text: str) -> None:
             fh.flush()
             os.fsync(fh.fileno())
         os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
     except OSError as e:
         os.unlink(tmp)
         raise VolguardError(f"cannot write {path}: {e.strerror or e}") from None
+    return tmp

@@ -120,11 +120,10 @@ def _report_options(
 def _emit(report: Any, fmt: str, targets: list[tuple[str, str]], threshold: Any) -> None:
     """Write the report files first (all or nothing), then stdout, then the step summary."""
     from volguard.render import render
-    from volguard.safeio import write_atomic
+    from volguard.safeio import write_files
 
     rendered = {f: render(report, f, fail_on=threshold) for f in {f for f, _ in targets}}
-    for out_fmt, out_path in targets:
-        write_atomic(out_path, rendered[out_fmt])
+    write_files((out_path, rendered[out_fmt]) for out_fmt, out_path in targets)
     color = fmt == "text" and sys.stdout.isatty() and "NO_COLOR" not in os.environ
     sys.stdout.write(render(report, fmt, fail_on=threshold, color=color))
     sys.stdout.flush()
