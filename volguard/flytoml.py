@@ -58,6 +58,7 @@ class FlyConfig:
     primary_region: str | None = None
     processes: dict[str, str] = field(default_factory=dict)  # group -> command ("" = image CMD)
     mounts: tuple[Mount, ...] = ()
+    mounts_declared: bool = False  # a mount/mounts key exists, even if no entry was usable
     env: dict[str, str] = field(default_factory=dict)
     deploy_strategy: str | None = None
     release_command: str | None = None
@@ -105,13 +106,14 @@ def parse_fly_toml(text: str, path: str = "fly.toml") -> tuple[FlyConfig | None,
 
     try:
         data = tomlkit.parse(text).unwrap()
-    except ParseError as e:
-        where = Location(file=path, line=e.line, column=e.col)
+    except (TOMLKitError, ValueError, RecursionError) as e:
+        # tomllib (stdlib) points at the offending spot more precisely (a duplicate table's
+        # header, 1-based columns); tomlkit's own position is the fallback.
+        where = _locate_with_tomllib(text, path)
+        if where.line is None and isinstance(e, ParseError):
+            where = Location(file=path, line=e.line, column=e.col + 1)
         reason = str(e).split(" at line ")[0]
         return None, [_unparseable(path, where, reason)]
-    except (TOMLKitError, ValueError, RecursionError) as e:
-        # e.g. a duplicate key: tomlkit says what but not where; tomllib knows where
-        return None, [_unparseable(path, _locate_with_tomllib(text, path), str(e))]
     return _Builder(path, SourceMap(text)).build(data)
 
 
@@ -208,12 +210,40 @@ def _is_int(value: Any) -> bool:
 
 
 def _go_string(value: Any) -> str:
-    """How flyctl's patchEnv stringifies a non-string [env] value (Go's %v)."""
+    """How flyctl stringifies a non-string value (patchEnv, castToString: Go's %v)."""
     if isinstance(value, bool):
         return "true" if value else "false"
+    if isinstance(value, float):
+        return _go_float(value)
     if isinstance(value, list):
         return "[" + " ".join(_go_string(v) for v in value) + "]"
     return str(value)
+
+
+def _go_float(value: float) -> str:
+    """Go's %v for a float64: shortest digits, exponent form below 1e-4 or from 1e+06."""
+    if value != value:
+        return "NaN"
+    if value in (float("inf"), float("-inf")):
+        return "+Inf" if value > 0 else "-Inf"
+    if value == 0:
+        return "-0" if str(value).startswith("-") else "0"
+    from decimal import Decimal
+
+    sign, digits, exponent = Decimal(repr(value)).normalize().as_tuple()
+    text = "".join(map(str, digits))
+    point = len(text) + exponent  # digits before the decimal point
+    x = point - 1
+    if x < -4 or x >= 6:
+        mantissa = text[0] + ("." + text[1:] if len(text) > 1 else "")
+        out = f"{mantissa}e{'-' if x < 0 else '+'}{abs(x):02d}"
+    elif point <= 0:
+        out = "0." + "0" * -point + text
+    elif point >= len(text):
+        out = text + "0" * (point - len(text))
+    else:
+        out = text[:point] + "." + text[point:]
+    return ("-" if sign else "") + out
 
 
 class _Builder:
@@ -231,6 +261,7 @@ class _Builder:
             primary_region=self._str(data, ("primary_region",)),
             processes=self._processes(data),
             mounts=tuple(self._mounts(data)),
+            mounts_declared="mounts" in data or "mount" in data,
             env=self._env(data),
             deploy_strategy=self._str(deploy, ("deploy", "strategy")),
             release_command=self._str(deploy, ("deploy", "release_command")),
@@ -286,8 +317,8 @@ class _Builder:
         value = self._get(table, key)
         if value is None or isinstance(value, str):
             return value
-        if cast and isinstance(value, (int, float)) and not isinstance(value, bool):
-            return str(value)
+        if cast and isinstance(value, int | float) and not isinstance(value, bool):
+            return _go_string(value)
         expected = 'a size such as "10gb"' + (" or a number of GB" if cast else "")
         self._wrong(key, value, expected)
         return None
@@ -320,8 +351,7 @@ class _Builder:
             for i, item in enumerate(value):
                 key = ("processes", i)
                 if not isinstance(item, dict):
-                    self._wrong(key, item, "a table with `name` and `command`")
-                    continue
+                    continue  # flyctl's patchProcesses keeps only the tables of an array
                 name = self._str(item, (*key, "name"))
                 command = self._str(item, (*key, "command"))
                 if name:

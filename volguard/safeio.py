@@ -17,17 +17,20 @@ def write_files(files: Iterable[tuple[str, str]]) -> None:
     staged: list[tuple[str, str]] = []
     try:
         for path, text in files:
+            if os.path.isdir(path):
+                raise VolguardError(f"cannot write {path}: it is a directory")
             staged.append((_stage(path, text), path))
-    except BaseException:
+        for i, (tmp, path) in enumerate(staged):
+            try:
+                os.replace(tmp, path)
+            except OSError as e:
+                staged = staged[i:]
+                raise VolguardError(f"cannot write {path}: {e.strerror or e}") from None
+        staged = []
+    finally:
         for tmp, _ in staged:
-            os.unlink(tmp)
-        raise
-    for tmp, path in staged:
-        try:
-            os.replace(tmp, path)
-        except OSError as e:
-            os.unlink(tmp)
-            raise VolguardError(f"cannot write {path}: {e.strerror or e}") from None
+            if os.path.exists(tmp):
+                os.unlink(tmp)
 
 
 def _stage(path: str, text: str) -> str:

@@ -60,10 +60,10 @@ class SourceMap:
         for lineno, line in enumerate(text.splitlines(), start=1):
             start = 0
             if multiline:
-                close = line.find(multiline)
+                close = _find_closing(line, 0, multiline)
                 if close < 0:
                     continue
-                start = close + 3
+                start = close
                 multiline = None
             stripped_at = len(line) - len(line.lstrip(" \t"))
             code_at = max(start, stripped_at)
@@ -169,6 +169,25 @@ def _parse_header(line: str, i: int) -> tuple[list[str], bool, int] | None:
     return parts, is_array, end + len(closing)
 
 
+def _find_closing(line: str, i: int, delim: str) -> int:
+    """Index just past the ``delim`` that closes a multi-line string, or -1.
+
+    In a basic (\"\"\") string a backslash escapes the next character; up to two
+    quotes right before the delimiter still belong to the content.
+    """
+    while i < len(line):
+        if delim == '"""' and line[i] == "\\":
+            i += 2
+            continue
+        if line.startswith(delim, i):
+            end = i + 3
+            while end < len(line) and line[end] == delim[0] and end - i < 5:
+                end += 1
+            return end
+        i += 1
+    return -1
+
+
 def _end_of_basic(line: str, i: int) -> int:
     """Index of the closing quote of a basic string whose content starts at ``i``."""
     while i < len(line):
@@ -199,12 +218,9 @@ def _walk(line: str, i: int) -> tuple[int, int, str | None]:
             return depth, i, None
         if line.startswith('"""', i) or line.startswith("'''", i):
             delim = line[i : i + 3]
-            close = line.find(delim, i + 3)
-            if close < 0:
+            i = _find_closing(line, i + 3, delim)
+            if i < 0:
                 return depth, -1, delim
-            i = close + 3
-            while i < len(line) and line[i] == delim[0]:  # up to two quotes may end the content
-                i += 1
             continue
         if ch == '"':
             end = _end_of_basic(line, i + 1)

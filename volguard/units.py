@@ -20,8 +20,10 @@ def parse_size_gb(text: str) -> int:
     "20" -> 20, "20gb" -> 20, "1.5GB" -> 1, "1GiB" -> 1 (go-units is decimal here),
     "15Mb" -> 0 (which flyctl then rejects as smaller than 1GB).
     """
-    if re.fullmatch(_GO_INT, text):
-        return int(text)
+    if re.fullmatch(_GO_INT, text) and len(text.lstrip("+-")) <= 19:
+        value = int(text)
+        if -(2**63) <= value < 2**63:  # else Atoi fails and go-units gets its turn
+            return value
     m = re.fullmatch(_HUMAN_SIZE, text)
     if not m:
         raise SizeError(f"invalid size: '{text}'")
@@ -29,4 +31,7 @@ def parse_size_gb(text: str) -> int:
         number = float(m.group(1))
     except ValueError:  # "1.2.3" matches the regex but is no number
         raise SizeError(f"invalid size: '{text}'") from None
-    return int(number * _DECIMAL[(m.group(2) or "").lower()]) // 10**9
+    size = number * _DECIMAL[(m.group(2) or "").lower()]
+    if not size < 2**63:  # ParseFloat's ErrRange, or beyond int64 bytes (also catches inf)
+        raise SizeError(f"invalid size: '{text}'")
+    return int(size) // 10**9

@@ -42,8 +42,15 @@ def step_summary(report: Report, fail_on: Severity | None) -> str:
     out = [f"### volguard: {verdict}", ""]
     counts = report.counts()
     out.append(
-        f"{counts['error']} errors, {counts['warning']} warnings, {counts['info']} info, "
-        f"{counts['waived']} waived ({', '.join(report.inputs.values())})"
+        ", ".join(
+            [
+                _count(counts["error"], "error"),
+                _count(counts["warning"], "warning"),
+                f"{counts['info']} info",
+                f"{counts['waived']} waived",
+            ]
+        )
+        + f" ({', '.join(report.inputs.values())})"
     )
     if report.findings:
         out += ["", "| | id | where | what |", "|---|---|---|---|"]
@@ -52,3 +59,7 @@ def step_summary(report: Report, fail_on: Severity | None) -> str:
             message = f.message.replace("|", "\\|").replace("\n", " ")
             out.append(f"| {mark} | [{f.id}]({f.doc}) | `{f.location}` | {message} |")
     return "\n".join(out) + "\n"
+
+
+def _count(n: int, word: str) -> str:
+    return f"{n} {word}{'' if n == 1 else 's'}"

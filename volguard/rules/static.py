@@ -35,9 +35,15 @@ def _q(names: list[str] | tuple[str, ...]) -> str:
     return quoted[0] if len(quoted) == 1 else ", ".join(quoted[:-1]) + " and " + quoted[-1]
 
 
+def normalise(path: str) -> str:
+    """``posixpath.normpath``, plus a leading ``//`` read as ``/`` as Linux does."""
+    path = posixpath.normpath(path)
+    return "/" + path.lstrip("/") if path.startswith("//") else path
+
+
 def inside(path: str, directory: str) -> bool:
     """Whether ``path`` is ``directory`` or below it, after normalising both."""
-    path, directory = posixpath.normpath(path), posixpath.normpath(directory)
+    path, directory = normalise(path), normalise(directory)
     if directory == "/":
         return path.startswith("/")
     return path == directory or path.startswith(directory + "/")
@@ -56,10 +62,20 @@ def _media_mounts(config: FlyConfig, context: StaticContext) -> dict[str, Mount]
 @static_rule("VG101")
 def media_root_inside_mount(config: FlyConfig, context: StaticContext) -> Iterator[Finding]:
     mounted = _media_mounts(config, context)
-    if not mounted:
-        return  # VG102 speaks
     media_root = context.media_root
     where = context.media_root_at
+    if media_root is not None and not media_root.startswith("/"):
+        yield finding(
+            "VG101",
+            f"MEDIA_ROOT {media_root!r} is a relative path: where uploads land depends on the "
+            "working directory, and no volume is mounted there",
+            where or config.locate("env", "MEDIA_ROOT"),
+            hint="Use an absolute MEDIA_ROOT under the mount destination, e.g. /data/media.",
+            evidence={"media_root": media_root},
+        )
+        return
+    if not mounted:
+        return  # VG102 speaks
     if media_root is None:
         first = next(iter(mounted.values()))
         yield finding(
@@ -70,16 +86,6 @@ def media_root_inside_mount(config: FlyConfig, context: StaticContext) -> Iterat
             severity=Severity.INFO,
             hint="Set MEDIA_ROOT in fly.toml [env], or pass --media-root / set "
             "volguard.media_root in invoke.yaml.",
-        )
-        return
-    if not media_root.startswith("/"):
-        yield finding(
-            "VG101",
-            f"MEDIA_ROOT {media_root!r} is a relative path: where uploads land depends on the "
-            "working directory, and no volume is mounted there",
-            where or config.locate("env", "MEDIA_ROOT"),
-            hint="Use an absolute MEDIA_ROOT under the mount destination, e.g. /data/media.",
-            evidence={"media_root": media_root},
         )
         return
     by_mount: dict[Mount, list[str]] = {}
@@ -106,11 +112,14 @@ def media_root_inside_mount(config: FlyConfig, context: StaticContext) -> Iterat
 @static_rule("VG102")
 def media_group_without_mount(config: FlyConfig, context: StaticContext) -> Iterator[Finding]:
     if not config.mounts:
-        if context.media_root and context.media_root.startswith("/"):
+        if config.mounts_declared:
+            return  # its mounts could not be read: VG100 said why
+        if context.media_root:
             yield finding(
                 "VG102",
-                f"fly.toml has no [mounts], yet MEDIA_ROOT is {context.media_root}: every upload "
-                "lands on the ephemeral root filesystem and is lost on the next deploy or restart",
+                f"{config.path} has no [mounts], yet MEDIA_ROOT is {context.media_root}: every "
+                "upload lands on the ephemeral root filesystem and is lost on the next deploy "
+                "or restart",
                 context.media_root_at or config.locate("env", "MEDIA_ROOT"),
                 hint='Add [[mounts]] source = "data", destination = "/data" and keep MEDIA_ROOT '
                 "below it, or store media in object storage.",
@@ -119,7 +128,7 @@ def media_group_without_mount(config: FlyConfig, context: StaticContext) -> Iter
         else:
             yield finding(
                 "VG102",
-                "fly.toml has no [mounts] and MEDIA_ROOT is unknown: nothing to verify "
+                f"{config.path} has no [mounts] and MEDIA_ROOT is unknown: nothing to verify "
                 "(volguard assumes media is not kept on a volume)",
                 config.locate(),
                 severity=Severity.INFO,
@@ -212,7 +221,7 @@ def several_mounts_per_group(config: FlyConfig, context: StaticContext) -> Itera
 def bad_destination(config: FlyConfig, context: StaticContext) -> Iterator[Finding]:
     for mount in config.mounts:
         dest = mount.destination
-        normal = posixpath.normpath(dest) if dest else ""
+        normal = normalise(dest) if dest else ""
         if not dest.startswith("/"):
             why = "is relative (or empty); it must be an absolute path"
         elif normal == "/":
@@ -371,7 +380,7 @@ def release_command_uses_volume(config: FlyConfig, context: StaticContext) -> It
         return
     reasons = []
     for mount in config.mounts:
-        if not mount.destination.startswith("/") or posixpath.normpath(mount.destination) == "/":
+        if not mount.destination.startswith("/") or normalise(mount.destination) == "/":
             continue
         if _mentions_path(command, mount.destination):
             reasons.append(f"the command names {mount.destination}")
@@ -399,8 +408,8 @@ def _is_database_setting(key: str, value: str) -> bool:
 
 
 def _mentions_path(text: str, directory: str) -> bool:
-    directory = posixpath.normpath(directory)
-    return re.search(re.escape(directory) + r"(?=$|[/\s'\";:])", text) is not None
+    directory = normalise(directory)
+    return re.search(r"(?<![\w.~-])" + re.escape(directory) + r"(?=$|[/\s'\";:])", text) is not None
 
 
 @static_rule("VG112")

@@ -1,0 +1,137 @@
+"""volguard's settings-level rules as Django system checks.
+
+`manage.py check --deploy` lints the project's fly.toml against Django's own
+``MEDIA_ROOT`` and reports each unwaived finding as a `CheckMessage`: VG103 at
+error level becomes ``volguard.E103``, VG110 at warning level ``volguard.W110``,
+VG101 at info level ``volguard.I101`` (the letter follows the Django level, the
+digits the VG id). A problem of volguard's own (an unknown media group, a
+malformed waiver comment, a setting of the wrong type) becomes one
+``volguard.E001`` error instead of an exception, so ``check`` still reports
+everything else.
+
+Settings read:
+
+- ``VOLGUARD_FLY_TOML``: the fly.toml to lint. Default ``fly.toml``; a relative
+  path is taken relative to ``BASE_DIR`` when the settings define it, else to the
+  current directory.
+- ``MEDIA_ROOT``: the media root to check. When empty, fly.toml's ``[env]
+  MEDIA_ROOT`` is used, as by ``volguard lint``.
+- ``VOLGUARD_MEDIA_GROUPS``: the process groups that handle media (default: all).
+
+Silence an id the Django way: ``SILENCED_SYSTEM_CHECKS = ["volguard.W110"]``.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+from django.conf import settings
+from django.core.checks import CheckMessage, Error, Info, Tags, Warning, register
+
+from volguard.config import Settings
+from volguard.errors import ConfigError, VolguardError
+from volguard.findings import Finding, Severity
+from volguard.lint import lint
+
+#: Django id of a problem of volguard's own (it could not run), not a finding.
+TOOL_ERROR_ID = "volguard.E001"
+
+_LEVELS: dict[Severity, tuple[type[CheckMessage], str]] = {
+    Severity.ERROR: (Error, "E"),
+    Severity.WARNING: (Warning, "W"),
+    Severity.INFO: (Info, "I"),
+}
+
+
+@register(Tags.files, "volguard", deploy=True)
+def check_fly_toml(app_configs: Any = None, **kwargs: Any) -> list[CheckMessage]:
+    """Lint the project's fly.toml and MEDIA_ROOT with volguard's static rules.
+
+    Like Django's security checks, this is about the project, not one app, so
+    ``app_configs`` does not narrow it.
+    """
+    fly_toml: str | None = None
+    try:
+        fly_toml = fly_toml_path()
+        return lint_messages(fly_toml, media_root(), media_groups())
+    except VolguardError as e:
+        return [
+            Error(
+                str(e),
+                hint="volguard could not run its checks: fix VOLGUARD_FLY_TOML, "
+                "VOLGUARD_MEDIA_GROUPS, MEDIA_ROOT or the volguard comment in fly.toml.",
+                obj=fly_toml,
+                id=TOOL_ERROR_ID,
+            )
+        ]
+
+
+def lint_messages(
+    fly_toml: str, media_root: str | None = None, media_groups: Any = None
+) -> list[CheckMessage]:
+    """Run `volguard.lint.lint` on ``fly_toml``; one CheckMessage per unwaived finding.
+
+    Raises `VolguardError` when volguard itself cannot run (see `check_fly_toml`).
+    """
+    config = Settings.load(
+        None, fly_toml=fly_toml, media_root=media_root, media_groups=media_groups
+    )
+    report = lint(config)
+    return [to_check_message(f, fly_toml) for f in report.sorted_findings() if not f.waived]
+
+
+def to_check_message(finding: Finding, obj: Any) -> CheckMessage:
+    """A volguard `Finding` as a Django `CheckMessage` (``VG103`` error → ``volguard.E103``)."""
+    cls, letter = _LEVELS[finding.severity]
+    return cls(
+        _with_location(finding),
+        hint=finding.hint or None,
+        obj=obj,
+        id=f"volguard.{letter}{finding.id.removeprefix('VG')}",
+    )
+
+
+# -- reading Django's settings ----------------------------------------------------------
+
+
+def fly_toml_path() -> str:
+    """``VOLGUARD_FLY_TOML`` (default ``fly.toml``), relative paths resolved against BASE_DIR."""
+    value = getattr(settings, "VOLGUARD_FLY_TOML", None) or "fly.toml"
+    path = _path_setting("VOLGUARD_FLY_TOML", value)
+    base_dir = getattr(settings, "BASE_DIR", None)
+    if base_dir and not os.path.isabs(path):
+        path = os.path.join(_path_setting("BASE_DIR", base_dir), path)
+    return path
+
+
+def media_root() -> str | None:
+    """Django's MEDIA_ROOT, or None when empty (volguard then reads fly.toml [env])."""
+    value = getattr(settings, "MEDIA_ROOT", None)
+    return _path_setting("MEDIA_ROOT", value) if value else None
+
+
+def media_groups() -> list[str] | None:
+    """``VOLGUARD_MEDIA_GROUPS``: a list of process group names, or None for every group."""
+    value = getattr(settings, "VOLGUARD_MEDIA_GROUPS", None)
+    if value is None:
+        return None
+    if isinstance(value, list | tuple) and all(isinstance(n, str) for n in value):
+        return list(value)
+    raise ConfigError(f"VOLGUARD_MEDIA_GROUPS must be a list of process group names, not {value!r}")
+
+
+def _path_setting(name: str, value: Any) -> str:
+    if isinstance(value, str | os.PathLike):
+        path = os.fspath(value)
+        if isinstance(path, str):
+            return path
+    raise ConfigError(f"{name} must be a path (str or pathlib.Path), not {value!r}")
+
+
+def _with_location(finding: Finding) -> str:
+    """``fly.toml:31:3: message``, unless the message already starts with that place."""
+    where = str(finding.location)
+    if where == "-" or finding.message.startswith(f"{where} "):
+        return finding.message
+    return f"{where}: {finding.message}"
