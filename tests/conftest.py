@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
 from pathlib import Path
 
@@ -11,8 +12,14 @@ from volguard.config import Settings
 from volguard.lint import lint
 from volguard.report import Report
 
-#: The shared corpus of real fly.toml files (<root>/shared/corpus/flytoml, beside <root>/main).
-CORPUS = Path(__file__).resolve().parents[2] / "shared" / "corpus" / "flytoml"
+#: The shared corpus of real fly.toml files, beside the clone (<root>/main, <root>/shared);
+#: VOLGUARD_CORPUS overrides. Tests skip without it, except under CI, where it must exist.
+CORPUS = Path(
+    os.environ.get("VOLGUARD_CORPUS")
+    or Path(__file__).resolve().parents[2] / "shared" / "corpus" / "flytoml"
+)
+if os.environ.get("CI") and not CORPUS.is_dir():
+    raise RuntimeError(f"CI must see the fly.toml corpus at {CORPUS} (set VOLGUARD_CORPUS)")
 
 
 @pytest.fixture
