@@ -17,10 +17,13 @@ from volguard.errors import ConfigError
 
 DEFAULTS: dict[str, Any] = {
     "fly_toml": "fly.toml",
+    "app": None,  # default: fly.toml `app`
     "media_root": None,  # default: fly.toml [env] MEDIA_ROOT
     "media_groups": None,  # default: every process group
     "min_snapshot_retention": 5,
     "machine_counts": {},
+    "snapshot_max_age_hours": 48,  # VG207: daily snapshots, a day of slack
+    "volume_full_percent": 90,  # VG208
     "waivers": [],
 }
 
@@ -42,10 +45,13 @@ class Waiver(NamedTuple):
 @dataclass(frozen=True)
 class Settings:
     fly_toml: str = "fly.toml"
+    app: str | None = None
     media_root: str | None = None
     media_groups: tuple[str, ...] | None = None
     min_snapshot_retention: int = 5
     machine_counts: dict[str, int] = field(default_factory=dict)
+    snapshot_max_age_hours: int = 48
+    volume_full_percent: int = 90
     waivers: tuple[Waiver, ...] = ()
 
     @classmethod
@@ -62,10 +68,13 @@ class Settings:
             )
         return cls(
             fly_toml=_str(merged, "fly_toml") or "fly.toml",
+            app=_str(merged, "app") or None,
             media_root=_str(merged, "media_root") or None,
             media_groups=_groups(merged["media_groups"]),
             min_snapshot_retention=_int(merged, "min_snapshot_retention", 1, 60),
             machine_counts=_counts(merged["machine_counts"]),
+            snapshot_max_age_hours=_int(merged, "snapshot_max_age_hours", 1, 24 * 366),
+            volume_full_percent=_int(merged, "volume_full_percent", 1, 100),
             waivers=tuple(_waiver(w, i) for i, w in enumerate(_list(merged, "waivers"))),
         )
 

@@ -6,6 +6,7 @@ import datetime as dt
 
 from volguard.config import Settings
 from volguard.errors import UsageError
+from volguard.findings import Finding
 from volguard.flytoml import FlyConfig, read_fly_toml
 from volguard.report import Report
 from volguard.rules import STATIC_RULES, StaticContext, run_static
@@ -28,17 +29,37 @@ def lint(
     """
     path = path or settings.fly_toml
     report = Report(inputs={"fly_toml": path})
+    config, findings = check_fly_toml(settings, path, report)
+    report.extend(waive(findings, settings, config, use_waivers=use_waivers, today=today))
+    return report
+
+
+def check_fly_toml(
+    settings: Settings, path: str, report: Report
+) -> tuple[FlyConfig | None, list[Finding]]:
+    """The static layer: read fly.toml and run the static rules (findings not yet waived)."""
     config, findings = read_fly_toml(path)
     if config is not None:
         findings += run_static(config, static_context(config, settings))
-    waivers = []
-    if use_waivers:
-        waivers += settings.waivers
-        if config is not None:
-            waivers += inline_waivers(config.source_map, path)
-    report.extend(apply_waivers(findings, waivers, today))
     report.ran(LAYER, checks=("VG100", *sorted(STATIC_RULES)) if config else ("VG100",))
-    return report
+    return config, findings
+
+
+def waive(
+    findings: list[Finding],
+    settings: Settings,
+    config: FlyConfig | None,
+    *,
+    use_waivers: bool = True,
+    today: dt.date | None = None,
+) -> list[Finding]:
+    """Apply the configured and the inline (fly.toml) waivers, unless told not to."""
+    if not use_waivers:
+        return findings
+    waivers = list(settings.waivers)
+    if config is not None:
+        waivers += inline_waivers(config.source_map, config.path)
+    return apply_waivers(findings, waivers, today)
 
 
 def static_context(config: FlyConfig, settings: Settings) -> StaticContext:

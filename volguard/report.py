@@ -29,6 +29,7 @@ class Report:
     findings: list[Finding] = field(default_factory=list)
     layers: dict[str, LayerResult] = field(default_factory=dict)
     inputs: dict[str, str] = field(default_factory=dict)  # e.g. {"fly_toml": "fly.toml"}
+    stats: dict[str, int] = field(default_factory=dict)  # e.g. {"api_calls": 3}
 
     def ran(self, layer: str, checks: tuple[str, ...] = ()) -> None:
         self.layers[layer] = LayerResult(RAN, checks=checks)
@@ -84,6 +85,7 @@ class Report:
             "fail_on": fail_on.value if fail_on else "never",
             "exit_code": self.exit_code(fail_on),
             "summary": self.counts(),
+            "stats": self.stats,
             "layers": {
                 name: {"status": r.status, "reason": r.reason} for name, r in self.layers.items()
             },

@@ -82,9 +82,7 @@ def lint(
     from volguard.config import Settings
     from volguard.lint import lint as run_lint
 
-    path = path or None  # volguard fills a left-out path with ""
-    if path and path.startswith("-"):
-        raise UsageError(f"lint: unknown option {path!r} (see `volguard lint --help`)")
+    path = _path_argument(path)
     settings = Settings.load(
         c.config.get("volguard"), media_root=media_root, media_groups=media_groups
     )
@@ -138,7 +136,193 @@ def _emit(report: Any, fmt: str, targets: list[tuple[str, str]], threshold: Any)
             print(f"volguard: warning: cannot append to $GITHUB_STEP_SUMMARY: {e}", file=sys.stderr)
 
 
-ns = Collection(lint)
+@task(
+    positional=["path"],
+    iterable=["output"],
+    auto_shortflags=False,
+    help={
+        "path": "fly.toml to check (default: volguard.fly_toml, i.e. fly.toml)",
+        **_REPORT_HELP,
+        "offline": "run only the checks that need no network (the static layer)",
+        "app": "Fly app name (default: volguard.app, else fly.toml `app`)",
+        "media_root": "MEDIA_ROOT to check (default: volguard.media_root, else fly.toml "
+        "[env] MEDIA_ROOT)",
+        "media_groups": "comma-separated process groups that read or write media "
+        "(default: every group)",
+        "verbose": "print what each layer did, and the API calls made, on stderr",
+    },
+)
+@_edge
+def verify_volume(
+    c: Context,
+    path: str | None = None,
+    format: str = "text",
+    output: list[str] | None = None,
+    fail_on: str = "error",
+    report_only: bool = False,
+    no_waivers: bool = False,
+    offline: bool = False,
+    app: str | None = None,
+    media_root: str | None = None,
+    media_groups: str | None = None,
+    verbose: bool = False,
+) -> None:
+    """Verify the deployment: fly.toml, then the Machines API (FLY_API_TOKEN), then each Machine."""
+    from volguard.config import Settings
+    from volguard.fly.client import Token
+    from volguard.verify import verify
+
+    path = _path_argument(path)
+    settings = Settings.load(
+        c.config.get("volguard"), app=app, media_root=media_root, media_groups=media_groups
+    )
+    threshold, targets = _report_options(format, output or [], fail_on)
+    token = None if offline else Token.from_env()
+    report = verify(settings, path, offline=offline, token=token, use_waivers=not no_waivers)
+    if verbose:
+        for name, layer in report.layers.items():
+            why = f" ({layer.reason})" if layer.reason else ""
+            print(f"volguard: {name}: {layer.status}{why}", file=sys.stderr)
+        if "api_calls" in report.stats:
+            print(f"volguard: platform: {report.stats['api_calls']} API calls", file=sys.stderr)
+    _emit(report, format, targets, threshold)
+    if not report_only:
+        code = report.exit_code(threshold)
+        if code:
+            raise Exit(code=code)
+
+
+@task(
+    auto_shortflags=False,
+    help={
+        "path": "fly.toml to plan from (default: volguard.fly_toml)",
+        "app": "Fly app name (default: volguard.app, else fly.toml `app`)",
+        "apply": "create the planned volumes (without it, only the plan is printed)",
+        "yes": "do not ask for confirmation (for CI)",
+        "count": "volumes wanted per group and region (default: one per Machine)",
+        "size": "size in GB (default: [mounts] initial_size, else 1 like flyctl)",
+        "group": "only this process group (default: every group with a mount)",
+        "require_unique_zone": "spread volumes over hardware zones (default: on; "
+        "--no-require-unique-zone when a region needs more volumes than it has zones)",
+        "audit_log": "append-only JSONL log of every change (default: .volguard/audit.jsonl)",
+    },
+)
+@_edge
+def create_volume(
+    c: Context,
+    path: str | None = None,
+    app: str | None = None,
+    apply: bool = False,
+    yes: bool = False,
+    count: int | None = None,
+    size: int | None = None,
+    group: str | None = None,
+    require_unique_zone: bool = True,
+    audit_log: str | None = None,
+) -> None:
+    """Plan, then (--apply) create the volumes the app's Machines need; safe to repeat."""
+    from volguard.audit import DEFAULT_PATH, AuditLog
+    from volguard.fly.volumes import ensure_volumes
+
+    _, config, app_name, token = _platform_inputs(c, path, app)
+    if count is not None and count < 1:
+        raise UsageError(f"--count must be at least 1, not {count}")
+    if size is not None and not 1 <= size <= 500:
+        raise UsageError(f"--size must be between 1 and 500 GB, not {size}")
+    groups = None
+    if group:
+        if group not in config.group_names:
+            raise UsageError(
+                f"--group: {config.path} has no process group {group!r} "
+                f"(its groups: {', '.join(config.group_names)})"
+            )
+        groups = (group,)
+    ensure_volumes(
+        config,
+        app_name,
+        token,
+        apply=apply,
+        confirm=None if yes else _confirm,
+        count=count,
+        size_gb=size,
+        groups=groups,
+        require_unique_zone=require_unique_zone,
+        audit=AuditLog(audit_log or DEFAULT_PATH, command="create-volume"),
+        out=print,
+    )
+
+
+@task(
+    auto_shortflags=False,
+    help={
+        "path": "fly.toml naming the media mounts (default: volguard.fly_toml)",
+        "app": "Fly app name (default: volguard.app, else fly.toml `app`)",
+        "apply": "take the snapshots (without it, only the plan is printed)",
+        "timeout": "seconds to wait for each snapshot to be listed (default: 300)",
+        "audit_log": "append-only JSONL log of every change (default: .volguard/audit.jsonl)",
+    },
+)
+@_edge
+def snapshot_volumes(
+    c: Context,
+    path: str | None = None,
+    app: str | None = None,
+    apply: bool = False,
+    timeout: int = 300,
+    audit_log: str | None = None,
+) -> None:
+    """Take an on-demand snapshot of each media volume and wait until Fly lists it."""
+    from volguard.audit import DEFAULT_PATH, AuditLog
+    from volguard.fly.volumes import snapshot_media_volumes
+
+    settings, config, app_name, token = _platform_inputs(c, path, app)
+    snapshot_media_volumes(
+        config,
+        settings,
+        app_name,
+        token,
+        apply=apply,
+        timeout=timeout,
+        audit=AuditLog(audit_log or DEFAULT_PATH, command="snapshot-volumes"),
+        out=print,
+    )
+
+
+def _path_argument(path: str | None) -> str | None:
+    path = path or None  # `volguard` fills a left-out positional with ""
+    if path and path.startswith("-"):
+        raise UsageError(f"unknown option {path!r} (see --help)")
+    return path
+
+
+def _platform_inputs(c: Context, path: str | None, app: str | None) -> tuple[Any, Any, str, Any]:
+    """Settings, a readable fly.toml, the app name and a token, or a one-line error."""
+    from volguard.config import Settings
+    from volguard.fly.client import Token
+    from volguard.flytoml import read_fly_toml
+
+    settings = Settings.load(c.config.get("volguard"), app=app)
+    fly_toml = path or settings.fly_toml
+    config, problems = read_fly_toml(fly_toml)
+    if config is None or problems:
+        raise VolguardError(problems[0].message if problems else f"cannot read {fly_toml}")
+    app_name = settings.app or config.app
+    if not app_name:
+        raise UsageError(f"no app name: set `app` in {fly_toml} or pass --app")
+    token = Token.from_env()
+    if token is None:
+        raise UsageError("FLY_API_TOKEN is not set (make one with `fly tokens create deploy`)")
+    return settings, config, app_name, token
+
+
+def _confirm(question: str) -> bool:
+    if not sys.stdin.isatty():
+        raise UsageError(f"{question} Not asked: stdin is not a terminal; pass --yes to proceed")
+    answer = input(f"{question} Type yes to continue: ")
+    return answer.strip().lower() == "yes"
+
+
+ns = Collection(lint, verify_volume, create_volume, snapshot_volumes)
 ns.configure({"volguard": dict(DEFAULTS)})
 #: Tasks whose positional argument may be left out (`volguard lint` = `volguard lint fly.toml`).
-OPTIONAL_POSITIONALS = {"lint": "path"}
+OPTIONAL_POSITIONALS = {"lint": "path", "verify-volume": "path"}

@@ -1,32 +1,47 @@
-"""Rules: pure functions from a model to findings, in a registry keyed by check id.
+"""Rules: pure functions from a model to findings, in registries keyed by layer and check id.
 
-A rule never does I/O. The static layer's rules take a `FlyConfig` and a
-`StaticContext` (the settings that matter to them, already resolved).
+A rule never does I/O. Static rules take a `FlyConfig` and a `StaticContext`;
+platform rules also take the `Fleet` the Machines API showed.
 """
 
 from __future__ import annotations
 
+import datetime as dt
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
 
 from volguard.findings import Finding, Location
 from volguard.flytoml import FlyConfig
 
-StaticRule = Callable[[FlyConfig, "StaticContext"], Iterable[Finding]]
+if TYPE_CHECKING:
+    from volguard.fly.fleet import Fleet
 
-STATIC_RULES: dict[str, StaticRule] = {}
+Rule = Callable[..., Iterable[Finding]]
+
+RULES: dict[str, dict[str, Rule]] = {"static": {}, "platform": {}}
+STATIC_RULES = RULES["static"]
+PLATFORM_RULES = RULES["platform"]
 
 
-def static_rule(check_id: str) -> Callable[[StaticRule], StaticRule]:
-    """Register a static rule under the id it reports."""
-
-    def register(fn: StaticRule) -> StaticRule:
-        if check_id in STATIC_RULES:
-            raise RuntimeError(f"two static rules claim {check_id}")
-        STATIC_RULES[check_id] = fn
+def _register(layer: str, check_id: str) -> Callable[[Rule], Rule]:
+    def register(fn: Rule) -> Rule:
+        if check_id in RULES[layer]:
+            raise RuntimeError(f"two {layer} rules claim {check_id}")
+        RULES[layer][check_id] = fn
         return fn
 
     return register
+
+
+def static_rule(check_id: str) -> Callable[[Rule], Rule]:
+    """Register a static rule ``(FlyConfig, StaticContext) -> findings`` under its id."""
+    return _register("static", check_id)
+
+
+def platform_rule(check_id: str) -> Callable[[Rule], Rule]:
+    """Register a platform rule ``(FlyConfig, Fleet, PlatformContext) -> findings``."""
+    return _register("platform", check_id)
 
 
 @dataclass(frozen=True)
@@ -40,10 +55,30 @@ class StaticContext:
     machine_counts: dict[str, int] = field(default_factory=dict)
 
 
+@dataclass(frozen=True)
+class PlatformContext:
+    """What the platform rules need besides fly.toml and the fleet."""
+
+    media_groups: tuple[str, ...]
+    now: dt.datetime
+    snapshot_max_age_hours: float = 48.0  # daily snapshots, with a day of slack
+    full_threshold: float = 0.90
+
+
 def run_static(config: FlyConfig, context: StaticContext) -> list[Finding]:
     from volguard.rules import static  # noqa: F401  (registers the rules)
 
+    return _run(STATIC_RULES, config, context)
+
+
+def run_platform(config: FlyConfig, fleet: Fleet, context: PlatformContext) -> list[Finding]:
+    from volguard.rules import platform  # noqa: F401  (registers the rules)
+
+    return _run(PLATFORM_RULES, config, fleet, context)
+
+
+def _run(rules: dict[str, Rule], *args: Any) -> list[Finding]:
     findings: list[Finding] = []
-    for rule in STATIC_RULES.values():
-        findings.extend(rule(config, context))
+    for rule in rules.values():
+        findings.extend(rule(*args))
     return findings

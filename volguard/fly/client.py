@@ -1,0 +1,330 @@
+"""A small client for the Fly Machines API (fly-facts §3), on httpx.
+
+Public surface: `MachinesClient`, `Token`, and the `FlyAPIError` family. The
+client keeps to Fly's rate limits (about 1 request/s per action and
+identifier, burst 3), retries what is safe to retry, and never lets the token
+reach a message, a log line or a repr.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import threading
+import time
+from collections import Counter
+from collections.abc import Callable
+from typing import Any
+
+import httpx
+
+from volguard import __version__
+from volguard.errors import VolguardError
+from volguard.fly.models import Machine, Snapshot, Volume
+
+DEFAULT_BASE_URL = "https://api.machines.dev"
+_MACAROON_PREFIXES = ("fm1r_", "fm1a_", "fm2_")
+
+
+# -- errors ------------------------------------------------------------------------------
+
+
+class FlyAPIError(VolguardError):
+    """The Machines API could not give an answer. The message is one line, token-free."""
+
+    def __init__(self, message: str, status: int | None = None, fly_error: str = "") -> None:
+        super().__init__(message)
+        self.status = status
+        self.fly_error = fly_error
+
+
+class FlyAuthError(FlyAPIError):
+    """401/403: the token is missing, wrong, or has the wrong scheme."""
+
+
+class FlyNotFound(FlyAPIError):
+    """404: no such app, Machine or volume."""
+
+
+class FlyUnavailable(FlyAPIError):
+    """No usable answer: connection errors, timeouts, 5xx or garbage after the retries."""
+
+
+# -- the token ---------------------------------------------------------------------------
+
+
+class Token:
+    """An API token. It renders as the Authorization header and nothing else shows it."""
+
+    __slots__ = ("_raw",)
+
+    def __init__(self, raw: str) -> None:
+        raw = raw.strip()
+        if not raw:
+            raise VolguardError("FLY_API_TOKEN is empty")
+        self._raw = raw
+
+    @classmethod
+    def from_env(cls, environ: dict[str, str] | None = None) -> Token | None:
+        raw = (environ if environ is not None else os.environ).get("FLY_API_TOKEN", "").strip()
+        return cls(raw) if raw else None
+
+    def authorization(self) -> str:
+        """The header value: macaroons as `FlyV1 …`, others as `Bearer …` (fly-facts §0.8)."""
+        raw = self._raw
+        if raw.startswith(("FlyV1 ", "Bearer ")):
+            return raw
+        if raw.startswith(_MACAROON_PREFIXES):
+            return f"FlyV1 {raw}"
+        return f"Bearer {raw}"
+
+    def redact(self, text: str) -> str:
+        """``text`` with every appearance of the token (or its parts) masked."""
+        for secret in {self._raw, *self._raw.replace("FlyV1 ", "").split(",")}:
+            if len(secret) >= 8:
+                text = text.replace(secret, "[token]")
+        return text
+
+    def __repr__(self) -> str:
+        return "Token([redacted])"
+
+    __str__ = __repr__
+
+    def __reduce__(self) -> Any:
+        raise TypeError("a Token is not serialisable")
+
+
+# -- rate limiting -----------------------------------------------------------------------
+
+
+class RateLimiter:
+    """Token buckets per (method, path): Fly limits each action per identifier."""
+
+    def __init__(self, rate: float = 1.0, burst: int = 3, clock=time.monotonic, sleep=time.sleep):
+        self.rate, self.burst = rate, burst
+        self._clock, self._sleep = clock, sleep
+        self._buckets: dict[tuple[str, str], tuple[float, float]] = {}
+        self._lock = threading.Lock()
+
+    def wait(self, method: str, path: str) -> None:
+        if self.rate <= 0:
+            return
+        while True:
+            with self._lock:
+                now = self._clock()
+                tokens, last = self._buckets.get((method, path), (float(self.burst), now))
+                tokens = min(float(self.burst), tokens + (now - last) * self.rate)
+                if tokens >= 1:
+                    self._buckets[(method, path)] = (tokens - 1, now)
+                    return
+                self._buckets[(method, path)] = (tokens, now)
+                delay = (1 - tokens) / self.rate
+            self._sleep(delay)
+
+
+# -- the client --------------------------------------------------------------------------
+
+
+class MachinesClient:
+    """The calls volguard makes, each with a timeout, bounded retries and rate limiting."""
+
+    def __init__(
+        self,
+        token: Token,
+        base_url: str | None = None,
+        *,
+        timeout: float = 10.0,
+        attempts: int = 4,
+        backoff: float = 0.25,
+        max_delay: float = 8.0,
+        limiter: RateLimiter | None = None,
+        transport: httpx.BaseTransport | None = None,
+        sleep: Callable[[float], None] = time.sleep,
+    ) -> None:
+        self.base_url = (
+            base_url or os.environ.get("FLY_FLAPS_BASE_URL") or DEFAULT_BASE_URL
+        ).rstrip("/")
+        self._token = token
+        self._attempts = max(1, attempts)
+        self._backoff, self._max_delay, self._sleep = backoff, max_delay, sleep
+        self._limiter = limiter or RateLimiter(sleep=sleep)
+        self._http = httpx.Client(
+            base_url=self.base_url,
+            timeout=timeout,
+            headers={
+                "Authorization": token.authorization(),
+                "User-Agent": f"volguard/{__version__}",
+                "Accept": "application/json",
+            },
+            transport=transport,
+        )
+        self.calls: Counter[str] = Counter()  # "GET /machines" -> count, for verbose output
+        self._calls_lock = threading.Lock()
+
+    def __repr__(self) -> str:
+        return f"MachinesClient({self.base_url!r})"
+
+    def __enter__(self) -> MachinesClient:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        self._http.close()
+
+    # -- endpoints
+
+    def list_machines(self, app: str) -> list[Machine]:
+        """The app's Machines, less release-command and console ones (flyctl's ListActive)."""
+        machines = self._list(f"/v1/apps/{app}/machines", "machines", Machine.from_api)
+        return [m for m in machines if not m.is_platform_helper]
+
+    def list_volumes(self, app: str) -> list[Volume]:
+        return self._list(f"/v1/apps/{app}/volumes", "volumes", Volume.from_api)
+
+    def list_snapshots(self, app: str, volume_id: str) -> list[Snapshot]:
+        path = f"/v1/apps/{app}/volumes/{volume_id}/snapshots"
+        return self._list(path, "snapshots", Snapshot.from_api)
+
+    def create_volume(self, app: str, request: dict[str, Any]) -> Volume:
+        """POST a volume. `size_gb` is required: the API default (3) differs from flyctl's (1)."""
+        if "size_gb" not in request:
+            raise ValueError("create_volume needs size_gb (fly-facts §0.7)")
+        body = self._request("POST", f"/v1/apps/{app}/volumes", "create volume", json=request)
+        try:
+            return Volume.from_api(body)
+        except ValueError as e:
+            raise FlyUnavailable(f"Fly API create volume: unexpected response ({e})") from None
+
+    def create_snapshot(self, app: str, volume_id: str) -> None:
+        """Ask for an on-demand snapshot; its body is opaque, poll `list_snapshots` after."""
+        path = f"/v1/apps/{app}/volumes/{volume_id}/snapshots"
+        self._request("POST", path, "create snapshot", json={}, parse=False)
+
+    # -- plumbing
+
+    def _list(self, path: str, what: str, parse: Callable[[Any], Any]) -> list[Any]:
+        body = self._request("GET", path, f"list {what}")
+        if not isinstance(body, list):
+            raise FlyUnavailable(f"Fly API list {what}: expected a JSON array, got {_kind(body)}")
+        try:
+            return [parse(item) for item in body]
+        except ValueError as e:
+            raise FlyUnavailable(f"Fly API list {what}: unexpected response ({e})") from None
+
+    def _request(
+        self, method: str, path: str, what: str, *, json: Any = None, parse: bool = True
+    ) -> Any:
+        """One logical call: rate limit, send, retry what is safe, decode JSON."""
+        idempotent = method == "GET"
+        last_problem = ""
+        for attempt in range(1, self._attempts + 1):
+            self._limiter.wait(method, path)
+            self._count(method, path)
+            try:
+                response = self._http.request(method, path, json=json)
+            except httpx.ConnectError as e:
+                # Nothing reached the server: safe to retry even a POST.
+                last_problem = f"cannot connect to {self.base_url} ({_reason(e)})"
+                self._pause(attempt, None)
+                continue
+            except httpx.TransportError as e:
+                last_problem = f"{_reason(e)} talking to {self.base_url}"
+                if not idempotent:
+                    raise FlyUnavailable(
+                        f"Fly API {what}: {last_problem}; it may or may not have been applied"
+                    ) from None
+                self._pause(attempt, None)
+                continue
+            status = response.status_code
+            if status == 429 or (status >= 500 and idempotent):
+                last_problem = f"HTTP {status}{_fly_error_suffix(response)}"
+                self._pause(attempt, response.headers.get("Retry-After") if status == 429 else None)
+                continue
+            if status >= 500:  # a POST that failed on the server side may still have happened
+                raise FlyUnavailable(
+                    f"Fly API {what}: HTTP {status}{_fly_error_suffix(response)}; "
+                    "it may or may not have been applied",
+                    status=status,
+                )
+            if status >= 400:
+                raise _error_for(what, response, self._token)
+            if not parse:
+                return None
+            try:
+                return response.json()
+            except ValueError:
+                last_problem = f"HTTP {status} with a body that is not JSON ({_snippet(response)})"
+                if not idempotent:
+                    raise FlyUnavailable(f"Fly API {what}: {last_problem}") from None
+                self._pause(attempt, None)
+        raise FlyUnavailable(
+            self._token.redact(f"Fly API {what}: {last_problem} (after {self._attempts} attempts)")
+        )
+
+    def _pause(self, attempt: int, retry_after: str | None) -> None:
+        if attempt >= self._attempts:
+            return
+        delay = _retry_after_seconds(retry_after)
+        if delay is None:
+            delay = self._backoff * 2 ** (attempt - 1) * random.uniform(0.5, 1.5)  # noqa: S311
+        self._sleep(min(delay, self._max_delay))
+
+    def _count(self, method: str, path: str) -> None:
+        parts = path.split("/")
+        action = f"{method} /{parts[-1]}" if len(parts) > 4 else f"{method} {path}"
+        with self._calls_lock:
+            self.calls[action] += 1
+
+
+def _error_for(what: str, response: httpx.Response, token: Token) -> FlyAPIError:
+    status = response.status_code
+    fly_error = _fly_error(response)
+    reason = response.reason_phrase or ""
+    message = f"Fly API {what}: HTTP {status} {reason}".rstrip()
+    if fly_error:
+        message += f": {fly_error}"
+    message = token.redact(message)
+    cls = FlyAuthError if status in (401, 403) else FlyNotFound if status == 404 else FlyAPIError
+    return cls(message, status=status, fly_error=token.redact(fly_error))
+
+
+def _fly_error(response: httpx.Response) -> str:
+    """Fly's `{"error": "..."}` text, on one line and short."""
+    try:
+        body = response.json()
+    except ValueError:
+        return _snippet(response)
+    text = body.get("error") if isinstance(body, dict) else None
+    if not isinstance(text, str):
+        return ""
+    return " ".join(text.split())[:300]
+
+
+def _fly_error_suffix(response: httpx.Response) -> str:
+    text = _fly_error(response)
+    return f": {text}" if text else ""
+
+
+def _snippet(response: httpx.Response) -> str:
+    text = " ".join(response.text.split())
+    return (text[:80] + "…") if len(text) > 80 else (text or "empty body")
+
+
+def _retry_after_seconds(value: str | None) -> float | None:
+    if not value:
+        return None
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        return None  # an HTTP date: fall back to our own backoff
+
+
+def _reason(error: Exception) -> str:
+    text = str(error).strip()
+    return text.splitlines()[0][:120] if text else type(error).__name__
+
+
+def _kind(value: Any) -> str:
+    return "an object" if isinstance(value, dict) else type(value).__name__
