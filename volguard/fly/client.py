@@ -80,7 +80,8 @@ class Token:
 
     def redact(self, text: str) -> str:
         """``text`` with every appearance of the token (or its parts) masked."""
-        for secret in {self._raw, *self._raw.replace("FlyV1 ", "").split(",")}:
+        bare = self._raw.removeprefix("FlyV1 ").removeprefix("Bearer ")
+        for secret in {self._raw, bare, *bare.split(",")}:
             if len(secret) >= 8:
                 text = text.replace(secret, "[token]")
         return text

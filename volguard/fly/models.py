@@ -174,7 +174,7 @@ def parse_time(value: Any) -> dt.datetime | None:
     text = value.strip().replace("Z", "+00:00")
     if "." in text:  # Python takes at most 6 fractional digits; Go writes up to 9
         head, _, tail = text.partition(".")
-        digits = "".join(c for c in tail if c.isdigit())
+        digits = tail[: len(tail) - len(tail.lstrip("0123456789"))]
         text = f"{head}.{digits[:6]}{tail[len(digits) :]}"
     try:
         parsed = dt.datetime.fromisoformat(text)

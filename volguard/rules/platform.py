@@ -18,8 +18,8 @@ from volguard.rules import PlatformContext, platform_rule
 from volguard.rules.static import normalise
 
 STARTED = "started"
-#: States in which a Machine is there but not running, so nothing on it can be verified.
-IDLE_STATES = ("stopped", "suspended", "created", "failed", "launch_failed")
+#: A Machine in any other (not gone) state is there but not running as configured, so
+#: nothing on it can be verified: stopped, suspended, created, failed, or mid-transition.
 
 
 def media_mount(config: FlyConfig, group: str) -> Mount | None:
@@ -47,8 +47,11 @@ def machine_without_volume(
         mount = media_mount(config, machine.group)
         if machine.state == STARTED and mount and machine.mount is None:
             waiting = fleet.unattached(mount.source, machine.region)
+            ids = ", ".join(v.id for v in waiting)
             spare = (
-                f"; {len(waiting)} unattached {mount.source!r} volume(s) wait in {machine.region}"
+                f'; {len(waiting)} unattached "{mount.source}" '
+                f"{'volume waits' if len(waiting) == 1 else 'volumes wait'} in {machine.region} "
+                f"({ids})"
             )
             yield finding(
                 "VG201",
@@ -59,7 +62,9 @@ def machine_without_volume(
                 hint="A volume cannot be attached to an existing Machine: `fly deploy` replaces "
                 "it when an unattached volume of that name is in its region (create one with "
                 "`volguard create-volume --apply`).",
-                evidence=_evidence(machine, expected_volume=mount.source),
+                evidence=_evidence(
+                    machine, expected_volume=mount.source, unattached=[v.id for v in waiting]
+                ),
             )
 
 
@@ -242,7 +247,7 @@ def machine_not_running(
     config: FlyConfig, fleet: Fleet, context: PlatformContext
 ) -> Iterator[Finding]:
     for machine in _media_machines(config, fleet, context):
-        if machine.state in IDLE_STATES:
+        if machine.state != STARTED:
             yield finding(
                 "VG209",
                 f"{_who(machine)} is {machine.state}: it was not verified",
