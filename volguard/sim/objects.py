@@ -1,0 +1,321 @@
+"""The Machine, Volume and Snapshot JSON the API returns, with the documented keys.
+
+Shapes follow fly-facts §3.2/§3.3 (DOCS examples, FLYGO structs). Where the platform is
+surprising, the surprise is kept on purpose: `attached_machine_id` is null (not absent)
+when unattached, a never-attached volume reports 0 blocks and an empty fstype, a Machine
+on a sick host carries `incomplete_config` instead of `config`, and each object family
+writes its timestamps in its own format.
+"""
+
+from __future__ import annotations
+
+import re
+import shlex
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any
+
+from volguard.sim import ids
+from volguard.sim.scenario import (
+    CONSOLE_GROUP,
+    RELEASE_GROUP,
+    MachineSpec,
+    Scenario,
+    SnapshotSpec,
+    VolumeSpec,
+)
+
+GIB = 1024**3
+BLOCK_SIZE = 4096
+FLYCTL_VERSION = "0.3.150"
+
+
+@dataclass
+class Volume:
+    """A volume as the platform keeps it; mutable because the API changes it."""
+
+    id: str
+    name: str
+    region: str
+    zone: str
+    size_gb: int
+    state: str
+    host_status: str
+    encrypted: bool
+    snapshot_retention: int
+    auto_backup_enabled: bool
+    fstype: str
+    used_percent: float
+    ever_attached: bool
+    created_at: datetime
+    attached_machine_id: str | None = None
+
+    @classmethod
+    def from_spec(cls, spec: VolumeSpec, attached_to: str | None, now: datetime) -> Volume:
+        ever = spec.ever_attached
+        if ever is None:
+            ever = attached_to is not None or spec.used_percent > 0
+        return cls(
+            id=spec.id,
+            name=spec.name,
+            region=spec.region,
+            zone=spec.zone or ids.derive(f"{spec.id}/zone", 4),
+            size_gb=spec.size_gb,
+            state=spec.state,
+            host_status=spec.host_status,
+            encrypted=spec.encrypted,
+            snapshot_retention=spec.snapshot_retention,
+            auto_backup_enabled=spec.auto_backup_enabled,
+            fstype=spec.fstype,
+            used_percent=spec.used_percent,
+            ever_attached=ever,
+            created_at=spec.created_at or now - timedelta(days=30),
+            attached_machine_id=attached_to,
+        )
+
+    @property
+    def used_bytes(self) -> int:
+        return int(self.size_gb * GIB * self.used_percent / 100)
+
+    def block_stats(self) -> tuple[int, int, int, int]:
+        """(block_size, blocks, blocks_free, blocks_avail); all 0 until first mounted.
+
+        blocks_avail leaves out ext4's 5% reserved for root, so a client that computes
+        "used" from blocks_avail over-reports, as `df` would.
+        """
+        if not (self.ever_attached or self.attached_machine_id):
+            return 0, 0, 0, 0
+        blocks = self.size_gb * GIB // BLOCK_SIZE
+        free = blocks - round(blocks * self.used_percent / 100)
+        return BLOCK_SIZE, blocks, free, max(0, free - blocks // 20)
+
+    def to_json(self) -> dict[str, Any]:
+        block_size, blocks, free, avail = self.block_stats()
+        return {
+            "id": self.id,
+            "name": self.name,
+            "state": self.state,
+            "size_gb": self.size_gb,
+            "region": self.region,
+            "zone": self.zone,
+            "encrypted": self.encrypted,
+            "attached_machine_id": self.attached_machine_id,
+            "attached_alloc_id": None,
+            "created_at": ids.volume_time(self.created_at),
+            "blocks": blocks,
+            "block_size": block_size,
+            "blocks_free": free,
+            "blocks_avail": avail,
+            "fstype": self.fstype if block_size else "",
+            "snapshot_retention": self.snapshot_retention,
+            "auto_backup_enabled": self.auto_backup_enabled,
+            "host_dedication_key": "",
+            "host_status": self.host_status,
+        }
+
+
+@dataclass
+class Snapshot:
+    """A volume snapshot; `visible_at` (monotonic seconds) hides one still being taken."""
+
+    id: str
+    volume_id: str
+    size: int
+    digest: str
+    created_at: datetime
+    retention_days: int | None
+    status: str = "created"
+    visible_at: float = 0.0
+
+    @classmethod
+    def from_spec(cls, spec: SnapshotSpec, volume: Volume) -> Snapshot:
+        seed = f"{spec.volume}/{spec.created_at.isoformat()}"
+        return cls(
+            id=spec.id or ids.snapshot_id(seed),
+            volume_id=spec.volume,
+            size=spec.size if spec.size is not None else volume.used_bytes,
+            digest=f"{ids.derive(seed + '/digest', 32)}-1",
+            created_at=spec.created_at,
+            retention_days=spec.retention_days or volume.snapshot_retention,
+            status=spec.status,
+        )
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "id": self.id,
+            "size": self.size,
+            "digest": self.digest,
+            "created_at": ids.snapshot_time(self.created_at),
+            "status": self.status,
+            "retention_days": self.retention_days,
+        }
+
+
+def backup_json(app: str, volume: Volume, snapshot: Snapshot) -> dict[str, Any]:
+    """The on-demand snapshot reply (DOCS): opaque, with internal numeric ids, not vol_/vs_
+    ids, except `graph_id`, which is the id the snapshot will have in the list."""
+    stamp = ids.backup_time(snapshot.created_at)
+    return {
+        "Msg": {
+            "backup": {
+                "id": str(int(ids.derive(snapshot.id, 5, "123456789"))),
+                "app_id": str(int(ids.derive(app, 7, "123456789"))),
+                "volume_id": ids.derive(volume.id, 16, "0123456789"),
+                "state": "prepare",
+                "type": "BACKUP_TYPE_ON_DEMAND",
+                "message": "",
+                "created_at": stamp,
+                "updated_at": stamp,
+                "finished_at": None,
+                "graph_id": snapshot.id,
+            }
+        }
+    }
+
+
+def build_machine(
+    spec: MachineSpec,
+    scenario: Scenario,
+    fly_config: Mapping[str, Any],
+    volume_names: Mapping[str, str],
+    now: datetime,
+) -> dict[str, Any]:
+    """The Machine object of `GET /machines`: what `fly deploy` would have made of
+    fly_config for this group (env, init.cmd, metadata, mounts[0])."""
+    created = spec.created_at or now - timedelta(days=2)
+    release = ids.derive(f"{scenario.app}/release", 25, ids.ALNUM)
+    config = _machine_config(spec, scenario, fly_config, volume_names, release)
+    machine: dict[str, Any] = {
+        "id": spec.id,
+        "name": spec.name or ids.machine_name(spec.id),
+        "state": spec.state,
+        "region": spec.region,
+        "image_ref": {
+            "registry": "registry.fly.io",
+            "repository": scenario.app,
+            "tag": f"deployment-{release[:26].upper()}",
+            "digest": f"sha256:{ids.derive(scenario.app + '/image', 64)}",
+            "labels": {},
+        },
+        "instance_id": ids.derive(f"{spec.id}/instance", 26, ids.CROCKFORD),
+        "version": ids.derive(f"{spec.id}/version", 26, ids.CROCKFORD),
+        "private_ip": spec.private_ip or ids.private_ip(spec.id),
+        "created_at": ids.machine_time(created),
+        "updated_at": ids.machine_time(max(created, now - timedelta(hours=1))),
+        "events": _events(spec.state, created),
+        "host_status": spec.host_status,
+        "cordoned": False,
+    }
+    incomplete = spec.incomplete_config
+    if incomplete is None:
+        incomplete = spec.host_status != "ok"
+    machine["incomplete_config" if incomplete else "config"] = config
+    return machine
+
+
+def machine_metadata(machine: Mapping[str, Any]) -> Mapping[str, str]:
+    """A Machine's config.metadata, wherever the API put the config."""
+    config = machine.get("config") or machine.get("incomplete_config") or {}
+    return config.get("metadata") or {}
+
+
+def _machine_config(
+    spec: MachineSpec,
+    scenario: Scenario,
+    fly_config: Mapping[str, Any],
+    volume_names: Mapping[str, str],
+    release: str,
+) -> dict[str, Any]:
+    group_key = "process_group" if spec.legacy_group_key else "fly_process_group"
+    config: dict[str, Any] = {
+        "env": _env(spec, scenario, fly_config),
+        "init": _init(spec, fly_config),
+        "guest": _guest(fly_config),
+        "metadata": {
+            "fly_flyctl_version": FLYCTL_VERSION,
+            "fly_platform_version": "v2",
+            group_key: spec.group,
+            "fly_release_id": release,
+            "fly_release_version": "12",
+        },
+        "image": f"registry.fly.io/{scenario.app}:deployment-{release[:26].upper()}",
+        "restart": {"policy": "on-failure", "max_retries": 10},
+    }
+    if spec.group == RELEASE_GROUP:
+        config["auto_destroy"] = True
+        config["restart"] = {"policy": "no"}
+    if spec.volume:  # flyctl writes only mounts[0]; the API allows no more
+        config["mounts"] = [
+            {"volume": spec.volume, "path": spec.mount_path, "name": volume_names[spec.volume]}
+        ]
+    return config
+
+
+def _env(spec: MachineSpec, scenario: Scenario, fly_config: Mapping[str, Any]) -> dict[str, str]:
+    """[env] stringified (flyctl patchEnv), then FLY_PROCESS_GROUP and PRIMARY_REGION
+    overriding it, as flyctl does; no secrets, which the API never shows."""
+    if spec.env is not None:
+        env = dict(spec.env)
+    else:
+        env = {str(k): _go_string(v) for k, v in (fly_config.get("env") or {}).items()}
+    if spec.group == RELEASE_GROUP:
+        env["RELEASE_COMMAND"] = "1"
+    env["FLY_PROCESS_GROUP"] = spec.group
+    if scenario.primary_region:
+        env["PRIMARY_REGION"] = scenario.primary_region
+    return env
+
+
+def _init(spec: MachineSpec, fly_config: Mapping[str, Any]) -> dict[str, Any]:
+    if spec.cmd is not None:
+        return {"cmd": list(spec.cmd)}
+    if spec.group == RELEASE_GROUP:
+        command = (fly_config.get("deploy") or {}).get("release_command", "")
+    elif spec.group == CONSOLE_GROUP:
+        command = fly_config.get("console_command", "")
+    else:
+        command = (fly_config.get("processes") or {}).get(spec.group, "")
+    return {"cmd": shlex.split(command)} if command else {}
+
+
+def _guest(fly_config: Mapping[str, Any]) -> dict[str, Any]:
+    """The first [[vm]] as a guest; only decoration, so anything odd falls back."""
+    vm = fly_config.get("vm") or [{}]
+    vm = (vm[0] if isinstance(vm, list) and vm else vm) or {}
+    guest = {"cpu_kind": "shared", "cpus": 1, "memory_mb": 256}
+    try:
+        guest["cpu_kind"] = str(vm.get("cpu_kind", "shared"))
+        guest["cpus"] = int(vm.get("cpus", 1))
+        guest["memory_mb"] = _memory_mb(str(vm.get("memory", "256")))
+    except (AttributeError, TypeError, ValueError):
+        pass
+    return guest
+
+
+def _memory_mb(text: str) -> int:
+    number, unit = re.fullmatch(r"\s*([\d.]+)\s*([a-z]*)\s*", text.lower()).groups()
+    return int(float(number) * (1024 if unit.startswith("g") else 1))
+
+
+def _events(state: str, created: datetime) -> list[dict[str, Any]]:
+    """Newest first, like the docs' example."""
+    events: list[dict[str, Any]] = [
+        {
+            "type": "launch",
+            "status": "created",
+            "source": "user",
+            "timestamp": ids.epoch_ms(created),
+        }
+    ]
+    later = {"started": ("start", "started", "flyd"), "stopped": ("stop", "stopped", "user")}
+    if state in later:
+        kind, status, source = later[state]
+        stamp = ids.epoch_ms(created + timedelta(seconds=3))
+        events.insert(0, {"type": kind, "status": status, "source": source, "timestamp": stamp})
+    return events
+
+
+def _go_string(value: Any) -> str:
+    """fmt.Sprintf("%v"): booleans are lower-case."""
+    return str(value).lower() if isinstance(value, bool) else str(value)

@@ -1,0 +1,248 @@
+"""The simulated app as it is now, and what each API call does to it.
+
+Transport-free on purpose: the HTTP layer turns `ApiError` into a Fly-shaped error body,
+and tests can drive the same behaviour in-process. One lock guards everything, because
+the server answers requests on many threads.
+"""
+
+from __future__ import annotations
+
+import copy
+import threading
+import time
+from collections.abc import Callable, Mapping
+from datetime import UTC, datetime
+from typing import Any
+
+from volguard.sim import ids
+from volguard.sim.objects import Snapshot, Volume, backup_json, build_machine, machine_metadata
+from volguard.sim.scenario import Scenario
+
+DEFAULT_SIZE_GB = 3  # the API's default; flyctl's is 1 (fly-facts §0.7)
+REGION_ERROR = (
+    "Region '{}' cannot host your machine. Please use an alternative region "
+    "(see `fly platform regions`)."
+)
+
+
+class ApiError(Exception):
+    """An API refusal: HTTP status, the `error` message and, optionally, Fly's `status`."""
+
+    def __init__(self, status: int, message: str, code: str | None = None) -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message
+        self.code = code
+
+    def body(self) -> dict[str, str]:
+        return {"error": self.message} | ({"status": self.code} if self.code else {})
+
+
+class SimState:
+    """Machines, volumes and snapshots of one app, plus a record of what clients changed."""
+
+    def __init__(
+        self, scenario: Scenario, *, monotonic: Callable[[], float] = time.monotonic
+    ) -> None:
+        self.scenario = scenario
+        self._monotonic = monotonic
+        self._lock = threading.RLock()
+        self.actions: list[dict[str, Any]] = []  # creates and snapshot requests, in order
+        now = datetime.now(UTC)
+        attachments = scenario.attachments()
+        self._volumes = {
+            v.id: Volume.from_spec(v, attachments.get(v.id), now) for v in scenario.volumes
+        }
+        names = {v.id: v.name for v in scenario.volumes}
+        fly_config = scenario.fly_config()
+        self._machines = {
+            m.id: build_machine(m, scenario, fly_config, names, now) for m in scenario.machines
+        }
+        self._snapshots: dict[str, list[Snapshot]] = {v: [] for v in self._volumes}
+        for spec in sorted(scenario.snapshots, key=lambda s: s.created_at):
+            self._snapshots[spec.volume].append(
+                Snapshot.from_spec(spec, self._volumes[spec.volume])
+            )
+
+    # --- reads -----------------------------------------------------------------------
+
+    def check_app(self, app: str) -> None:
+        if app != self.scenario.app:
+            raise ApiError(404, "app not found")
+
+    def list_machines(
+        self,
+        *,
+        include_deleted: bool = False,
+        region: str | None = None,
+        metadata: Mapping[str, str] | None = None,
+    ) -> list[dict[str, Any]]:
+        """All Machines, release-command and console ones included, as the real list is."""
+        with self._lock:
+            machines = [
+                m
+                for m in self._machines.values()
+                if (include_deleted or m["state"] != "destroyed")
+                and (region is None or m["region"] == region)
+                and _metadata_matches(machine_metadata(m), metadata or {})
+            ]
+            return copy.deepcopy(machines)
+
+    def get_machine(self, machine_id: str) -> dict[str, Any]:
+        with self._lock:
+            if machine_id not in self._machines:
+                raise ApiError(404, "machine not found")
+            return copy.deepcopy(self._machines[machine_id])
+
+    def list_volumes(self) -> list[dict[str, Any]]:
+        """Every volume, soft-deleted states included: filtering on `state` is the
+        client's job (flyctl does it in GetVolumes)."""
+        with self._lock:
+            return [v.to_json() for v in self._volumes.values()]
+
+    def get_volume(self, volume_id: str) -> dict[str, Any]:
+        with self._lock:
+            return self._volume(volume_id).to_json()
+
+    def list_snapshots(self, volume_id: str) -> list[dict[str, Any]]:
+        """Snapshots already taken; on-demand ones appear only once finished."""
+        with self._lock:
+            self._volume(volume_id)
+            now = self._monotonic()
+            return [s.to_json() for s in self._snapshots[volume_id] if s.visible_at <= now]
+
+    # --- writes ----------------------------------------------------------------------
+
+    def create_volume(self, body: Any) -> dict[str, Any]:
+        """POST /volumes: validate like the API, answer the new, unattached volume."""
+        request = _volume_request(body, self.scenario.primary_region)
+        with self._lock:
+            for key in ("snapshot_id", "source_volume_id"):
+                if request[key] and not self._source_exists(key, request[key]):
+                    raise ApiError(404, f"{key.removesuffix('_id')} not found")
+            volume = Volume(
+                id=ids.volume_id(),
+                name=request["name"],
+                region=request["region"],
+                zone=self._free_zone(request["region"]),
+                size_gb=request["size_gb"],
+                state="created",
+                host_status="ok",
+                encrypted=request["encrypted"],
+                snapshot_retention=request["snapshot_retention"],
+                auto_backup_enabled=request["auto_backup_enabled"],
+                fstype=request["fstype"],
+                used_percent=0.0,
+                ever_attached=False,
+                created_at=datetime.now(UTC),
+            )
+            self._volumes[volume.id] = volume
+            self._snapshots[volume.id] = []
+            self.actions.append({"action": "create_volume", "id": volume.id, "request": body})
+            return volume.to_json()
+
+    def create_snapshot(self, volume_id: str, delay_seconds: float) -> dict[str, Any]:
+        """POST /snapshots: accepted now, listed only after `delay_seconds`."""
+        with self._lock:
+            volume = self._volume(volume_id)
+            snapshot = Snapshot(
+                id=ids.snapshot_id(),
+                volume_id=volume_id,
+                size=volume.used_bytes,
+                digest=f"{ids.random_string(32, ids.HEX)}-1",
+                created_at=datetime.now(UTC),
+                retention_days=volume.snapshot_retention,
+                visible_at=self._monotonic() + delay_seconds,
+            )
+            self._snapshots[volume_id].append(snapshot)
+            self.actions.append(
+                {"action": "create_snapshot", "id": snapshot.id, "volume": volume_id}
+            )
+            return backup_json(self.scenario.app, volume, snapshot)
+
+    def to_json(self) -> dict[str, Any]:
+        """Everything, pending snapshots and destroyed Machines included (for /__sim/state)."""
+        with self._lock:
+            now = self._monotonic()
+            return {
+                "app": self.scenario.app,
+                "primary_region": self.scenario.primary_region,
+                "machines": copy.deepcopy(list(self._machines.values())),
+                "volumes": [v.to_json() for v in self._volumes.values()],
+                "snapshots": {
+                    vid: [s.to_json() | {"visible": s.visible_at <= now} for s in snaps]
+                    for vid, snaps in self._snapshots.items()
+                },
+                "actions": copy.deepcopy(self.actions),
+            }
+
+    # --- helpers ---------------------------------------------------------------------
+
+    def _volume(self, volume_id: str) -> Volume:
+        if volume_id not in self._volumes:
+            raise ApiError(404, "volume not found")
+        return self._volumes[volume_id]
+
+    def _source_exists(self, key: str, value: str) -> bool:
+        if key == "source_volume_id":
+            return value in self._volumes
+        return any(s.id == value for snaps in self._snapshots.values() for s in snaps)
+
+    def _free_zone(self, region: str) -> str:
+        """A hardware zone no other volume of the app uses in that region, when there is one
+        (the `require_unique_zone` default)."""
+        taken = {v.zone for v in self._volumes.values() if v.region == region}
+        zone = ids.random_string(4, ids.HEX)
+        while zone in taken:
+            zone = ids.random_string(4, ids.HEX)
+        return zone
+
+
+def _metadata_matches(metadata: Mapping[str, str], wanted: Mapping[str, str]) -> bool:
+    return all(metadata.get(k) == v for k, v in wanted.items())
+
+
+def _volume_request(body: Any, primary_region: str) -> dict[str, Any]:
+    """CreateVolumeRequest with the API's defaults. FLYGO sends unset pointers as JSON
+    null, so null means "default" everywhere."""
+    if not isinstance(body, dict):
+        raise ApiError(400, "invalid request body: expected a JSON object")
+    fields = {k: v for k, v in body.items() if v is not None}
+    name = fields.get("name")
+    if not isinstance(name, str) or not name:
+        raise ApiError(400, "name is required")
+    region = fields.get("region", primary_region)
+    if not isinstance(region, str) or not region:
+        raise ApiError(422, REGION_ERROR.format(region if isinstance(region, str) else ""))
+    return {
+        "name": name,
+        "region": region,
+        "size_gb": _int_field(fields, "size_gb", DEFAULT_SIZE_GB, 1, 500),
+        "snapshot_retention": _int_field(fields, "snapshot_retention", 5, 1, 60),
+        "encrypted": _bool_field(fields, "encrypted", True),
+        "auto_backup_enabled": _bool_field(fields, "auto_backup_enabled", True),
+        "fstype": _fstype(fields),
+        "snapshot_id": fields.get("snapshot_id"),
+        "source_volume_id": fields.get("source_volume_id"),
+    }
+
+
+def _int_field(fields: Mapping[str, Any], key: str, default: int, low: int, high: int) -> int:
+    value = fields.get(key, default)
+    if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
+        raise ApiError(422, f"{key} must be an integer between {low} and {high}")
+    return value
+
+
+def _bool_field(fields: Mapping[str, Any], key: str, default: bool) -> bool:
+    value = fields.get(key, default)
+    if not isinstance(value, bool):
+        raise ApiError(400, f"invalid request body: {key} must be a boolean")
+    return value
+
+
+def _fstype(fields: Mapping[str, Any]) -> str:
+    value = fields.get("fstype", "ext4")
+    if value not in ("ext4", "raw"):
+        raise ApiError(422, "fstype must be one of ext4, raw")
+    return value
