@@ -214,8 +214,8 @@ def create_volume(
     app: str | None = None,
     apply: bool = False,
     yes: bool = False,
-    count: int | None = None,
-    size: int | None = None,
+    count: str = "",
+    size: str = "",
     group: str | None = None,
     require_unique_zone: bool = True,
     audit_log: str | None = None,
@@ -224,11 +224,9 @@ def create_volume(
     from volguard.audit import DEFAULT_PATH, AuditLog
     from volguard.fly.volumes import ensure_volumes
 
+    count_n = _whole_number("--count", count, 1, 1000)
+    size_gb = _whole_number("--size", size, 1, 500)
     _, config, app_name, token = _platform_inputs(c, path, app)
-    if count is not None and count < 1:
-        raise UsageError(f"--count must be at least 1, not {count}")
-    if size is not None and not 1 <= size <= 500:
-        raise UsageError(f"--size must be between 1 and 500 GB, not {size}")
     groups = None
     if group:
         if group not in config.group_names:
@@ -243,8 +241,8 @@ def create_volume(
         token,
         apply=apply,
         confirm=None if yes else _confirm,
-        count=count,
-        size_gb=size,
+        count=count_n,
+        size_gb=size_gb,
         groups=groups,
         require_unique_zone=require_unique_zone,
         audit=AuditLog(audit_log or DEFAULT_PATH, command="create-volume"),
@@ -268,7 +266,7 @@ def snapshot_volumes(
     path: str | None = None,
     app: str | None = None,
     apply: bool = False,
-    timeout: int = 300,
+    timeout: str = "300",
     audit_log: str | None = None,
 ) -> None:
     """Take an on-demand snapshot of each media volume and wait until Fly lists it."""
@@ -282,10 +280,23 @@ def snapshot_volumes(
         app_name,
         token,
         apply=apply,
-        timeout=timeout,
+        timeout=_whole_number("--timeout", timeout, 1, 86400) or 300,
         audit=AuditLog(audit_log or DEFAULT_PATH, command="snapshot-volumes"),
         out=print,
     )
+
+
+def _whole_number(flag: str, value: str, low: int, high: int) -> int | None:
+    """Parse a numeric flag ourselves: Invoke's parser ends in a traceback on `--count abc`."""
+    if value in ("", None):
+        return None
+    try:
+        number = int(str(value).strip())
+    except ValueError:
+        raise UsageError(f"{flag} must be a whole number, not {value!r}") from None
+    if not low <= number <= high:
+        raise UsageError(f"{flag} must be between {low} and {high}, not {number}")
+    return number
 
 
 def _path_argument(path: str | None) -> str | None:

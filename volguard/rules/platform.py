@@ -198,7 +198,8 @@ def snapshots_missing_or_old(
 ) -> Iterator[Finding]:
     names = _media_volume_names(config, context)
     for volume in fleet.volumes:
-        if volume.name not in names:
+        # attached volumes hold the live uploads; an unattached one matters if it holds data
+        if volume.name not in names or not (volume.attached or (volume.used_fraction or 0) > 0):
             continue
         problems = []
         if volume.auto_backup_enabled is False:
