@@ -88,11 +88,7 @@ def lint(
     )
     threshold, targets = _report_options(format, output or [], fail_on)
     report = run_lint(settings, path, use_waivers=not no_waivers)
-    _emit(report, format, targets, threshold)
-    if not report_only:
-        code = report.exit_code(threshold)
-        if code:
-            raise Exit(code=code)
+    _finish(report, format, targets, threshold, report_only)
 
 
 def _report_options(
@@ -113,6 +109,16 @@ def _report_options(
             raise UsageError(f"--output {spec!r}: write it as FORMAT:PATH, e.g. sarif:out.sarif")
         targets.append((check_format(out_fmt), out_path))
     return threshold, targets
+
+
+def _finish(
+    report: Any, fmt: str, targets: list[tuple[str, str]], threshold: Any, report_only: bool
+) -> None:
+    """Publish the report, then exit with the documented code (2 for findings, unless told)."""
+    _emit(report, fmt, targets, threshold)
+    code = report.exit_code(threshold)
+    if code and not report_only:
+        raise Exit(code=code)
 
 
 def _emit(report: Any, fmt: str, targets: list[tuple[str, str]], threshold: Any) -> None:
@@ -185,11 +191,7 @@ def verify_volume(
             print(f"volguard: {name}: {layer.status}{why}", file=sys.stderr)
         if "api_calls" in report.stats:
             print(f"volguard: platform: {report.stats['api_calls']} API calls", file=sys.stderr)
-    _emit(report, format, targets, threshold)
-    if not report_only:
-        code = report.exit_code(threshold)
-        if code:
-            raise Exit(code=code)
+    _finish(report, format, targets, threshold, report_only)
 
 
 @task(
