@@ -83,7 +83,7 @@ def one_round(machines: int, latency_ms: float) -> dict[str, float]:
         url = ready.get(timeout=30)
         report = Report()
         start = time.perf_counter()
-        findings = check_platform(
+        findings, _ = check_platform(
             config,
             Settings.load(None, media_groups="app,worker"),
             Token(scenario.tokens[0]),

@@ -24,6 +24,17 @@ DEFAULTS: dict[str, Any] = {
     "machine_counts": {},
     "snapshot_max_age_hours": 48,  # VG207: daily snapshots, a day of slack
     "volume_full_percent": 90,  # VG208
+    # the Machine layer (issue #4)
+    "transport": "fly",  # fly | ssh | local
+    "flyctl": "flyctl",
+    "ssh_user": "root",
+    "ssh_config": None,
+    "host_template": "{id}.vm.{app}.internal",
+    "app_user": None,  # default: the user the app process runs as
+    "volume_fstypes": ["ext4"],  # VG302
+    "min_free_percent": 10,  # VG305
+    "probe_ttl": 300,  # seconds before a left-over visibility probe removes itself
+    "machine_parallel": 8,
     "waivers": [],
 }
 
@@ -52,6 +63,16 @@ class Settings:
     machine_counts: dict[str, int] = field(default_factory=dict)
     snapshot_max_age_hours: int = 48
     volume_full_percent: int = 90
+    transport: str = "fly"
+    flyctl: str = "flyctl"
+    ssh_user: str = "root"
+    ssh_config: str | None = None
+    host_template: str = "{id}.vm.{app}.internal"
+    app_user: str | None = None
+    volume_fstypes: tuple[str, ...] = ("ext4",)
+    min_free_percent: int = 10
+    probe_ttl: int = 300
+    machine_parallel: int = 8
     waivers: tuple[Waiver, ...] = ()
 
     @classmethod
@@ -75,6 +96,16 @@ class Settings:
             machine_counts=_counts(merged["machine_counts"]),
             snapshot_max_age_hours=_int(merged, "snapshot_max_age_hours", 1, 24 * 366),
             volume_full_percent=_int(merged, "volume_full_percent", 1, 100),
+            transport=_choice(merged, "transport", ("fly", "ssh", "local")),
+            flyctl=_str(merged, "flyctl") or "flyctl",
+            ssh_user=_str(merged, "ssh_user") or "root",
+            ssh_config=_str(merged, "ssh_config") or None,
+            host_template=_template(merged),
+            app_user=_str(merged, "app_user") or None,
+            volume_fstypes=_names(merged, "volume_fstypes"),
+            min_free_percent=_int(merged, "min_free_percent", 0, 100),
+            probe_ttl=_int(merged, "probe_ttl", 1, 86400),
+            machine_parallel=_int(merged, "machine_parallel", 1, 64),
             waivers=tuple(_waiver(w, i) for i, w in enumerate(_list(merged, "waivers"))),
         )
 
@@ -84,6 +115,35 @@ def _str(merged: dict[str, Any], key: str) -> str | None:
     if value is None or isinstance(value, str):
         return value
     raise ConfigError(f"volguard config: {key} must be a string, not {value!r}")
+
+
+def _choice(merged: dict[str, Any], key: str, choices: tuple[str, ...]) -> str:
+    value = merged[key]
+    if value not in choices:
+        raise ConfigError(
+            f"volguard config: {key} must be one of {', '.join(choices)}, not {value!r}"
+        )
+    return value
+
+
+def _names(merged: dict[str, Any], key: str) -> tuple[str, ...]:
+    value = merged[key]
+    names = value.split(",") if isinstance(value, str) else value
+    if not isinstance(names, list | tuple) or not all(isinstance(n, str) for n in names):
+        raise ConfigError(f"volguard config: {key} must be a list of names, not {value!r}")
+    return tuple(n.strip() for n in names if n.strip())
+
+
+def _template(merged: dict[str, Any]) -> str:
+    value = _str(merged, "host_template") or "{id}.vm.{app}.internal"
+    try:
+        value.format(id="x", app="x", region="x", group="x", name="x", private_ip="x")
+    except (KeyError, IndexError, ValueError) as e:
+        raise ConfigError(
+            f"volguard config: host_template {value!r} is not a valid template ({e}); "
+            "use {id}, {app}, {region}, {group}, {name} or {private_ip}"
+        ) from None
+    return value
 
 
 def _int(merged: dict[str, Any], key: str, low: int, high: int) -> int:

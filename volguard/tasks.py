@@ -156,6 +156,10 @@ def _emit(report: Any, fmt: str, targets: list[tuple[str, str]], threshold: Any)
         "media_groups": "comma-separated process groups that read or write media "
         "(default: every group)",
         "verbose": "print what each layer did, and the API calls made, on stderr",
+        "transport": "how to reach each Machine: fly (flyctl ssh console), ssh or local "
+        "(default: volguard.transport, fly)",
+        "machine": "check only this Machine id",
+        "group": "check only the Machines of this process group",
     },
 )
 @_edge
@@ -172,6 +176,9 @@ def verify_volume(
     media_root: str | None = None,
     media_groups: str | None = None,
     verbose: bool = False,
+    transport: str | None = None,
+    machine: str | None = None,
+    group: str | None = None,
 ) -> None:
     """Verify the deployment: fly.toml, then the Machines API (FLY_API_TOKEN), then each Machine."""
     from volguard.config import Settings
@@ -180,17 +187,35 @@ def verify_volume(
 
     path = _path_argument(path)
     settings = Settings.load(
-        c.config.get("volguard"), app=app, media_root=media_root, media_groups=media_groups
+        c.config.get("volguard"),
+        app=app,
+        media_root=media_root,
+        media_groups=media_groups,
+        transport=transport,
     )
     threshold, targets = _report_options(format, output or [], fail_on)
     token = None if offline else Token.from_env()
-    report = verify(settings, path, offline=offline, token=token, use_waivers=not no_waivers)
+    report = verify(
+        settings,
+        path,
+        offline=offline,
+        token=token,
+        use_waivers=not no_waivers,
+        machine_ids=(machine,) if machine else (),
+        groups=(group,) if group else (),
+    )
     if verbose:
         for name, layer in report.layers.items():
             why = f" ({layer.reason})" if layer.reason else ""
             print(f"volguard: {name}: {layer.status}{why}", file=sys.stderr)
         if "api_calls" in report.stats:
             print(f"volguard: platform: {report.stats['api_calls']} API calls", file=sys.stderr)
+        if "machines_checked" in report.stats:
+            print(
+                f"volguard: machine: {report.stats['machines_checked']} Machines checked in "
+                f"{report.stats['machine_sessions']} sessions",
+                file=sys.stderr,
+            )
     _finish(report, format, targets, threshold, report_only)
 
 

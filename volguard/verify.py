@@ -32,10 +32,13 @@ def verify(
     use_waivers: bool = True,
     today: dt.date | None = None,
     now: dt.datetime | None = None,
+    machine_ids: tuple[str, ...] = (),
+    groups: tuple[str, ...] = (),
 ) -> Report:
     path = path or settings.fly_toml
     report = Report(inputs={"fly_toml": path})
     config, findings = check_fly_toml(settings, path, report)
+    fleet = None
     if config is None:
         report.skipped("platform", "fly.toml could not be read")
     elif offline:
@@ -45,10 +48,65 @@ def verify(
     elif not (settings.app or config.app):
         report.skipped("platform", "no app name: set `app` in fly.toml or pass --app")
     else:
-        findings += check_platform(config, settings, token, client_factory, report, now)
-    report.skipped("machine", "not implemented yet: issue #4")
+        platform_findings, fleet = check_platform(
+            config, settings, token, client_factory, report, now
+        )
+        findings += platform_findings
+    if fleet is None or config is None:
+        report.skipped("machine", "needs the Machine list from the platform layer")
+    else:
+        findings += check_machine_layer(config, settings, fleet, report, machine_ids, groups)
     report.extend(waive(findings, settings, config, use_waivers=use_waivers, today=today))
     return report
+
+
+def check_machine_layer(
+    config: FlyConfig,
+    settings: Settings,
+    fleet: Fleet,
+    report: Report,
+    machine_ids: tuple[str, ...] = (),
+    groups: tuple[str, ...] = (),
+) -> list[Finding]:
+    """The Machine layer: probe each started Machine of the media groups (VG300–VG307)."""
+    from volguard.remote.layer import check_machines, targets_of
+    from volguard.remote.transports import TransportOptions
+    from volguard.rules.machine import MachineContext
+
+    context = static_context(config, settings)
+    targets = targets_of(fleet, context.media_groups, machine_ids, groups)
+    if not targets:
+        report.skipped("machine", "no started Machine in the media groups")
+        return []
+    missing = missing_tool(settings)
+    if missing:
+        report.skipped("machine", missing)
+        return []
+    options = TransportOptions(
+        kind=settings.transport,
+        app=settings.app or config.app or "",
+        user=settings.ssh_user,
+        flyctl=settings.flyctl,
+        host_template=settings.host_template,
+        ssh_config=settings.ssh_config,
+    )
+    result = check_machines(
+        config,
+        targets,
+        options,
+        MachineContext(
+            fstypes=settings.volume_fstypes,
+            min_free_percent=settings.min_free_percent,
+            app_user=settings.app_user,
+        ),
+        media_root=context.media_root,
+        ttl=settings.probe_ttl,
+        parallel=settings.machine_parallel,
+    )
+    report.ran("machine", checks=tuple(f"VG30{i}" for i in range(8)))
+    report.stats["machines_checked"] = len(result.checked)
+    report.stats["machine_sessions"] = sum(result.sessions.values())
+    return result.findings
 
 
 def check_platform(
@@ -58,7 +116,7 @@ def check_platform(
     client_factory: ClientFactory,
     report: Report,
     now: dt.datetime | None = None,
-) -> list[Finding]:
+) -> tuple[list[Finding], Fleet | None]:
     """The platform layer: fetch the fleet, run VG201–VG209; VG200 when the API fails us."""
     app = settings.app or config.app or ""
     context = platform_context(config, settings, now)
@@ -67,18 +125,17 @@ def check_platform(
             fleet = fetch_fleet(client, app, config, context)
     except FlyAPIError as e:
         report.broke("platform", str(e))
-        return [
-            finding(
-                "VG200",
-                str(e),
-                Location(object=f"app {app}"),
-                evidence={"status": e.status} if e.status else {},
-            )
-        ]
+        vg200 = finding(
+            "VG200",
+            str(e),
+            Location(object=f"app {app}"),
+            evidence={"status": e.status} if e.status else {},
+        )
+        return [vg200], None
     report.ran("platform", checks=("VG200", *sorted(PLATFORM_RULES)))
     report.inputs["app"] = app
     report.stats["api_calls"] = fleet.api_calls
-    return run_platform(config, fleet, context)
+    return run_platform(config, fleet, context), fleet
 
 
 def fetch_fleet(
@@ -97,3 +154,13 @@ def platform_context(
         snapshot_max_age_hours=settings.snapshot_max_age_hours,
         full_threshold=settings.volume_full_percent / 100,
     )
+
+
+def missing_tool(settings: Settings) -> str | None:
+    """Why the chosen transport cannot run here (its program is not installed), or None."""
+    import shutil
+
+    program = {"fly": settings.flyctl, "ssh": "ssh"}.get(settings.transport)
+    if program and shutil.which(program) is None:
+        return f"{program} not found on PATH (transport {settings.transport})"
+    return None

@@ -19,7 +19,7 @@ if TYPE_CHECKING:
 
 Rule = Callable[..., Iterable[Finding]]
 
-RULES: dict[str, dict[str, Rule]] = {"static": {}, "platform": {}}
+RULES: dict[str, dict[str, Rule]] = {"static": {}, "platform": {}, "machine": {}}
 STATIC_RULES = RULES["static"]
 PLATFORM_RULES = RULES["platform"]
 

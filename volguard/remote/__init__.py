@@ -1,0 +1,1 @@
+"""Reaching Machines: transports (fly, ssh, local) and the batched probe."""

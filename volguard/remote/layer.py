@@ -1,0 +1,158 @@
+"""The Machine layer: probe every started Machine of the media groups, then judge.
+
+Order matters for VG306 and for the connection budget (at most two sessions
+per Machine): first one app Machine writes a visibility probe along with its
+facts; then every other Machine, in parallel, reports its facts and whether it
+sees that probe; then the writer removes the probe. An unreachable Machine is
+one VG300 after one timeout, not a timeout per check.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import uuid
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any
+
+from volguard.catalogue import finding
+from volguard.findings import Finding, Location
+from volguard.fly.fleet import Fleet
+from volguard.fly.models import Machine
+from volguard.flytoml import FlyConfig
+from volguard.remote.probe import MachineFacts, ProbeError, exit_status, parse_facts, probe_script
+from volguard.remote.transports import Transport, TransportOptions, Unreachable
+from volguard.rules.machine import MachineContext, Observation, run_machine_rules
+
+DEFAULT_DESTINATION = "/data"
+
+
+@dataclass
+class MachineLayerResult:
+    findings: list[Finding] = field(default_factory=list)
+    checked: list[str] = field(default_factory=list)
+    sessions: dict[str, int] = field(default_factory=dict)
+
+
+def targets_of(
+    fleet: Fleet,
+    media_groups: tuple[str, ...],
+    machine_ids: tuple[str, ...] = (),
+    groups: tuple[str, ...] = (),
+) -> list[Machine]:
+    """Started Machines of the media groups, narrowed by --machine / --group."""
+    chosen = [m for g in media_groups for m in fleet.machines_of(g) if m.state == "started"]
+    if groups:
+        chosen = [m for m in chosen if m.group in groups]
+    if machine_ids:
+        chosen = [m for m in chosen if m.id in machine_ids]
+    return chosen
+
+
+def check_machines(
+    config: FlyConfig,
+    targets: list[Machine],
+    options: TransportOptions,
+    context: MachineContext,
+    *,
+    media_root: str | None = None,
+    ttl: float = 300.0,
+    parallel: int = 8,
+    run_id: str | None = None,
+) -> MachineLayerResult:
+    result = MachineLayerResult()
+    if not targets:
+        return result
+    run_id = run_id or uuid.uuid4().hex[:12]
+    writer = next((m for m in targets if m.group == "app"), targets[0])
+    others = [m for m in targets if m is not writer]
+
+    def arguments(machine: Machine, **more: Any) -> dict[str, Any]:
+        return {
+            "destination": _destination(config, machine.group),
+            "run_id": run_id,
+            "machine": machine.id,
+            "media_root": media_root,
+            "app_user": context.app_user,
+            "group": machine.group,
+            "ttl": ttl,
+            **more,
+        }
+
+    observations: list[Observation] = []
+    with Transport(options) as transport:
+        first = _observe(transport, writer, arguments(writer, write_visibility_probe=True))
+        probe = first.facts.visibility_probe if isinstance(first, Observation) else None
+        try:
+            with ThreadPoolExecutor(max_workers=max(1, min(parallel, len(others) or 1))) as pool:
+                rest = list(
+                    pool.map(
+                        lambda m: _observe(
+                            transport, m, arguments(m, look_for=[probe] if probe else [])
+                        ),
+                        others,
+                    )
+                )
+        finally:
+            if probe and isinstance(first, Observation):
+                cleanup = arguments(
+                    writer, cleanup_only=True, remove=[probe], media_root=first.facts.media_root
+                )
+                # if this fails, the probe's own watchdog removes the file after `ttl`
+                with contextlib.suppress(Unreachable, ProbeError):
+                    _run(transport, writer, cleanup)
+        for machine, outcome in zip([writer, *others], [first, *rest], strict=True):
+            if isinstance(outcome, Observation):
+                observations.append(outcome)
+                result.checked.append(machine.id)
+            else:
+                result.findings.append(outcome)
+        result.sessions = dict(transport.sessions)
+    result.findings += run_machine_rules(observations, context)
+    return result
+
+
+def _destination(config: FlyConfig, group: str) -> str:
+    mounts = config.mounts_of(group) or list(config.mounts)
+    return mounts[0].destination if mounts else DEFAULT_DESTINATION
+
+
+def _observe(transport: Transport, machine: Machine, args: dict[str, Any]) -> Observation | Finding:
+    try:
+        facts = MachineFacts.from_probe(_run(transport, machine, args))
+    except Unreachable as e:
+        return _unreachable(machine, str(e), transport.options.kind)
+    except ProbeError as e:
+        return _unreachable(machine, f"the probe failed: {e}", transport.options.kind)
+    return Observation(machine=machine, destination=args["destination"], facts=facts)
+
+
+def _run(transport: Transport, machine: Machine, args: dict[str, Any]) -> dict[str, Any]:
+    try:
+        done = transport.run(machine, probe_script(args))
+    except Unreachable:
+        raise
+    except Exception as e:  # testinfra/ssh raise assorted errors for a dead host
+        raise Unreachable(f"{type(e).__name__}: {e}") from None
+    status = exit_status(done.stdout)
+    if status is None:
+        raise Unreachable(_first_line(done.stderr) or f"no answer (exit {done.rc})")
+    if status != 0:
+        raise ProbeError(_first_line(done.stderr) or f"exit status {status}")
+    return parse_facts(done.stdout)
+
+
+def _unreachable(machine: Machine, why: str, kind: str) -> Finding:
+    return finding(
+        "VG300",
+        f"Machine {machine.id} (group {machine.group}, {machine.region}) could not be checked "
+        f"over the {kind} transport: {why}",
+        Location(machine=machine.id),
+        evidence={"machine": machine.id, "group": machine.group, "transport": kind},
+    )
+
+
+def _first_line(text: str) -> str:
+    lines = [line.strip() for line in (text or "").splitlines() if line.strip()]
+    errors = [line for line in lines if "rror" in line or "refused" in line or "denied" in line]
+    return (errors or lines or [""])[-1][:300]

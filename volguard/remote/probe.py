@@ -1,0 +1,181 @@
+"""One batched probe per Machine: the command that runs it, and the facts it returns.
+
+A flyctl session costs seconds, so volguard never pays it per assertion: the
+probe program (probe_script.py) gathers everything in one session and prints
+JSON between markers, which keeps flyctl's own chatter out of the result. The
+command carries the program and its arguments base64-encoded, so nothing in
+them can be reinterpreted by a shell, and ends with an exit-status sentinel
+because `fly ssh console` collapses every remote failure to exit 1.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import re
+import shlex
+from dataclasses import dataclass, field
+from typing import Any
+
+from volguard.errors import VolguardError
+from volguard.remote.probe_script import PROBE_SOURCE
+
+BEGIN, END = "__VOLGUARD_FACTS_BEGIN__", "__VOLGUARD_FACTS_END__"
+RC_SENTINEL = "__VOLGUARD_RC="
+_PYTHONS = ("python3", "/usr/local/bin/python3", "/usr/bin/python3", "/app/.venv/bin/python3")
+
+
+class ProbeError(VolguardError):
+    """The probe ran but its answer is unusable (no python3, no markers, bad JSON)."""
+
+
+def probe_script(arguments: dict[str, Any]) -> str:
+    """A POSIX sh script that runs the probe with the Machine's python3 and prints its status."""
+    source = base64.b64encode(PROBE_SOURCE.encode()).decode()
+    args = base64.b64encode(json.dumps(arguments, sort_keys=True).encode()).decode()
+    loader = (
+        "import base64,sys;exec(compile(base64.b64decode(sys.argv[1]),'volguard-probe','exec'))"
+    )
+    candidates = " ".join(shlex.quote(p) for p in _PYTHONS)
+    return (
+        f"for p in {candidates}; do "
+        'if command -v "$p" >/dev/null 2>&1; then '
+        f'"$p" -c {shlex.quote(loader)} {source} {args}; rc=$?; '
+        f'echo "{RC_SENTINEL}$rc"; exit 0; fi; done; '
+        'echo "volguard: no python3 on this Machine" >&2; '
+        f'echo "{RC_SENTINEL}127"'
+    )
+
+
+def shell_command(arguments: dict[str, Any]) -> str:
+    """The probe as one `sh -c '…'` command line, for a transport that sends a string."""
+    return f"sh -c {shlex.quote(probe_script(arguments))}"
+
+
+def exit_status(stdout: str) -> int | None:
+    """The probe's own exit status from its sentinel line, or None when it never printed one."""
+    found = re.findall(rf"^{re.escape(RC_SENTINEL)}(\d+)\s*$", stdout, flags=re.MULTILINE)
+    return int(found[-1]) if found else None
+
+
+def parse_facts(stdout: str) -> dict[str, Any]:
+    """The JSON object between the markers; ProbeError when there is none."""
+    start, end = stdout.rfind(BEGIN), stdout.rfind(END)
+    if start < 0 or end < start:
+        raise ProbeError("the probe printed no result")
+    try:
+        data = json.loads(stdout[start + len(BEGIN) : end])
+    except ValueError as e:
+        raise ProbeError(f"the probe's result is not JSON ({e})") from None
+    if not isinstance(data, dict):
+        raise ProbeError("the probe's result is not a JSON object")
+    return data
+
+
+@dataclass(frozen=True)
+class MountEntry:
+    mount_point: str
+    fstype: str
+    options: tuple[str, ...]
+    super_options: tuple[str, ...] = ()
+    source: str = ""
+
+    @property
+    def read_only(self) -> bool:
+        return "ro" in self.options or "ro" in self.super_options
+
+
+@dataclass(frozen=True)
+class AppProcess:
+    pid: int
+    user: str
+    cwd: str
+    command: str
+    media_root: str | None
+    group: str | None
+
+
+@dataclass(frozen=True)
+class MachineFacts:
+    """What one probe saw on one Machine."""
+
+    destination: str
+    destination_exists: bool
+    destination_device: str | None
+    root_device: str | None
+    mount: MountEntry | None
+    bytes_total: int | None = None
+    bytes_free: int | None = None
+    inodes_total: int | None = None
+    inodes_free: int | None = None
+    processes: tuple[AppProcess, ...] = ()
+    app_user: str | None = None
+    media_root: str | None = None
+    media_root_source: str | None = None
+    media_root_real: str | None = None
+    media_root_exists: bool | None = None
+    media_root_owner: str | None = None
+    media_root_mode: str | None = None
+    media_root_device: str | None = None
+    write_test: dict[str, Any] | None = None
+    visibility_probe: str | None = None
+    visible: dict[str, bool] = field(default_factory=dict)
+    errors: tuple[str, ...] = ()
+
+    @classmethod
+    def from_probe(cls, data: dict[str, Any]) -> MachineFacts:
+        if data.get("fatal"):
+            raise ProbeError("; ".join(data.get("errors") or ["the probe failed"]))
+        mount = data.get("mount")
+        return cls(
+            destination=data.get("destination", ""),
+            destination_exists=bool(data.get("destination_exists")),
+            destination_device=data.get("destination_device"),
+            root_device=data.get("root_device"),
+            mount=MountEntry(
+                mount_point=mount.get("mount_point", ""),
+                fstype=mount.get("fstype", ""),
+                options=tuple(mount.get("options") or ()),
+                super_options=tuple(mount.get("super_options") or ()),
+                source=mount.get("source", ""),
+            )
+            if isinstance(mount, dict)
+            else None,
+            bytes_total=data.get("bytes_total"),
+            bytes_free=data.get("bytes_free"),
+            inodes_total=data.get("inodes_total"),
+            inodes_free=data.get("inodes_free"),
+            processes=tuple(
+                AppProcess(
+                    pid=p.get("pid", 0),
+                    user=p.get("user", ""),
+                    cwd=p.get("cwd", ""),
+                    command=p.get("command", ""),
+                    media_root=p.get("media_root"),
+                    group=p.get("group"),
+                )
+                for p in data.get("processes") or ()
+                if isinstance(p, dict)
+            ),
+            app_user=data.get("app_user"),
+            media_root=data.get("media_root"),
+            media_root_source=data.get("media_root_source"),
+            media_root_real=data.get("media_root_real"),
+            media_root_exists=data.get("media_root_exists"),
+            media_root_owner=data.get("media_root_owner"),
+            media_root_mode=data.get("media_root_mode"),
+            media_root_device=data.get("media_root_device"),
+            write_test=data.get("write_test"),
+            visibility_probe=data.get("visibility_probe"),
+            visible=dict(data.get("visible") or {}),
+            errors=tuple(data.get("errors") or ()),
+        )
+
+    @property
+    def separate_filesystem(self) -> bool:
+        """The destination is on its own filesystem: a device other than the root's."""
+        return (
+            self.destination_exists
+            and self.destination_device is not None
+            and self.destination_device != self.root_device
+        )

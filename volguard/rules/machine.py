@@ -1,0 +1,261 @@
+"""Machine rules VG301–VG307: what the probe saw on each Machine, judged.
+
+Per-Machine rules take an `Observation` (the Machine, what fly.toml expects of
+it, and its `MachineFacts`); the cross-Machine rules (MEDIA_ROOT differing
+between groups, VG306 visibility) take all of them. VG300 (unreachable) is not
+a rule: the layer reports it when a Machine cannot be probed at all.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+from volguard.catalogue import finding
+from volguard.findings import Finding, Location, Severity
+from volguard.fly.models import Machine
+from volguard.remote.probe import MachineFacts
+from volguard.rules import _register
+from volguard.rules.static import inside, normalise
+
+
+@dataclass(frozen=True)
+class Observation:
+    machine: Machine
+    destination: str  # the fly.toml mount destination for the Machine's group
+    facts: MachineFacts
+
+
+@dataclass(frozen=True)
+class MachineContext:
+    fstypes: tuple[str, ...] = ("ext4",)  # Fly volumes are ext4
+    min_free_percent: float = 10.0
+    app_user: str | None = None  # expected app user; default: whoever runs the app process
+
+
+def machine_rule(check_id: str):
+    """Register a per-Machine rule ``(Observation, MachineContext) -> findings``."""
+    return _register("machine", check_id)
+
+
+def _who(o: Observation) -> str:
+    return f"Machine {o.machine.id} (group {o.machine.group}, {o.machine.region})"
+
+
+def _at(o: Observation) -> Location:
+    return Location(machine=o.machine.id)
+
+
+def _ev(o: Observation, **more: object) -> dict[str, object]:
+    return {"machine": o.machine.id, "group": o.machine.group, "region": o.machine.region, **more}
+
+
+@machine_rule("VG301")
+def not_a_separate_filesystem(o: Observation, context: MachineContext) -> Iterator[Finding]:
+    f = o.facts
+    if f.separate_filesystem:
+        return
+    why = (
+        "does not exist"
+        if not f.destination_exists
+        else f"is on the root filesystem (device {f.destination_device}, same as /)"
+    )
+    yield finding(
+        "VG301",
+        f"{_who(o)}: {o.destination} {why}: the volume is not mounted there, so uploads land "
+        "on the ephemeral root filesystem and vanish on the next deploy or restart",
+        _at(o),
+        evidence=_ev(
+            o, destination=o.destination, device=f.destination_device, root_device=f.root_device
+        ),
+    )
+
+
+@machine_rule("VG302")
+def read_only_or_odd_filesystem(o: Observation, context: MachineContext) -> Iterator[Finding]:
+    f = o.facts
+    if not f.separate_filesystem or f.mount is None:
+        return  # VG301 speaks
+    problems = []
+    if f.mount.read_only:
+        problems.append("it is mounted read-only")
+    if context.fstypes and f.mount.fstype not in context.fstypes:
+        problems.append(f"its filesystem is {f.mount.fstype}, not {' or '.join(context.fstypes)}")
+    if problems:
+        yield finding(
+            "VG302",
+            f"{_who(o)}: {o.destination}: {'; '.join(problems)}",
+            _at(o),
+            evidence=_ev(o, fstype=f.mount.fstype, options=list(f.mount.options)),
+        )
+
+
+@machine_rule("VG303")
+def media_root_outside_mount(o: Observation, context: MachineContext) -> Iterator[Finding]:
+    f = o.facts
+    if not f.processes and not f.media_root:
+        yield finding(
+            "VG303",
+            f"{_who(o)}: no app process found and MEDIA_ROOT unknown: MEDIA_ROOT and "
+            "writability were not verified",
+            _at(o),
+            severity=Severity.INFO,
+            hint="Set volguard.app_user (the user the app runs as) or MEDIA_ROOT.",
+            evidence=_ev(o),
+        )
+        return
+    if not f.media_root:
+        yield finding(
+            "VG303",
+            f"{_who(o)}: the app process (pid {f.processes[0].pid}, user {f.processes[0].user}) "
+            "has no MEDIA_ROOT in its environment",
+            _at(o),
+            severity=Severity.INFO,
+            hint="Set MEDIA_ROOT in [env], or configure volguard.media_root.",
+            evidence=_ev(o),
+        )
+        return
+    real = f.media_root_real or f.media_root
+    if not inside(real, o.destination):
+        shown = f.media_root + (f" (-> {real})" if real != normalise(f.media_root) else "")
+        yield finding(
+            "VG303",
+            f"{_who(o)}: the running app uses MEDIA_ROOT {shown}, outside {o.destination} "
+            "where the volume is mounted: its uploads go to the root filesystem",
+            _at(o),
+            evidence=_ev(
+                o, media_root=f.media_root, media_root_real=real, source=f.media_root_source
+            ),
+        )
+
+
+@machine_rule("VG304")
+def media_root_not_writable(o: Observation, context: MachineContext) -> Iterator[Finding]:
+    f = o.facts
+    test = f.write_test
+    if not f.media_root or test is None:
+        return
+    if test.get("ok"):
+        return
+    yield finding(
+        "VG304",
+        f"{_who(o)}: the app user {test.get('user')} cannot write to MEDIA_ROOT "
+        f"{f.media_root}: {test.get('error')}",
+        _at(o),
+        hint=f"chown {test.get('user')} {f.media_root}, or fix the volume's mount options.",
+        evidence=_ev(o, user=test.get("user"), error=test.get("error")),
+    )
+
+
+@machine_rule("VG305")
+def low_space(o: Observation, context: MachineContext) -> Iterator[Finding]:
+    f = o.facts
+    if not f.separate_filesystem:
+        return
+    problems = []
+    for what, free, total in (
+        ("space", f.bytes_free, f.bytes_total),
+        ("inodes", f.inodes_free, f.inodes_total),
+    ):
+        if free is not None and total:
+            percent = 100 * free / total
+            if percent < context.min_free_percent:
+                problems.append(f"{percent:.1f}% {what} free")
+    if problems:
+        yield finding(
+            "VG305",
+            f"{_who(o)}: {o.destination} has only {' and '.join(problems)} "
+            f"(threshold {context.min_free_percent:g}%)",
+            _at(o),
+            evidence=_ev(o, bytes_free=f.bytes_free, inodes_free=f.inodes_free),
+        )
+
+
+@machine_rule("VG307")
+def owner_or_mode(o: Observation, context: MachineContext) -> Iterator[Finding]:
+    f = o.facts
+    user = context.app_user or f.app_user
+    if not f.media_root_exists or not user or user == "root":
+        return
+    problems = []
+    if f.media_root_owner != user:
+        problems.append(f"owned by {f.media_root_owner}, not {user}")
+    if f.media_root_mode and not int(f.media_root_mode, 8) & 0o200:
+        problems.append(f"mode {f.media_root_mode} has no owner write bit")
+    if problems:
+        yield finding(
+            "VG307",
+            f"{_who(o)}: MEDIA_ROOT {f.media_root} is {' and '.join(problems)}",
+            _at(o),
+            evidence=_ev(o, owner=f.media_root_owner, mode=f.media_root_mode, app_user=user),
+        )
+
+
+def run_machine_rules(observations: list[Observation], context: MachineContext) -> list[Finding]:
+    from volguard.rules import RULES
+
+    findings = [
+        f for o in observations for rule in RULES["machine"].values() for f in rule(o, context)
+    ]
+    findings += media_root_differs(observations)
+    findings += not_visible_across(observations)
+    return findings
+
+
+def media_root_differs(observations: list[Observation]) -> list[Finding]:
+    """VG303 across groups: the groups' running apps disagree on MEDIA_ROOT."""
+    roots: dict[str, set[str]] = {}
+    for o in observations:
+        if o.facts.media_root:
+            roots.setdefault(o.machine.group, set()).add(
+                normalise(o.facts.media_root_real or o.facts.media_root)
+            )
+    distinct = {r for rs in roots.values() for r in rs}
+    if len(roots) < 2 or len(distinct) < 2:
+        return []
+    listing = "; ".join(f"{g}: {', '.join(sorted(rs))}" for g, rs in sorted(roots.items()))
+    first = next(o for o in observations if o.facts.media_root)
+    return [
+        finding(
+            "VG303",
+            f"MEDIA_ROOT differs between process groups ({listing}): a file one group saves is "
+            "looked for elsewhere by the other",
+            Location(machine=first.machine.id),
+            evidence={"media_roots": {g: sorted(rs) for g, rs in roots.items()}},
+        )
+    ]
+
+
+def not_visible_across(observations: list[Observation]) -> list[Finding]:
+    """VG306: the probe one app Machine wrote is missing on another group's Machine."""
+    writers = [o for o in observations if o.facts.visibility_probe]
+    if not writers:
+        return []
+    writer = writers[0]
+    name = writer.facts.visibility_probe
+    blind = [
+        o
+        for o in observations
+        if o is not writer
+        and o.machine.group != writer.machine.group
+        and name in o.facts.visible
+        and not o.facts.visible[name]
+    ]
+    if not blind:
+        return []
+    return [
+        finding(
+            "VG306",
+            f"a file written on {writer.machine.id} (group {writer.machine.group}) under "
+            f"{writer.facts.media_root} is not visible on "
+            f"{', '.join(f'{o.machine.id} (group {o.machine.group})' for o in blind)}: "
+            "the groups do not share storage, so the worker will hit "
+            "[Errno 2] No such file or directory",
+            Location(machine=blind[0].machine.id),
+            evidence={
+                "writer": writer.machine.id,
+                "readers": [o.machine.id for o in blind],
+                "probe": name,
+            },
+        )
+    ]
