@@ -35,6 +35,7 @@ DEFAULTS: dict[str, Any] = {
     "min_free_percent": 10,  # VG305
     "probe_ttl": 300,  # seconds before a left-over visibility probe removes itself
     "machine_parallel": 8,
+    "checks_dirs": ["checks"],  # your own testinfra modules, besides volguard's
     "waivers": [],
 }
 
@@ -73,6 +74,7 @@ class Settings:
     min_free_percent: int = 10
     probe_ttl: int = 300
     machine_parallel: int = 8
+    checks_dirs: tuple[str, ...] = ("checks",)
     waivers: tuple[Waiver, ...] = ()
 
     @classmethod
@@ -106,6 +108,7 @@ class Settings:
             min_free_percent=_int(merged, "min_free_percent", 0, 100),
             probe_ttl=_int(merged, "probe_ttl", 1, 86400),
             machine_parallel=_int(merged, "machine_parallel", 1, 64),
+            checks_dirs=_names(merged, "checks_dirs"),
             waivers=tuple(_waiver(w, i) for i, w in enumerate(_list(merged, "waivers"))),
         )
 

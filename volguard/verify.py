@@ -102,6 +102,7 @@ def check_machine_layer(
         media_root=context.media_root,
         ttl=settings.probe_ttl,
         parallel=settings.machine_parallel,
+        checks_dirs=settings.checks_dirs,
     )
     report.ran("machine", checks=tuple(f"VG30{i}" for i in range(8)))
     report.stats["machines_checked"] = len(result.checked)

@@ -22,7 +22,7 @@ from volguard.fly.models import Machine
 from volguard.flytoml import FlyConfig
 from volguard.remote.probe import MachineFacts, ProbeError, exit_status, parse_facts, probe_script
 from volguard.remote.transports import Transport, TransportOptions, Unreachable
-from volguard.rules.machine import MachineContext, Observation, run_machine_rules
+from volguard.rules.machine import MachineContext, Observation
 
 DEFAULT_DESTINATION = "/data"
 
@@ -59,6 +59,7 @@ def check_machines(
     ttl: float = 300.0,
     parallel: int = 8,
     run_id: str | None = None,
+    checks_dirs: tuple[str, ...] = (),
 ) -> MachineLayerResult:
     result = MachineLayerResult()
     if not targets:
@@ -108,7 +109,10 @@ def check_machines(
             else:
                 result.findings.append(outcome)
         result.sessions = dict(transport.sessions)
-    result.findings += run_machine_rules(observations, context)
+        if observations:
+            from volguard.remote.checks_runner import run_checks
+
+            result.findings += run_checks(observations, context, transport, checks_dirs)
     return result
 
 

@@ -24,7 +24,7 @@ def render(report: Report, *, fail_on: Severity | None, color: bool = False) -> 
             | {
                 f.id
                 for f in report.findings
-                if CHECKS.get(f.id) and CHECKS[f.id].layer == layer_name
+                if (CHECKS[f.id].layer if f.id in CHECKS else "machine") == layer_name
             }
         )
         if layer.status != "ran":

@@ -10,7 +10,7 @@ import json
 import os
 
 from volguard import __version__
-from volguard.catalogue import CHECKS
+from volguard.catalogue import CHECKS, Check
 from volguard.findings import Finding, Severity
 from volguard.report import Report
 
@@ -45,7 +45,7 @@ def render(report: Report, *, fail_on: Severity | None, color: bool = False) -> 
 
 
 def _rule(rule_id: str) -> dict:
-    check = CHECKS[rule_id]
+    check = CHECKS.get(rule_id) or Check(rule_id, "custom", Severity.ERROR, rule_id, "")
     return {
         "id": rule_id,
         "name": "".join(

@@ -8,6 +8,7 @@ a typo in a scenario silently tests nothing.
 
 from __future__ import annotations
 
+import re
 import tomllib
 from collections.abc import Iterable, Mapping
 from dataclasses import asdict, dataclass, field, fields
@@ -94,6 +95,20 @@ class MachineSpec:
     legacy_group_key: bool = False  # old Machines carry `process_group`, not `fly_process_group`
     incomplete_config: bool | None = None  # None: only when the host is not ok (FLYGO GetConfig)
     created_at: datetime | None = None
+    # What is true inside the Machine, which the API cannot show; the local fleet
+    # (volguard.sim.fleet) builds it. The defaults are a healthy Machine.
+    reachable: bool = True  # False: started, but no sshd answers (connection refused)
+    mounted: bool = True  # False: the API says attached, but the mount path is on the rootfs
+    mount_options: str = "rw"  # "ro": the volume is mounted read-only
+    media_root_owner: str = "app"  # in TOML the default is app_user; "root": not writable
+    media_root_mode: str = "0755"
+    app_user: str = "app"  # the user the group's process runs as
+
+
+#: Values of a Machine's `mount_options`.
+MOUNT_OPTIONS = frozenset({"rw", "ro"})
+_USER_NAME = re.compile(r"[a-z_][a-z0-9_-]{0,31}")
+_MODE = re.compile(r"0?[0-7]{3,4}")
 
 
 @dataclass(frozen=True)
@@ -329,6 +344,13 @@ def _machine(table: Mapping[str, Any], primary_region: str) -> MachineSpec:
     where = f"machine {table['id']}"
     env = table.get("env")
     cmd = table.get("cmd")
+    app_user = _user(table.get("app_user", "app"), f"{where} app_user")
+    mounted = _bool(table.get("mounted", True), f"{where} mounted")
+    if not mounted and table.get("volume") is None:
+        raise ScenarioError(f"{where}: mounted = false needs a volume that the API shows attached")
+    mode = str(table.get("media_root_mode", "0755"))
+    if not _MODE.fullmatch(mode):
+        raise ScenarioError(f"{where}: media_root_mode {mode!r} is not an octal mode like 0755")
     return MachineSpec(
         id=str(table["id"]),
         name=table.get("name"),
@@ -344,7 +366,28 @@ def _machine(table: Mapping[str, Any], primary_region: str) -> MachineSpec:
         legacy_group_key=bool(table.get("legacy_group_key", False)),
         incomplete_config=table.get("incomplete_config"),
         created_at=_datetime(table.get("created_at"), where),
+        reachable=_bool(table.get("reachable", True), f"{where} reachable"),
+        mounted=mounted,
+        mount_options=_one_of(
+            table.get("mount_options", "rw"), MOUNT_OPTIONS, f"{where} mount_options"
+        ),
+        media_root_owner=_user(table.get("media_root_owner", app_user), f"{where} media owner"),
+        media_root_mode=mode,
+        app_user=app_user,
     )
+
+
+def _bool(value: Any, what: str) -> bool:
+    if not isinstance(value, bool):
+        raise ScenarioError(f"{what} must be true or false, not {value!r}")
+    return value
+
+
+def _user(value: Any, what: str) -> str:
+    """A user name that useradd accepts and that is safe in any command line."""
+    if not isinstance(value, str) or not _USER_NAME.fullmatch(value):
+        raise ScenarioError(f"{what} {value!r} is not a user name like app")
+    return value
 
 
 def _volume(table: Mapping[str, Any], primary_region: str, now: datetime) -> VolumeSpec:
