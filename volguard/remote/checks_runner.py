@@ -55,7 +55,12 @@ def run_checks(
     plugin = _Plugin(observations, context, transport)
     args = [
         *map(str, dirs),
-        "-p", "no:testinfra",  # volguard provides `host`, per probed Machine
+        # volguard provides `host`, per probed Machine; testinfra's plugin is registered
+        # under its entry-point name
+        "-p", "no:testinfra",
+        "-p", "no:pytest11.testinfra",
+        "--continue-on-collection-errors",  # a broken user module must not silence the rest
+        "--import-mode=importlib",  # same-named modules in two dirs, several runs per process
         "-p", "no:cacheprovider",
         "-p", "no:terminal",  # stdout belongs to the report
         "-p", "no:randomly",
@@ -92,6 +97,20 @@ class _Plugin:
                 "_volguard_observation",
                 self._observations,
                 ids=[o.machine.id for o in self._observations],
+            )
+
+    def pytest_collectreport(self, report: pytest.CollectReport) -> None:
+        if report.failed:
+            text = str(report.longrepr).strip().splitlines()
+            self.findings.append(
+                Finding(
+                    id=CUSTOM_ID,
+                    severity=Severity.ERROR,
+                    message=f"check module {report.nodeid} could not be loaded: "
+                    f"{text[-1] if text else 'collection failed'}",
+                    hint="Fix the module; the other checks ran without it.",
+                    evidence={"check": report.nodeid},
+                )
             )
 
     @pytest.hookimpl(hookwrapper=True)
@@ -146,8 +165,9 @@ class _Plugin:
             "_volguard_observation"
         )
         where = Location(machine=observation.machine.id) if observation else Location()
+        crash = getattr(report.longrepr, "reprcrash", None)
         text = str(report.longrepr).strip().splitlines()
-        detail = text[-1] if text else "failed"
+        detail = " ".join((crash.message if crash else (text[-1] if text else "failed")).split())
         return Finding(
             id=check_id,
             severity=severity,

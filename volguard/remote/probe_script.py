@@ -181,7 +181,7 @@ def as_user(user, fn):
         os.close(read)
         ok, detail = False, ""
         try:
-            os.setgroups([])
+            os.initgroups(user, entry.pw_gid)  # the app user's own supplementary groups
             os.setgid(entry.pw_gid)
             os.setuid(entry.pw_uid)
             detail = fn() or ""

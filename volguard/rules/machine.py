@@ -116,6 +116,22 @@ def media_root_outside_mount(o: Observation, context: MachineContext) -> Iterato
         )
         return
     real = f.media_root_real or f.media_root
+    covered = (
+        inside(real, o.destination)
+        and f.separate_filesystem
+        and f.media_root_device is not None
+        and f.media_root_device == f.root_device
+    )
+    if covered:
+        yield finding(
+            "VG303",
+            f"{_who(o)}: MEDIA_ROOT {f.media_root} is below {o.destination} but on the root "
+            f"filesystem (device {f.media_root_device}): something is mounted over it, so "
+            "uploads miss the volume",
+            _at(o),
+            evidence=_ev(o, media_root=f.media_root, device=f.media_root_device),
+        )
+        return
     if not inside(real, o.destination):
         shown = f.media_root + (f" (-> {real})" if real != normalise(f.media_root) else "")
         yield finding(
