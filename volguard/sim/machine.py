@@ -19,6 +19,9 @@ else is passed as argv.
 
 from __future__ import annotations
 
+import contextlib
+import ctypes
+import functools
 import os
 import pwd
 import shlex
@@ -36,6 +39,7 @@ from volguard.sim.objects import build_machine
 from volguard.sim.scenario import MachineSpec, Scenario
 
 SSHD = "/usr/sbin/sshd"
+PR_SET_PDEATHSIG = 1
 SSH_PORT = 2222
 APP_PORT = 8000  # where the `app` group's web server listens, on the Machine's address
 APP_DIR = "/app"
@@ -46,18 +50,14 @@ PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 #: puts the volume or MEDIA_ROOT there is refused rather than simulated wrongly.
 SYSTEM_PATHS = frozenset(
     ["/", "/bin", "/boot", "/dev", "/etc", "/lib", "/lib64", "/proc", "/root", "/run",
-     "/sbin", "/sys", "/tmp", "/usr", "/var"]
+     "/sbin", "/sys", "/tmp", "/usr", "/var"]  # noqa: S108 - a path, not a temp file
 )  # fmt: skip
-#: The worker: sleeps forever, with its comm set to its group name so `ps` shows it.
-WORKER_CODE = """\
-import ctypes, sys, time
-try:
-    ctypes.CDLL(None).prctl(15, sys.argv[2][:15].encode(), 0, 0, 0)  # PR_SET_NAME
-except (AttributeError, OSError):
-    pass
-while True:
-    time.sleep(3600)
-"""
+#: The worker: waits forever, its comm set to its group name so that `ps` shows it.
+WORKER_CODE = (
+    "import sys, threading; "
+    "open('/proc/self/comm', 'w').write(sys.argv[2][:15]); "
+    "threading.Event().wait()"
+)
 
 
 class MachineError(RuntimeError):
@@ -297,13 +297,13 @@ def sshd_config(plan: MachinePlan, *, authorized_keys: Path) -> str:
     return "\n".join(
         [
             f"ListenAddress {plan.address}:{plan.port}",
-            f"HostKey {_conf_path(plan.files / 'ssh_host_ed25519_key')}",
+            f"HostKey {config_path(plan.files / 'ssh_host_ed25519_key')}",
             "PermitRootLogin prohibit-password",
-            f"AuthorizedKeysFile {_conf_path(authorized_keys)}",
+            f"AuthorizedKeysFile {config_path(authorized_keys)}",
             "PasswordAuthentication no",
             "KbdInteractiveAuthentication no",
             "UsePAM no",
-            f"PidFile {_conf_path(plan.files / 'sshd.pid')}",
+            f"PidFile {config_path(plan.files / 'sshd.pid')}",
             "StrictModes no",
             "AcceptEnv none",
             "MaxStartups 50",
@@ -315,10 +315,12 @@ def sshd_config(plan: MachinePlan, *, authorized_keys: Path) -> str:
     )
 
 
-def _conf_path(path: Path) -> str:
-    """A path for sshd_config/ssh_config: double-quoted; the fleet refuses paths with
-    a quote, '%' (a token there) or a newline, which could not be written safely."""
-    return f'"{path}"'
+def config_path(path: Path) -> str:
+    """A path for sshd_config/ssh_config, double-quoted only when it holds whitespace
+    (some ssh_config readers, paramiko's among them, keep quotes as part of the value).
+    The fleet refuses paths with a quote, '%' (a token there) or a newline."""
+    text = str(path)
+    return f'"{text}"' if any(c.isspace() for c in text) else text
 
 
 @dataclass
@@ -335,6 +337,7 @@ class MachineProcess:
         """Start `unshare … -- sh setup.sh`; returns at once (see wait_ready)."""
         files = self.plan.files
         (files / "setup.sh").write_text(setup_script(self.plan), encoding="utf-8")
+        _libc()  # loaded now: the child calls it between fork and exec
         self._log = open(files / "machine.log", "ab")  # noqa: SIM115 - closed in stop()
         argv = [
             "unshare", "--mount", "--propagation", "private", "--uts",
@@ -353,22 +356,27 @@ class MachineProcess:
         )
 
     def wait_ready(self, deadline: float) -> None:
-        """Block until setup finished and (if reachable) sshd accepts TCP, or raise."""
+        """Block until setup finished, sshd accepts TCP (if reachable) and so does the
+        web server of an `app` Machine; raise MachineError naming the Machine if not."""
         ready = self.plan.files / "ready"
         while not ready.exists():
             self._check_alive()
             self._timeout(deadline, "did not finish its setup")
             time.sleep(0.01)
         self._find_init()
-        if not self.plan.reachable:
-            return
+        if self.plan.reachable:
+            self._wait_tcp(self.plan.port, deadline, "sshd does not accept connections")
+        if self.plan.group == "app":
+            self._wait_tcp(APP_PORT, deadline, "the app's web server does not listen")
+
+    def _wait_tcp(self, port: int, deadline: float, what: str) -> None:
         while True:
             self._check_alive()
             try:
-                with socket.create_connection((self.plan.address, self.plan.port), timeout=0.5):
+                with socket.create_connection((self.plan.address, port), timeout=0.5):
                     return
             except OSError:
-                self._timeout(deadline, "sshd does not accept connections")
+                self._timeout(deadline, what)
                 time.sleep(0.02)
 
     def _find_init(self) -> None:
@@ -389,13 +397,19 @@ class MachineProcess:
             raise MachineError(self._failure(what))
 
     def _failure(self, what: str) -> str:
-        log = self.plan.files / "machine.log"
-        try:
-            tail = log.read_text(encoding="utf-8", errors="replace").strip().splitlines()[-15:]
-        except OSError:
-            tail = []
-        detail = "\n  ".join(tail) if tail else "(no output)"
-        return f"simulated Machine {self.plan.id} ({self.plan.address}): {what}; its log:\n  {detail}"
+        """The message: which Machine, what went wrong, and the tail of its logs (sshd
+        and the setup script log to machine.log, the app process to app.log)."""
+        parts = []
+        for name in ("machine.log", "app.log"):
+            try:
+                text = (self.plan.files / name).read_text(encoding="utf-8", errors="replace")
+            except OSError:
+                continue
+            tail = text.strip().splitlines()[-15:]
+            if tail:
+                parts.append(f"{name}:\n  " + "\n  ".join(tail))
+        who = f"simulated Machine {self.plan.id} ({self.plan.address})"
+        return f"{who}: {what}; " + ("\n".join(parts) if parts else "no log output")
 
     def app_pid(self) -> int | None:
         """The app process's pid in the host's PID namespace (None once it is gone)."""
@@ -446,17 +460,13 @@ class MachineProcess:
         namespace, the mount namespace dies with its last process, and its mounts go."""
         if self.proc is not None:
             if self.init_pid is None and self.proc.poll() is None:
-                try:
+                with contextlib.suppress(OSError, MachineError):
                     self._find_init()
-                except (OSError, MachineError):
-                    pass
             for pid in [self.init_pid, *self.pids()]:
                 _kill(pid)
             _kill(self.proc.pid)
-            try:
+            with contextlib.suppress(subprocess.TimeoutExpired):
                 self.proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                pass
             for pid in self.pids():  # e.g. an `nsenter --mount` without --pid
                 _kill(pid)
             self.proc = None
@@ -493,10 +503,13 @@ def _ns_pids(pid: int) -> list[int]:
 def _kill(pid: int | None) -> None:
     if pid is None:
         return
-    try:
+    with contextlib.suppress(ProcessLookupError, PermissionError):
         os.kill(pid, signal.SIGKILL)
-    except (ProcessLookupError, PermissionError):
-        pass
+
+
+@functools.cache
+def _libc() -> ctypes.CDLL:
+    return ctypes.CDLL(None, use_errno=True)
 
 
 def _die_with_parent() -> None:
@@ -504,10 +517,6 @@ def _die_with_parent() -> None:
     takes its Machines with it (`unshare --kill-child` passes it on to the init).
 
     The "parent" is the thread that started the fleet: start fleets from a thread that
-    outlives them (the main thread, normally)."""
-    import ctypes
-
-    try:
-        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL, 0, 0, 0)  # PR_SET_PDEATHSIG
-    except (AttributeError, OSError):
-        pass
+    outlives them (the main thread, normally). libc is loaded before the fork, not here.
+    """
+    _libc().prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
