@@ -11,14 +11,24 @@ Two differences from plain `invoke`, both small:
 from __future__ import annotations
 
 import os
+import sys
 
 from invoke import Program
+from invoke.exceptions import AmbiguousEnvVar, UncastableEnvVar
 
 from volguard import __version__
 from volguard.tasks import OPTIONAL_POSITIONALS, ns
 
 
 class VolguardProgram(Program):
+    def run(self, argv: list[str] | None = None, exit: bool = True) -> None:
+        try:
+            super().run(argv, exit)
+        except (UncastableEnvVar, AmbiguousEnvVar) as e:
+            # e.g. INVOKE_VOLGUARD_VOLUME_FSTYPES set while invoke.yaml holds a list there
+            sys.stderr.write(f"volguard: error: environment: {e}\n")
+            raise SystemExit(1) from None
+
     def parse_collection(self) -> None:
         super().parse_collection()
         self.config.set_project_location(os.getcwd())

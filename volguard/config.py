@@ -1,5 +1,8 @@
 """volguard's own settings: the `volguard:` section of Invoke's configuration.
 
+Composite settings default to None (Invoke cannot cast an environment variable
+to a list or mapping, and would crash); lists also accept "a,b" strings.
+
 Invoke merges, lowest first: defaults (`DEFAULTS` below, set on the task
 collection), /etc/invoke.yaml, ~/.invoke.yaml, the project's invoke.yaml, the
 environment (`INVOKE_VOLGUARD_FLY_TOML=...`), a runtime file (`-f`); flags
@@ -21,7 +24,7 @@ DEFAULTS: dict[str, Any] = {
     "media_root": None,  # default: fly.toml [env] MEDIA_ROOT
     "media_groups": None,  # default: every process group
     "min_snapshot_retention": 5,
-    "machine_counts": {},
+    "machine_counts": None,  # VG112: Machines you intend to run per group
     "snapshot_max_age_hours": 48,  # VG207: daily snapshots, a day of slack
     "volume_full_percent": 90,  # VG208
     # the Machine layer (issue #4)
@@ -31,12 +34,12 @@ DEFAULTS: dict[str, Any] = {
     "ssh_config": None,
     "host_template": "{id}.vm.{app}.internal",
     "app_user": None,  # default: the user the app process runs as
-    "volume_fstypes": ["ext4"],  # VG302
+    "volume_fstypes": None,  # VG302; default ext4 (Fly volumes are ext4)
     "min_free_percent": 10,  # VG305
     "probe_ttl": 300,  # seconds before a left-over visibility probe removes itself
     "machine_parallel": 8,
-    "checks_dirs": ["checks"],  # your own testinfra modules, besides volguard's
-    "waivers": [],
+    "checks_dirs": None,  # your own testinfra modules, besides volguard's; default checks/
+    "waivers": None,
 }
 
 
@@ -104,11 +107,11 @@ class Settings:
             ssh_config=_str(merged, "ssh_config") or None,
             host_template=_template(merged),
             app_user=_str(merged, "app_user") or None,
-            volume_fstypes=_names(merged, "volume_fstypes"),
+            volume_fstypes=_names(merged, "volume_fstypes") or ("ext4",),
             min_free_percent=_int(merged, "min_free_percent", 0, 100),
             probe_ttl=_int(merged, "probe_ttl", 1, 86400),
             machine_parallel=_int(merged, "machine_parallel", 1, 64),
-            checks_dirs=_names(merged, "checks_dirs"),
+            checks_dirs=_names(merged, "checks_dirs") or ("checks",),
             waivers=tuple(_waiver(w, i) for i, w in enumerate(_list(merged, "waivers"))),
         )
 
@@ -131,6 +134,8 @@ def _choice(merged: dict[str, Any], key: str, choices: tuple[str, ...]) -> str:
 
 def _names(merged: dict[str, Any], key: str) -> tuple[str, ...]:
     value = merged[key]
+    if value is None:
+        return ()
     names = value.split(",") if isinstance(value, str) else value
     if not isinstance(names, list | tuple) or not all(isinstance(n, str) for n in names):
         raise ConfigError(f"volguard config: {key} must be a list of names, not {value!r}")

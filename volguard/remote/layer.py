@@ -137,7 +137,9 @@ def _run(transport: Transport, machine: Machine, args: dict[str, Any]) -> dict[s
     except Unreachable:
         raise
     except Exception as e:  # testinfra/ssh raise assorted errors for a dead host
-        raise Unreachable(f"{type(e).__name__}: {e}") from None
+        result = e.args[0] if e.args else None  # testinfra's ssh raises with the CommandResult
+        stderr = getattr(result, "stderr", None)
+        raise Unreachable(_first_line(stderr) if stderr else f"{type(e).__name__}: {e}") from None
     status = exit_status(done.stdout)
     if status is None:
         raise Unreachable(_first_line(done.stderr) or f"no answer (exit {done.rc})")

@@ -138,6 +138,7 @@ class Transport:
             f"ssh://{self.options.user}@{name}",
             ssh_config=self.options.ssh_config,
             controlpersist=120,
-            controlpath=os.path.join(self._control_dir, "%C"),
+            # testinfra %-formats the ssh command line, so ssh's %C token is written %%C
+            controlpath=os.path.join(self._control_dir, "%%C"),
             timeout=int(self.options.timeout),
         )
