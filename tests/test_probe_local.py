@@ -20,6 +20,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import django
 import pytest
 
 if os.geteuid() != 0 and not os.environ.get("CI"):
@@ -445,3 +446,50 @@ def test_probe_output_is_one_json_object(base: Path) -> None:
     body = done.stdout.split("__VOLGUARD_FACTS_BEGIN__", 1)[1].split("__VOLGUARD_FACTS_END__")[0]
     assert isinstance(json.loads(body), dict)
     assert exit_status(done.stdout) == 0
+
+
+# -- MEDIA_ROOT from Django itself (manage_py) ---------------------------------------------
+
+
+#: The venv's python lives under /root (0700), which `nobody` cannot enter; the system
+#: python3 of the same version can import Django from the venv's site-packages.
+SITE_PACKAGES = str(Path(django.__file__).resolve().parent.parent)
+
+
+@pytest.mark.skipif(not Path("/usr/bin/python3").exists(), reason="no system python3")
+def test_media_root_is_asked_of_django_when_manage_py_is_configured(base: Path) -> None:
+    """settings.py computes MEDIA_ROOT (no env var): the probe asks Django, as the app user."""
+    project = base / "project"
+    project.mkdir()
+    (project / "mysite_settings.py").write_text(
+        "from pathlib import Path\n"
+        "SECRET_KEY = 'x'\n"
+        "INSTALLED_APPS = []\n"
+        "MEDIA_ROOT = Path(__file__).resolve().parent / 'media-from-settings'\n"
+    )
+    (project / "manage.py").write_text(
+        "import os, sys\n"
+        "sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))\n"
+        f"sys.path.append({SITE_PACKAGES!r})  # Django, for the system python3 the app user runs\n"
+        "os.environ.setdefault('DJANGO_SETTINGS_MODULE', 'mysite_settings')\n"
+        "from django.core.management import execute_from_command_line\n"
+        "execute_from_command_line(sys.argv)\n"
+    )
+    for path in (project, *project.iterdir()):
+        path.chmod(0o755)
+    with running_as_nobody(project, "/somewhere/else"):
+        data = run_probe(
+            destination=str(base),
+            app_user="nobody",
+            manage_py=f"/usr/bin/python3 {project / 'manage.py'}",
+        )
+    assert data["media_root"] == str(project / "media-from-settings"), data["errors"]
+    assert data["media_root_source"] == "Django settings (manage.py)"
+
+
+def test_a_failing_manage_py_falls_back_to_the_environment(base: Path, media: Path) -> None:
+    with running_as_nobody(base, str(media)):
+        data = run_probe(destination=str(base), app_user="nobody", manage_py="/bin/false")
+    assert data["media_root"] == str(media)
+    assert data["media_root_source"] == "process environment"
+    assert any(e.startswith("manage.py:") for e in data["errors"])

@@ -34,6 +34,7 @@ DEFAULTS: dict[str, Any] = {
     "ssh_config": None,
     "host_template": "{id}.vm.{app}.internal",
     "app_user": None,  # default: the user the app process runs as
+    "manage_py": None,  # e.g. "python /app/manage.py": ask Django for MEDIA_ROOT
     "volume_fstypes": None,  # VG302; default ext4 (Fly volumes are ext4)
     "min_free_percent": 10,  # VG305
     "probe_ttl": 300,  # seconds before a left-over visibility probe removes itself
@@ -73,6 +74,7 @@ class Settings:
     ssh_config: str | None = None
     host_template: str = "{id}.vm.{app}.internal"
     app_user: str | None = None
+    manage_py: str | None = None
     volume_fstypes: tuple[str, ...] = ("ext4",)
     min_free_percent: int = 10
     probe_ttl: int = 300
@@ -107,6 +109,7 @@ class Settings:
             ssh_config=_str(merged, "ssh_config") or None,
             host_template=_template(merged),
             app_user=_str(merged, "app_user") or None,
+            manage_py=_str(merged, "manage_py") or None,
             volume_fstypes=_names(merged, "volume_fstypes") or ("ext4",),
             min_free_percent=_int(merged, "min_free_percent", 0, 100),
             probe_ttl=_int(merged, "probe_ttl", 1, 86400),

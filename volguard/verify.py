@@ -103,6 +103,7 @@ def check_machine_layer(
         ttl=settings.probe_ttl,
         parallel=settings.machine_parallel,
         checks_dirs=settings.checks_dirs,
+        manage_py=settings.manage_py,
     )
     report.ran("machine", checks=tuple(f"VG30{i}" for i in range(8)))
     report.stats["machines_checked"] = len(result.checked)

@@ -60,6 +60,7 @@ def check_machines(
     parallel: int = 8,
     run_id: str | None = None,
     checks_dirs: tuple[str, ...] = (),
+    manage_py: str | None = None,
 ) -> MachineLayerResult:
     result = MachineLayerResult()
     if not targets:
@@ -77,6 +78,7 @@ def check_machines(
             "app_user": context.app_user,
             "group": machine.group,
             "ttl": ttl,
+            "manage_py": manage_py,
             **more,
         }
 

@@ -15,7 +15,7 @@ itself after `ttl` seconds, even if the run that wrote it is killed.
 """
 
 PROBE_SOURCE = r'''
-import base64, json, os, pwd, signal, stat, sys, time
+import base64, json, os, pwd, shlex, signal, stat, subprocess, sys, time
 
 BEGIN, END = "__VOLGUARD_FACTS_BEGIN__", "__VOLGUARD_FACTS_END__"
 PREFIX = ".volguard-probe-"
@@ -35,10 +35,14 @@ def main(args):
     user = args.get("app_user") or (procs[0]["user"] if procs else None)
     facts["app_user"] = user
     media_root = None
-    if procs and procs[0].get("media_root"):
+    if procs and args.get("manage_py"):
+        media_root = ask_django(args["manage_py"], procs[0], user, facts)
+        if media_root:
+            facts["media_root_source"] = "Django settings (manage.py)"
+    if not media_root and procs and procs[0].get("media_root"):
         media_root = procs[0]["media_root"]
         facts["media_root_source"] = "process environment"
-    elif args.get("media_root"):
+    elif not media_root and args.get("media_root"):
         media_root = args["media_root"]
         facts["media_root_source"] = "configuration"
     facts["media_root"] = media_root
@@ -149,6 +153,42 @@ def app_processes(app_user, group):
             "media_root": media_root, "group": env.get("FLY_PROCESS_GROUP"),
         })
     return found
+
+
+def ask_django(manage_py, proc, user, facts):
+    """settings.MEDIA_ROOT as Django computes it, in the app's own environment, as its user."""
+    code = "from django.conf import settings; print('__MEDIA_ROOT=' + str(settings.MEDIA_ROOT))"
+    try:
+        with open("/proc/%d/environ" % proc["pid"], "rb") as fh:
+            raw = fh.read()
+        env = dict(
+            (k.decode(errors="replace"), v.decode(errors="replace"))
+            for k, v in (item.split(b"=", 1) for item in raw.split(b"\0") if b"=" in item)
+        )
+        entry = pwd.getpwnam(user)
+
+        def become():
+            os.initgroups(user, entry.pw_gid)
+            os.setgid(entry.pw_gid)
+            os.setuid(entry.pw_uid)
+
+        done = subprocess.run(
+            shlex.split(manage_py) + ["shell", "-c", code],
+            cwd=proc["cwd"], env=env, preexec_fn=become, stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, timeout=120,
+        )
+    except (OSError, KeyError, ValueError, subprocess.SubprocessError) as e:
+        facts["errors"].append("manage.py: %s" % e)
+        return None
+    for line in done.stdout.decode(errors="replace").splitlines():
+        if line.startswith("__MEDIA_ROOT="):
+            value = line[len("__MEDIA_ROOT="):]
+            if value and not value.startswith("/"):
+                value = os.path.normpath(os.path.join(proc["cwd"], value))
+            return value or None
+    tail = done.stderr.decode(errors="replace").strip().splitlines()
+    facts["errors"].append("manage.py: %s" % (tail[-1] if tail else "exit %d" % done.returncode))
+    return None
 
 
 def ownership(path):
