@@ -127,7 +127,7 @@ def test_at_most_two_sessions_per_machine(transport, tmp_path, flyctl_on_path):
             client_factory=partial(MachinesClient, base_url=sim.url),
         )
     assert report.stats["machines_checked"] == 2
-    assert report.stats["machine_sessions"] <= 2 * 2
+    assert report.stats["machine_sessions_max"] <= 2
 
 
 def _cli(sim, fleet, cwd, *args, **popen):
@@ -162,7 +162,7 @@ def test_the_incident_from_the_command_line(tmp_path):
     report = json.loads(out)
     assert {f["id"] for f in report["findings"]} == {"VG103", "VG205", "VG306"}
     assert report["layers"]["machine"]["status"] == "ran"
-    assert "volguard: machine: 2 Machines checked in 3 sessions" in err
+    assert "volguard: machine: 2 Machines checked in 4 sessions" in err  # 2 each, at most
     assert sim.token not in out + err
 
 

@@ -166,8 +166,8 @@ def test_check_machines_with_a_writable_media_root(base: Path, media: Path) -> N
         assert ("VG301" in found) == on_root_filesystem(base)
     # both "Machines" are this host: the web probe is visible to the worker
     assert "VG306" not in {f.id for f in result.findings}
-    # two sessions for the writer (probe, cleanup), one for the other Machine
-    assert result.sessions == {"web1": 2, "work1": 1}
+    # two sessions each: the writer (probe, cleanup), the other group's Machine (probe, look)
+    assert result.sessions == {"web1": 2, "work1": 2}
     assert leftovers(media) == []
 
 

@@ -108,6 +108,7 @@ def check_machine_layer(
     report.ran("machine", checks=tuple(f"VG30{i}" for i in range(8)))
     report.stats["machines_checked"] = len(result.checked)
     report.stats["machine_sessions"] = sum(result.sessions.values())
+    report.stats["machine_sessions_max"] = max(result.sessions.values(), default=0)
     return result.findings
 
 

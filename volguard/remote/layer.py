@@ -1,10 +1,11 @@
 """The Machine layer: probe every started Machine of the media groups, then judge.
 
-Order matters for VG306 and for the connection budget (at most two sessions
-per Machine): first one app Machine writes a visibility probe along with its
-facts; then every other Machine, in parallel, reports its facts and whether it
-sees that probe; then the writer removes the probe. An unreachable Machine is
-one VG300 after one timeout, not a timeout per check.
+Rounds over every Machine at once, so eight Machines take about as long as one,
+and no Machine gets more than two sessions: first every Machine reports its
+facts, and one app Machine also leaves a visibility probe in MEDIA_ROOT; then
+the other groups' Machines look for that probe; then the writer removes it
+(VG306). With a single media group there is only the first round.
+An unreachable Machine is one VG300 after one timeout, not a timeout per check.
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ from __future__ import annotations
 import contextlib
 import uuid
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from volguard.catalogue import finding
@@ -67,7 +68,8 @@ def check_machines(
         return result
     run_id = run_id or uuid.uuid4().hex[:12]
     writer = next((m for m in targets if m.group == "app"), targets[0])
-    others = [m for m in targets if m is not writer]
+    # VG306 needs a reader in another group; with one group there is nothing to compare
+    cross_group = any(m.group != writer.group for m in targets)
 
     def arguments(machine: Machine, **more: Any) -> dict[str, Any]:
         return {
@@ -82,29 +84,51 @@ def check_machines(
             **more,
         }
 
-    observations: list[Observation] = []
-    with Transport(options) as transport:
-        first = _observe(transport, writer, arguments(writer, write_visibility_probe=True))
+    workers = max(1, min(parallel, len(targets)))
+    with Transport(options) as transport, ThreadPoolExecutor(max_workers=workers) as pool:
+        # 1: every Machine at once; the writer also leaves a visibility probe in MEDIA_ROOT
+        outcomes = list(
+            pool.map(
+                lambda m: _observe(
+                    transport,
+                    m,
+                    arguments(m, write_visibility_probe=cross_group and m is writer),
+                ),
+                targets,
+            )
+        )
+        by_id = {m.id: o for m, o in zip(targets, outcomes, strict=True)}
+        first = by_id[writer.id]
         probe = first.facts.visibility_probe if isinstance(first, Observation) else None
-        try:
-            with ThreadPoolExecutor(max_workers=max(1, min(parallel, len(others) or 1))) as pool:
-                rest = list(
-                    pool.map(
-                        lambda m: _observe(
-                            transport, m, arguments(m, look_for=[probe] if probe else [])
-                        ),
-                        others,
-                    )
-                )
-        finally:
-            if probe and isinstance(first, Observation):
-                cleanup = arguments(
+        # 2: the other groups look for it, all at once; 3: then the writer removes it (not
+        # at the same time: where storage IS shared, an early removal would fake a VG306)
+        if probe:
+            readers = [
+                m
+                for m in targets
+                if m.group != writer.group and isinstance(by_id[m.id], Observation)
+            ]
+            looks = [
+                (m, arguments(m, look_only=True, look_for=[probe],
+                              media_root=by_id[m.id].facts.media_root))
+                for m in readers
+            ]  # fmt: skip
+            answers = list(pool.map(lambda job: _try_run(transport, *job), looks))
+            for (machine, _), answer in zip(looks, answers, strict=True):
+                seen = (answer or {}).get("visible")
+                if seen is not None:
+                    o = by_id[machine.id]
+                    by_id[machine.id] = replace(o, facts=replace(o.facts, visible=seen))
+            _try_run(
+                transport,
+                writer,
+                arguments(
                     writer, cleanup_only=True, remove=[probe], media_root=first.facts.media_root
-                )
-                # if this fails, the probe's own watchdog removes the file after `ttl`
-                with contextlib.suppress(Unreachable, ProbeError):
-                    _run(transport, writer, cleanup)
-        for machine, outcome in zip([writer, *others], [first, *rest], strict=True):
+                ),
+            )
+        observations = []
+        for machine in targets:
+            outcome = by_id[machine.id]
             if isinstance(outcome, Observation):
                 observations.append(outcome)
                 result.checked.append(machine.id)
@@ -116,6 +140,13 @@ def check_machines(
 
             result.findings += run_checks(observations, context, transport, checks_dirs)
     return result
+
+
+def _try_run(transport: Transport, machine: Machine, args: dict[str, Any]) -> dict[str, Any] | None:
+    """A follow-up session; if it fails, the probe's watchdog still removes the file."""
+    with contextlib.suppress(Unreachable, ProbeError):
+        return _run(transport, machine, args)
+    return None
 
 
 def _destination(config: FlyConfig, group: str) -> str:

@@ -22,7 +22,9 @@ from volguard.remote.probe_script import PROBE_SOURCE
 
 BEGIN, END = "__VOLGUARD_FACTS_BEGIN__", "__VOLGUARD_FACTS_END__"
 RC_SENTINEL = "__VOLGUARD_RC="
-_PYTHONS = ("python3", "/usr/local/bin/python3", "/usr/bin/python3", "/app/.venv/bin/python3")
+#: The image's own interpreters first: the probe needs only the standard library, and a
+#: `python3` found on PATH may be a slow wrapper (pyenv's shim costs ~80 ms).
+_PYTHONS = ("/usr/local/bin/python3", "/usr/bin/python3", "python3", "/app/.venv/bin/python3")
 
 
 class ProbeError(VolguardError):

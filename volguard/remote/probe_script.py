@@ -23,6 +23,13 @@ PREFIX = ".volguard-probe-"
 
 def main(args):
     facts = {"errors": []}
+    if args.get("look_only"):
+        root = args.get("media_root")
+        facts["visible"] = dict(
+            (name, bool(root) and os.path.lexists(os.path.join(root, name)))
+            for name in args.get("look_for", [])
+        )
+        return facts
     if args.get("cleanup_only"):
         for name in args.get("remove", []):
             remove_probe(args.get("media_root"), name, facts)

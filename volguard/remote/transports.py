@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import os
 import shlex
+import shutil
 import subprocess
 import tempfile
 from dataclasses import dataclass
@@ -114,9 +115,8 @@ class Transport:
                 check=False,
                 timeout=10,
             )
-        for name in os.listdir(self._control_dir):
-            os.unlink(os.path.join(self._control_dir, name))
-        os.rmdir(self._control_dir)
+        # ssh removes its own socket on exit, possibly while we look: ignore what is gone
+        shutil.rmtree(self._control_dir, ignore_errors=True)
 
     def __enter__(self) -> Transport:
         return self

@@ -1,0 +1,1 @@
+"""The management commands of volguard's Django app."""

@@ -1,0 +1,279 @@
+"""``manage.py check_missing_files``: the seed guide's command, made fast, and read-only.
+
+Keeps the seed guide's output — ``Total file records in database: N``, then ``✗ Found N
+missing files:`` grouped by user, each ``ID n: name (status=…, reason=…)`` and its ``Path:``
+line, or ``✓ All N files are present in storage.`` — over every model with a FileField or
+ImageField, each field with its own storage. The work is `volguard.django.audit.audit`'s.
+
+Exit codes, as every volguard command: ``0`` nothing missing (shared files alone are a
+warning), ``2`` rows missing, empty or with an invalid name, ``1`` bad input (an unknown
+model, a bad filter or flag, a broken setting) or an unreadable storage, as one
+``CommandError:`` line on stderr, never a traceback.
+
+It changes nothing: repairing the rows is remediation's job.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from collections.abc import Iterable
+from itertools import groupby
+from typing import Any
+
+from django.core.management.base import BaseCommand, CommandError, CommandParser
+
+from volguard.django.audit import (
+    EMPTY,
+    INVALID_NAME,
+    PROBLEM_REASONS,
+    SHARED,
+    AuditError,
+    AuditResult,
+    AuditRow,
+    audit,
+    discover,
+    format_duration,
+    parse_duration,
+)
+from volguard.django.storage_index import STRATEGIES
+
+
+class Command(BaseCommand):
+    help = (
+        "Report rows whose file is missing from storage, empty, or stored under an invalid "
+        "name, and files shared by several rows. Read-only. Exit 0: nothing missing; "
+        "2: rows missing; 1: bad input."
+    )
+    # An incident tool must run even when an unrelated system check fails.
+    requires_system_checks = ()
+
+    exit_code = 0
+
+    def add_arguments(self, parser: CommandParser) -> None:
+        parser.add_argument(
+            "--user-id",
+            metavar="ID",
+            help="only the rows of this user (each model's owner field, default 'owner')",
+        )
+        parser.add_argument(
+            "--filter",
+            action="append",
+            default=[],
+            metavar="FIELD=VALUE",
+            help="only rows matching this Django lookup, e.g. processing_status=failed or "
+            "created_at__lt=2024-06-01; repeatable (ANDed)",
+        )
+        parser.add_argument(
+            "--model",
+            action="append",
+            default=[],
+            metavar="APP.MODEL[.FIELD]",
+            help="audit only this model (or field); repeatable. Default: every model with "
+            "a FileField or ImageField",
+        )
+        parser.add_argument(
+            "--older-than",
+            default="10m",
+            metavar="DURATION",
+            help="grace period for uploads in flight: skip rows created or changed more "
+            "recently (30s, 10m, 2h, 1d; 0 to disable; default 10m)",
+        )
+        parser.add_argument(
+            "--batch-size",
+            type=int,
+            default=2000,
+            metavar="N",
+            help="rows fetched from the database at a time (default 2000)",
+        )
+        parser.add_argument(
+            "--strategy",
+            choices=STRATEGIES,
+            default="auto",
+            help="how storage is checked: list it (directories, or an S3 prefix), one "
+            "check per row (exists), or choose from the row count (auto, the default)",
+        )
+        parser.add_argument(
+            "--json",
+            action="store_true",
+            help="print one JSON document (totals, per-reason counts, strategy, rows)",
+        )
+
+    def create_parser(self, prog_name: str, subcommand: str, **kwargs: Any) -> CommandParser:
+        parser = super().create_parser(prog_name, subcommand, **kwargs)
+        if parser.called_from_command_line:
+            # argparse exits 2 on a bad flag, which here means "files missing": say it as
+            # the one-line CommandError every other bad input gets, and exit 1.
+            def error(message: str) -> None:
+                sys.stderr.write(f"CommandError: {message} (see --help)\n")
+                sys.exit(1)
+
+            parser.error = error  # type: ignore[method-assign]
+        return parser
+
+    def run_from_argv(self, argv: list[str]) -> None:
+        super().run_from_argv(argv)
+        if self.exit_code:
+            sys.exit(self.exit_code)
+
+    def handle(self, *args: Any, **options: Any) -> None:
+        try:
+            result = audit(
+                discover(options["model"]),
+                filters=options["filter"],
+                user_id=options["user_id"],
+                older_than=parse_duration(options["older_than"]),
+                batch_size=options["batch_size"],
+                strategy=options["strategy"],
+            )
+        except AuditError as e:
+            raise CommandError(str(e)) from None
+        self.exit_code = 2 if result.problem_count else 0
+        for note in result.notes:
+            self.stderr.write(f"note: {note}")
+        if options["json"]:
+            self.stdout.write(json.dumps(result.as_dict(), default=str, ensure_ascii=False))
+        else:
+            _Text(self, result, int(options["verbosity"])).write()
+
+
+class _Text:
+    """The seed guide's human output."""
+
+    def __init__(self, command: Command, result: AuditResult, verbosity: int) -> None:
+        self.out = command.stdout
+        self.style = command.style
+        self.result = result
+        self.verbosity = verbosity
+        # Name the model field in headings only when the rows come from several.
+        self.several_fields = len({(r.model, r.field) for r in result.rows}) > 1
+        self.users = _owner_names(result)
+
+    def write(self) -> None:
+        result = self.result
+        self.out.write(f"Total file records in database: {result.total_rows}")
+        if result.skipped_recent:
+            self.out.write(
+                f"Skipped {_rows(result.skipped_recent)} created or changed in the last "
+                f"{format_duration(result.older_than)} (grace period for uploads in flight; "
+                "--older-than 0 includes them)."
+            )
+        problems = [r for r in result.rows if r.reason in PROBLEM_REASONS]
+        if problems:
+            noun = "file" if len(problems) == 1 else "files"
+            self.out.write(self.style.ERROR(f"✗ Found {len(problems)} missing {noun}:"))
+            self._grouped(problems)
+        else:
+            noun = "file is" if result.files_checked == 1 else "files are"
+            self.out.write(
+                self.style.SUCCESS(f"✓ All {result.files_checked} {noun} present in storage.")
+            )
+        shared = [r for r in result.rows if r.reason == SHARED]
+        if shared:
+            self.out.write("")
+            self.out.write(
+                self.style.WARNING(
+                    f"! {_rows(len(shared))} share a file with another row (VG403): deleting "
+                    "one row's file would take it from the others:"
+                )
+            )
+            self._grouped(shared)
+        if self.verbosity >= 2:
+            self._costs()
+
+    def _grouped(self, rows: Iterable[AuditRow]) -> None:
+        def key(row: AuditRow) -> tuple[Any, ...]:
+            return (row.model, row.field, _sortable(row.owner), _sortable(row.pk))
+
+        ordered = sorted(rows, key=key)
+        for (model, field_name, _), group in groupby(ordered, key=lambda r: key(r)[:3]):
+            members = list(group)
+            heading = self._user(members[0])
+            if self.several_fields:
+                heading = f"{model}.{field_name} — {heading}"
+            self.out.write("")
+            self.out.write(heading)
+            for row in members:
+                name = _shown(row.name) if row.name else "(empty)"
+                self.out.write(f"  ID {row.pk}: {name} ({self._facts(row)})")
+                self.out.write(f"    Path: {_path(row)}")
+
+    def _user(self, row: AuditRow) -> str:
+        config = next(f.config for f in self.result.fields if f.model == row.model)
+        if config.owner_field is None:
+            return "No owner field"
+        if row.owner is None:
+            return "User: (none)"
+        name = self.users.get((row.model, row.owner))
+        return f"User: {_shown(name)} (ID: {row.owner})" if name else f"User ID: {row.owner}"
+
+    @staticmethod
+    def _facts(row: AuditRow) -> str:
+        facts = [f"status={row.status if row.status is not None else '-'}"]
+        facts.append(f"reason={row.reason}")
+        if row.reason == SHARED:
+            facts.append(f"{row.shared_with} rows")
+        return ", ".join(facts)
+
+    def _costs(self) -> None:
+        self.out.write("")
+        for f in self.result.fields:
+            self.out.write(
+                f"{f.model}.{f.field}: {f.storage}: strategy {f.strategy} "
+                f"({f.strategy_detail}), {f.storage_requests} storage requests, "
+                f"{f.audited_rows} rows audited"
+            )
+            for note in f.notes:
+                self.out.write(f"  note: {note}")
+        self.out.write(
+            f"{self.result.storage_requests} storage requests in {self.result.duration:.2f} s"
+        )
+
+
+def _owner_names(result: AuditResult) -> dict[tuple[str, Any], str]:
+    """``str()`` of each reported owner that is a related object (a user), in one query each."""
+    from django.apps import apps
+
+    names: dict[tuple[str, Any], str] = {}
+    for report in result.fields:
+        owner_field = report.config.owner_field
+        if owner_field is None:
+            continue
+        related = apps.get_model(report.model)._meta.get_field(owner_field).related_model
+        ids = {r.owner for r in result.rows if r.model == report.model and r.owner is not None}
+        if related is None or not ids:
+            continue
+        for pk, obj in related._default_manager.in_bulk(list(ids)).items():
+            names[(report.model, pk)] = str(obj)
+    return names
+
+
+def _path(row: AuditRow) -> str:
+    if row.reason == EMPTY:
+        return "(empty file field)"
+    if row.reason == INVALID_NAME:
+        return f"(not looked up: the name {row.detail})"
+    if not row.path:
+        return "(not looked up: invalid name)"
+    return _shown(row.path)
+
+
+def _shown(text: Any) -> str:
+    """Text safe for one terminal line: control characters (NUL, newline, …) escaped."""
+    text = str(text)
+    if text.isprintable():
+        return text
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
+
+
+def _sortable(value: Any) -> tuple[int, Any]:
+    """Numbers in numeric order, then anything else as text, then None."""
+    if value is None:
+        return (2, "")
+    if isinstance(value, int):
+        return (0, value)
+    return (1, str(value))
+
+
+def _rows(count: int) -> str:
+    return f"{count} row" if count == 1 else f"{count} rows"

@@ -1,0 +1,311 @@
+"""Which stored names exist: one enumeration of a storage instead of one request per row.
+
+The ad-hoc scripts that look for missing files call ``storage.exists(name)`` once per row:
+one ``stat`` per row on a volume, one HTTP ``HEAD`` per row on S3. On a table of millions of
+rows that is the whole cost of an audit. An index answers the same question from listings:
+
+- `DirectoryIndex` (FileSystemStorage, strategy ``listdir``): each directory a row points
+  into is listed once with ``os.scandir``, on first use, into a set of its file names. Only
+  those directories, not a walk of the whole tree: the media root may also hold directories
+  no audited row points into (other models, caches, a huge unrelated upload directory), and
+  a walk would list them and hold their names for nothing. Restricted to what the rows
+  touch, this costs at most what one walk of the tree costs, and no recursion is involved,
+  so no depth limit applies. Memory: one set of names per directory the rows touch.
+- `S3PrefixIndex` (django-storages ``S3Storage``/``S3Boto3Storage``, strategy ``s3-list``):
+  a paginated ``list_objects_v2`` of the rows' common key prefix (the storage's location
+  plus the longest prefix the audited names share), 1,000 keys per request, through the
+  storage's own boto3 client. Memory: the listed keys, capped by ``max_keys``.
+- `PerRowIndex` (strategy ``exists``): one check per row: ``os.stat`` on a volume,
+  ``storage.exists()`` (a ``HEAD`` on S3) elsewhere. Storages that cannot list use it always.
+
+`build_index` chooses (``strategy="auto"``), from the number of rows to audit and a cheap
+estimate of what a listing would cost, so that auditing one user's ten files never lists a
+million objects:
+
+- FileSystemStorage: per-row checks when the rows are at most ``per_row_max`` (default
+  1,000: that many ``stat`` calls take milliseconds whatever the volume holds, whereas one
+  flat directory the rows share may hold millions of entries); directory listings above.
+- S3: list the rows' common prefix while the listing stays cheaper than per-row ``HEAD``
+  requests: at most ``rows - 1`` list requests and ``max_keys`` keys. When that budget runs
+  out before the listing ends, the listing is abandoned and each row gets a ``HEAD``; the
+  requests spent are then at most about twice what the cheaper strategy would have cost. A
+  single row is always one ``HEAD``.
+- anything else: per-row ``storage.exists()``.
+
+Every index counts the requests it makes (``requests``: directories listed, list pages, or
+per-row checks), so an audit can report what it cost. Every strategy answers the same
+question the same way: a name exists when it is a file (following symlinks) on a volume, or
+a key on S3. Errors other than "not found" (a permission denied, an S3 403, a network
+failure) raise `StorageIndexError`: an unreadable storage must never read as "every file is
+missing".
+
+Names given to ``exists`` must already be valid (see `volguard.django.audit`): an index
+never resolves a name that is absolute or contains ``..``.
+"""
+
+from __future__ import annotations
+
+import os
+import posixpath
+import stat
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any, Literal
+
+from volguard.django.helpers import describe_storage
+
+if TYPE_CHECKING:
+    from django.core.files.storage import Storage
+
+#: Rows up to which a volume is checked with one ``stat`` per row rather than listings.
+PER_ROW_MAX = 1000
+
+#: Most keys an automatic S3 listing holds in memory (about 200 MB of key strings) before
+#: it gives up and checks row by row.
+S3_MAX_KEYS = 2_000_000
+
+Strategy = Literal["auto", "exists", "list"]
+STRATEGIES: tuple[str, ...] = ("auto", "exists", "list")
+
+StorageKind = Literal["filesystem", "s3", "other"]
+
+
+class StorageIndexError(Exception):
+    """The storage could not be read (not "the file is missing"): the audit cannot go on."""
+
+
+class NameIndex:
+    """Answers ``exists(name)`` for one storage, counting the requests it makes."""
+
+    strategy = ""
+
+    def __init__(self, storage: Storage) -> None:
+        self.storage = storage
+        self.requests = 0
+        #: One line for a report: what was listed, or why this strategy was chosen.
+        self.detail = ""
+
+    def exists(self, name: str) -> bool:
+        raise NotImplementedError
+
+
+class PerRowIndex(NameIndex):
+    """One check per name: ``os.stat`` on a volume, ``storage.exists()`` elsewhere."""
+
+    strategy = "exists"
+
+    def __init__(self, storage: Storage) -> None:
+        super().__init__(storage)
+        self._filesystem = storage_kind(storage) == "filesystem"
+
+    def exists(self, name: str) -> bool:
+        self.requests += 1
+        if self._filesystem:
+            return _is_file(self.storage.path(name))
+        try:
+            return bool(self.storage.exists(name))
+        except Exception as e:  # botocore's ClientError, a network error, …
+            raise StorageIndexError(
+                f"cannot check {name!r} in {describe_storage(self.storage)}: {e}"
+            ) from e
+
+
+class DirectoryIndex(NameIndex):
+    """FileSystemStorage: list each directory the names point into once, on first use."""
+
+    strategy = "listdir"
+
+    def __init__(self, storage: Storage) -> None:
+        super().__init__(storage)
+        self._root = os.fspath(storage.location)  # type: ignore[attr-defined]
+        self._listings: dict[str, frozenset[str]] = {}
+
+    def exists(self, name: str) -> bool:
+        directory, _, base = name.rpartition("/")
+        files = self._listings.get(directory)
+        if files is None:
+            files = self._listings[directory] = self._list(directory)
+        return base in files
+
+    def _list(self, directory: str) -> frozenset[str]:
+        path = os.path.join(self._root, directory) if directory else self._root
+        self.requests += 1
+        self.detail = f"{self.requests} directories listed"
+        try:
+            with os.scandir(path) as entries:
+                return frozenset(e.name for e in entries if e.is_file())
+        except (FileNotFoundError, NotADirectoryError):
+            return frozenset()
+        except OSError as e:
+            raise StorageIndexError(f"cannot list directory {path}: {e.strerror or e}") from e
+
+
+class S3PrefixIndex(NameIndex):
+    """django-storages S3: the keys under one prefix, from a paginated ``list_objects_v2``.
+
+    A name whose key does not start with the listed prefix (the prefix is a hint computed
+    from the database, see `volguard.django.audit`) is checked with a ``HEAD`` instead, so
+    an inexact hint costs requests, never correctness.
+    """
+
+    strategy = "s3-list"
+
+    def __init__(self, storage: Storage, prefix: str = "") -> None:
+        super().__init__(storage)
+        self.key_prefix = s3_key_prefix(storage, prefix)
+        self.pages = 0
+        self._keys: set[str] = set()
+        self._fallback = PerRowIndex(storage)
+
+    def load(self, *, max_pages: int | None = None, max_keys: int | None = None) -> bool:
+        """List the prefix; False (and nothing kept) when a budget ran out before its end."""
+        storage: Any = self.storage
+        client = storage.connection.meta.client
+        paginator = client.get_paginator("list_objects_v2")
+        try:
+            for page in paginator.paginate(Bucket=storage.bucket_name, Prefix=self.key_prefix):
+                self.pages += 1
+                self.requests += 1
+                self._keys.update(item["Key"] for item in page.get("Contents", ()))
+                if not page.get("IsTruncated"):
+                    break
+                if (max_pages is not None and self.pages >= max_pages) or (
+                    max_keys is not None and len(self._keys) >= max_keys
+                ):
+                    self._keys = set()
+                    return False
+        except Exception as e:  # botocore's ClientError, a network error, …
+            raise StorageIndexError(
+                f"cannot list {self.key_prefix!r} in {describe_storage(storage)}: {e}"
+            ) from e
+        self.detail = (
+            f"prefix {self.key_prefix!r}: {len(self._keys)} keys in {self.pages} list requests"
+        )
+        return True
+
+    def exists(self, name: str) -> bool:
+        key = s3_key(self.storage, name)
+        if key.startswith(self.key_prefix):
+            return key in self._keys
+        found = self._fallback.exists(name)
+        self.requests += 1
+        return found
+
+
+def build_index(
+    storage: Storage,
+    *,
+    rows: int,
+    strategy: Strategy = "auto",
+    common_prefix: Callable[[], str] = lambda: "",
+    per_row_max: int = PER_ROW_MAX,
+    max_keys: int = S3_MAX_KEYS,
+) -> NameIndex:
+    """The index for auditing ``rows`` names in ``storage`` (see the module docstring).
+
+    ``common_prefix`` returns a prefix that the audited names share (or ``""``); it is
+    only called when an S3 listing is considered, since computing it costs a query.
+    ``strategy`` ``"exists"`` or ``"list"`` overrides the automatic choice; ``"list"`` on a
+    storage that cannot list raises `StorageIndexError`.
+    """
+    storage = unwrap(storage)
+    kind = storage_kind(storage)
+    if strategy == "exists":
+        return _chosen(PerRowIndex(storage), "asked for")
+    if kind == "filesystem":
+        if strategy == "auto" and rows <= per_row_max:
+            return _chosen(PerRowIndex(storage), f"{rows} rows <= {per_row_max}")
+        return DirectoryIndex(storage)
+    if kind == "s3":
+        if strategy == "auto" and rows <= 1:
+            return _chosen(PerRowIndex(storage), f"{rows} row")
+        index = S3PrefixIndex(storage, common_prefix())
+        if strategy == "list":
+            index.load()
+            return index
+        if index.load(max_pages=rows - 1, max_keys=max_keys):
+            return index
+        fallback = PerRowIndex(storage)
+        fallback.requests = index.requests
+        fallback.detail = (
+            f"listing of prefix {index.key_prefix!r} abandoned after {index.pages} requests "
+            f"(more than per-row checks of {rows} rows would cost)"
+        )
+        return fallback
+    if strategy == "list":
+        raise StorageIndexError(
+            f"{describe_storage(storage)} cannot be listed: use the auto or exists strategy"
+        )
+    return _chosen(PerRowIndex(storage), "this storage cannot be listed")
+
+
+# -- facts about a storage ----------------------------------------------------------------
+
+
+def unwrap(storage: Storage) -> Storage:
+    """The storage behind a lazy ``default_storage`` (type checks and attributes go direct)."""
+    from django.utils.functional import LazyObject, empty
+
+    if isinstance(storage, LazyObject):
+        if storage._wrapped is empty:  # type: ignore[attr-defined]
+            storage._setup()  # type: ignore[attr-defined]
+        return storage._wrapped  # type: ignore[attr-defined]
+    return storage
+
+
+def storage_kind(storage: Storage) -> StorageKind:
+    """``filesystem``, ``s3`` (django-storages, when installed) or ``other``."""
+    from django.core.files.storage import FileSystemStorage
+
+    storage = unwrap(storage)
+    if isinstance(storage, FileSystemStorage):
+        return "filesystem"
+    try:
+        from storages.backends.s3 import S3Storage
+    except ImportError:  # django-storages is an optional extra: volguard[s3]
+        return "other"
+    return "s3" if isinstance(storage, S3Storage) else "other"
+
+
+def location_of(storage: Storage, name: str) -> str:
+    """Where ``name`` lives, for people: a path on a volume, ``s3://bucket/key``, or a URL.
+
+    Only for valid names (an invalid one is never resolved).
+    """
+    storage = unwrap(storage)
+    kind = storage_kind(storage)
+    try:
+        if kind == "filesystem":
+            return storage.path(name)
+        if kind == "s3":
+            return f"s3://{storage.bucket_name}/{s3_key(storage, name)}"  # type: ignore[attr-defined]
+        return storage.url(name)
+    except Exception:  # a storage without paths or URLs: the name is all there is
+        return name
+
+
+def s3_key(storage: Storage, name: str) -> str:
+    """The object key django-storages uses for ``name`` (the same as its ``exists()``)."""
+    from storages.utils import clean_name
+
+    return storage._normalize_name(clean_name(name))  # type: ignore[attr-defined]
+
+
+def s3_key_prefix(storage: Storage, prefix: str) -> str:
+    """The key prefix for names starting with ``prefix``, under the storage's location."""
+    location = str(getattr(storage, "location", "") or "").strip("/")
+    return posixpath.join(location, prefix) if location else prefix
+
+
+def _chosen(index: NameIndex, why: str) -> NameIndex:
+    index.detail = f"per-row checks: {why}"
+    return index
+
+
+def _is_file(path: str) -> bool:
+    """``os.path.isfile``, except that only "not there" is False: other errors raise."""
+    try:
+        return stat.S_ISREG(os.stat(path).st_mode)
+    except (FileNotFoundError, NotADirectoryError):
+        return False
+    except OSError as e:
+        raise StorageIndexError(f"cannot check {path}: {e.strerror or e}") from e
