@@ -396,6 +396,7 @@ def test_adversarial_names_are_invalid_and_never_looked_up(site: Site, tmp_path:
         "dotdot": "../../etc/passwd",
         "outside": "../outside.txt",
         "absolute": "/etc/passwd",
+        "absolute_in_root": "/here.csv",  # MEDIA_ROOT/here.csv exists: still absolute
         "backslash": "..\\..\\etc\\passwd",
         "drive": "C:\\Windows\\win.ini",
         "inner_dotdot": "user_data/../user_data/x.csv",
@@ -408,7 +409,7 @@ def test_adversarial_names_are_invalid_and_never_looked_up(site: Site, tmp_path:
     pks = site.seed(
         users=["mallory"], rows={k: {"owner": "mallory", "name": n} for k, n in names.items()}
     )
-    site.files("user_data/x.csv")
+    site.files("user_data/x.csv", "here.csv")
 
     document = site.check_json("--strategy", "list")
     by_pk = {r["pk"]: r for r in document["rows"]}
@@ -417,7 +418,7 @@ def test_adversarial_names_are_invalid_and_never_looked_up(site: Site, tmp_path:
     details = {k: by_pk[pks[k]]["detail"] for k in names}
     assert details["dotdot"] == "escapes the storage root ('..')"
     assert details["outside"] == "escapes the storage root ('..')"
-    assert details["absolute"] == "is an absolute path"
+    assert details["absolute"] == details["absolute_in_root"] == "is an absolute path"
     assert details["backslash"] == "escapes the storage root ('..')"
     assert details["drive"] == "is an absolute path"
     assert details["inner_dotdot"] == "contains a '..' component"
@@ -427,8 +428,33 @@ def test_adversarial_names_are_invalid_and_never_looked_up(site: Site, tmp_path:
         assert details["nul"] == "contains a NUL byte"
         assert details["too_long"] == "is longer than the field's max_length (310 > 255 characters)"
     assert all(by_pk[pks[k]]["path"] == "" for k in names)
-    # Nothing was listed for them: the only directory looked at is none at all.
-    assert document["storage_requests"] == 0
+    assert _reasons(site.check_json("--strategy", "exists")) == _reasons(document)
+
+    # Every path either strategy touched is inside the storage root.
+    code = textwrap.dedent("""
+        import json, os
+        from datetime import timedelta
+        from volguard.django import audit, storage_index
+
+        seen = []
+        real_scandir, real_stat = os.scandir, os.stat
+        def scandir(path="."):
+            seen.append(os.fspath(path))
+            return real_scandir(path)
+        def stat(path, *args, **kwargs):
+            seen.append(os.fspath(path))
+            return real_stat(path, *args, **kwargs)
+        storage_index.os.scandir, storage_index.os.stat = scandir, stat
+        for strategy in ("list", "exists"):
+            targets = audit.discover(["services.UserDataFile"])
+            audit.audit(targets, older_than=timedelta(0), strategy=strategy)
+        storage_index.os.scandir, storage_index.os.stat = real_scandir, real_stat
+        print("VG_SEEN=" + json.dumps(seen))
+    """)
+    seen = json.loads(site.shell(code).split("VG_SEEN=", 1)[1])
+    assert seen  # the valid names' directory was looked at
+    root = str(site.media)
+    assert [p for p in seen if os.path.commonpath([root, os.path.abspath(p)]) != root] == []
 
     proc = site.check()
     assert proc.returncode == 2
@@ -724,9 +750,17 @@ def test_findings_and_recheck(site: Site) -> None:
         import json
         from datetime import timedelta
         from pathlib import Path
+        from django.db import transaction
         from volguard.django.audit import audit, recheck
 
         result = audit(older_than=timedelta(0))
+        with transaction.atomic():  # shared files found without the worker thread
+            inline = audit(older_than=timedelta(0))
+        assert [r.as_dict() for r in inline.rows] == [r.as_dict() for r in result.rows]
+        streamed = []
+        lean = audit(older_than=timedelta(0), on_row=streamed.append, keep_rows=False)
+        assert lean.rows == [] and streamed == result.rows
+        assert lean.problem_count == result.problem_count == 2
         findings = [f.as_dict() for f in result.to_findings()]
         before = [(r.pk, r.reason) for r in recheck(result.problems)]
         Path({str(site.media / "gone.csv")!r}).write_text("back")

@@ -41,8 +41,9 @@ Memory stays bounded on large tables:
 - the storage side is an index (`volguard.django.storage_index`): one set of file names per
   directory the rows point into on a volume, the keys under the rows' common prefix on S3
   (capped), nothing for per-row checks;
-- shared files are found by the database (``GROUP BY name HAVING COUNT(*) > 1``), not by
-  holding every name in memory;
+- shared files are found by the database (``GROUP BY name HAVING COUNT(*) > 1``, in a
+  thread while the rows stream), not by holding every name in memory; their rows are
+  reported after the field's stream;
 - only problem rows are kept, and with ``keep_rows=False`` they are only handed to
   ``on_row`` as they are found, so a caller can act on them in batches.
 """
@@ -54,13 +55,20 @@ import re
 import time
 from collections import Counter
 from collections.abc import Callable, Iterable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
+from functools import partial
 from typing import TYPE_CHECKING, Any
 
 from volguard.catalogue import finding
 from volguard.django import storage_index
 from volguard.django.helpers import describe_storage
+from volguard.django.storage_index import (
+    MAX_COMPONENT_BYTES,
+    MAX_NAME_BYTES,
+    invalid_name_reason,
+)
 from volguard.findings import Finding, Location
 
 if TYPE_CHECKING:
@@ -78,10 +86,6 @@ PER_ROW_MAX_SETTING = "VOLGUARD_AUDIT_PER_ROW_MAX"
 DEFAULT_MESSAGE = "File missing from storage. Please re-upload your file."
 DEFAULT_OLDER_THAN = timedelta(minutes=10)
 DEFAULT_BATCH_SIZE = 2000
-#: S3's key limit, and a sane one for any storage.
-MAX_NAME_BYTES = 1024
-#: NAME_MAX of Linux filesystems: a longer path component cannot exist on a volume.
-MAX_COMPONENT_BYTES = 255
 
 _CONFIG_KEYS = frozenset(
     {"owner_field", "status_field", "failed_value", "log_field", "message", "timestamp_field"}
@@ -89,8 +93,6 @@ _CONFIG_KEYS = frozenset(
 _FILTER_KEY = re.compile(r"[A-Za-z_]\w*(?:__\w+)*")
 _DURATION = re.compile(r"(\d+)([smhd]?)")
 _DURATION_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
-_SEPARATORS = re.compile(r"[/\\]")
-_DRIVE = re.compile(r"[A-Za-z]:[/\\]")
 #: Names per ``IN (…)`` query: far below every backend's parameter limit.
 _IN_CHUNK = 500
 
@@ -518,7 +520,7 @@ class _FieldAudit:
 
         try:
             scope = self._scope()
-            shared = self._shared_names(scope if self.lookups else None)
+            shared_names = self._shared_names(scope if self.lookups else None)
             index = storage_index.build_index(
                 self.storage,
                 rows=self.report.total_rows - self.report.skipped_recent,
@@ -526,7 +528,8 @@ class _FieldAudit:
                 common_prefix=lambda: _common_prefix(scope, self.target.field_name),
                 per_row_max=per_row_max,
             )
-            self._stream(scope, index, shared)
+            self._stream(scope, index)
+            self._shared(scope, shared_names())
         except storage_index.StorageIndexError as e:
             raise AuditError(str(e)) from e
         except DatabaseError as e:
@@ -564,53 +567,110 @@ class _FieldAudit:
         self.report.skipped_recent = base.filter(**recent).count()
         return base.exclude(**recent)
 
-    def _shared_names(self, scope: QuerySet | None) -> dict[str, int]:
-        """Names used by several rows of the table (``scope``: only names it holds)."""
-        from django.db.models import Count
+    def _shared_names(self, scope: QuerySet | None) -> Callable[[], dict[str, int]]:
+        """Start finding the names several rows of the table use; call the result for them.
 
-        name = self.target.field_name
-        rows = self.target.model._default_manager.order_by().exclude(**{name: ""})
-        rows = rows.exclude(**{f"{name}__isnull": True})
-        if scope is not None:
-            rows = rows.filter(**{f"{name}__in": scope.values(name)})
-        groups = rows.values(name).annotate(n=Count("pk")).filter(n__gt=1).values_list(name, "n")
-        return dict(groups)
+        The ``GROUP BY`` costs about as much as streaming the rows, so it runs in a thread
+        on a connection of its own while the rows stream (the database works, the GIL is
+        free). Not inside a transaction, whose uncommitted rows another connection would
+        not see, nor on an in-memory SQLite database: there it runs at once.
+        ``scope``: only names that it holds (a filtered audit).
+        """
+        from django.db import connections
 
-    def _stream(self, scope: QuerySet, index: storage_index.NameIndex, shared: dict) -> None:
+        def query() -> dict[str, int]:
+            from django.db.models import Count
+
+            name = self.target.field_name
+            rows = self.target.model._default_manager.order_by().exclude(**{name: ""})
+            rows = rows.exclude(**{f"{name}__isnull": True})
+            if scope is not None:
+                rows = rows.filter(**{f"{name}__in": scope.values(name)})
+            groups = rows.values(name).annotate(n=Count("pk")).filter(n__gt=1)
+            return dict(groups.values_list(name, "n"))
+
+        def in_thread() -> dict[str, int]:
+            try:
+                return query()
+            finally:
+                connections.close_all()  # this thread's connections only
+
+        connection = connections[self.target.model._default_manager.db]
+        in_memory = connection.vendor == "sqlite" and connection.is_in_memory_db()
+        if connection.in_atomic_block or in_memory:
+            names = query()
+            return lambda: names
+        pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="volguard-shared")
+        future = pool.submit(in_thread)
+        pool.shutdown(wait=False)  # the query runs on; the pool takes no more work
+        return future.result
+
+    def _stream(self, scope: QuerySet, index: storage_index.NameIndex) -> None:
+        """Check every row of ``scope``, keeping the per-row path to a few local lookups.
+
+        An index that ``accepts_any_name`` is asked first, and only the names it does not
+        find (or that are long, or hold a backslash) are validated in full: a name found
+        in a listing of a validated directory is valid but for those two.
+        """
         from django.core.exceptions import SuspiciousOperation
 
         field_ = self.target.field
-        max_length = field_.max_length
-        component = MAX_COMPONENT_BYTES if self.kind == "filesystem" else None
+        invalid = partial(
+            invalid_name_reason,
+            max_length=field_.max_length,
+            max_component_bytes=MAX_COMPONENT_BYTES if self.kind == "filesystem" else None,
+        )
+        # Names up to this long break no length rule (4 bytes a character at most); the
+        # components of a name found in a listing are short enough, or it would not be.
+        short = min(field_.max_length or MAX_NAME_BYTES, MAX_NAME_BYTES // 4)
+        exists = index.exists
+        any_name = index.accepts_any_name
         blank_ok = field_.blank
-        report = self.report
+        batch_size = self.batch_size
         pending: list[tuple[Any, Any, str, str, int | None]] = []
-        rows = scope.values_list("pk", self.target.field_name).iterator(chunk_size=self.batch_size)
+        append = pending.append
+        audited = empty_allowed = 0
+        rows = scope.values_list("pk", self.target.field_name).iterator(chunk_size=batch_size)
         for pk, name in rows:
-            report.audited_rows += 1
+            audited += 1
             if not name:
                 if blank_ok:
-                    report.empty_allowed += 1
+                    empty_allowed += 1
                 else:
-                    pending.append((pk, name, EMPTY, "the file field is empty", None))
+                    append((pk, name, EMPTY, "the file field is empty", None))
+                continue
+            if any_name:
+                found = exists(name)
+                if found and len(name) <= short and "\\" not in name:
+                    continue
+                problem = invalid(name)
             else:
-                problem = invalid_name_reason(
-                    name, max_length=max_length, max_component_bytes=component
-                )
+                problem = invalid(name)
                 if problem is None:
                     try:
-                        if not index.exists(name):
-                            pending.append((pk, name, MISSING, "not in storage", None))
+                        found = exists(name)
                     except (SuspiciousOperation, ValueError) as e:
                         problem = f"is rejected by the storage ({e})"
-                if problem is not None:
-                    pending.append((pk, name, INVALID_NAME, problem, None))
-                if shared and name in shared:
-                    count = shared[name]
-                    pending.append((pk, name, SHARED, f"shared by {count} rows", count))
-            if len(pending) >= self.batch_size:
+            if problem is not None:
+                append((pk, name, INVALID_NAME, problem, None))
+            elif not found:
+                append((pk, name, MISSING, "not in storage", None))
+            if len(pending) >= batch_size:
                 self._flush(pending)
         self._flush(pending)
+        self.report.audited_rows = audited
+        self.report.empty_allowed = empty_allowed
+
+    def _shared(self, scope: QuerySet, names: dict[str, int]) -> None:
+        """Report the audited rows whose name several rows use."""
+        pending: list[tuple[Any, Any, str, str, int | None]] = []
+        field_name = self.target.field_name
+        for chunk in _chunks(sorted(names), _IN_CHUNK):
+            rows = scope.filter(**{f"{field_name}__in": chunk}).values_list("pk", field_name)
+            for pk, name in rows.order_by(field_name, "pk"):
+                count = names[name]
+                pending.append((pk, name, SHARED, f"shared by {count} rows", count))
+            self._flush(pending)
 
     def _flush(self, pending: list[tuple[Any, Any, str, str, int | None]]) -> None:
         """Deliver pending rows, with their owner and status read in one query."""
@@ -729,39 +789,6 @@ def _common_prefix(scope: QuerySet, name: str) -> str:
 
 
 # -- names, filters, durations ------------------------------------------------------------
-
-
-def invalid_name_reason(
-    name: str, *, max_length: int | None = None, max_component_bytes: int | None = None
-) -> str | None:
-    """Why ``name`` is not a valid stored name (VG402), or None when it is.
-
-    The rules are Django's own (``validate_file_name``: no absolute path, no ``..``
-    component) plus what a storage cannot hold: a NUL byte, more characters than the
-    field's ``max_length``, more than 1,024 bytes, a component longer than
-    ``max_component_bytes`` (255 on a volume), or a name ending in a separator, which names
-    a directory. Backslashes count as separators: django-storages turns them into ``/``.
-    """
-    if "\x00" in name:
-        return "contains a NUL byte"
-    if name[:1] in ("/", "\\") or _DRIVE.match(name):
-        return "is an absolute path"
-    if ".." in name:
-        parts = _SEPARATORS.split(name)
-        if ".." in parts:
-            escapes = os.path.normpath(name.replace("\\", "/")).startswith("..")
-            return "escapes the storage root ('..')" if escapes else "contains a '..' component"
-    if max_length is not None and len(name) > max_length:
-        return f"is longer than the field's max_length ({len(name)} > {max_length} characters)"
-    if len(name) > MAX_NAME_BYTES // 4 and len(name.encode("utf-8", "replace")) > MAX_NAME_BYTES:
-        return f"is longer than {MAX_NAME_BYTES} bytes"
-    if name.endswith(("/", "\\")) or _SEPARATORS.split(name)[-1] in ("", ".", ".."):
-        return "names a directory, not a file"
-    if max_component_bytes is not None and len(name) > max_component_bytes // 4:
-        for part in _SEPARATORS.split(name):
-            if len(part.encode("utf-8", "replace")) > max_component_bytes:
-                return f"has a path component longer than {max_component_bytes} bytes"
-    return None
 
 
 def parse_filter(text: str) -> tuple[str, Any]:

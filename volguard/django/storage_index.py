@@ -39,14 +39,18 @@ a key on S3. Errors other than "not found" (a permission denied, an S3 403, a ne
 failure) raise `StorageIndexError`: an unreadable storage must never read as "every file is
 missing".
 
-Names given to ``exists`` must already be valid (see `volguard.django.audit`): an index
-never resolves a name that is absolute or contains ``..``.
+What a valid stored name is lives here too (`invalid_name_reason`, VG402): no index ever
+resolves an invalid name, so nothing outside the storage root is looked at. Names given to
+``exists`` must be valid, except for an index that ``accepts_any_name`` (`DirectoryIndex`):
+it validates each directory part once, before listing it, instead of each name once per
+row, so the audit validates in full only the names that were not found.
 """
 
 from __future__ import annotations
 
 import os
 import posixpath
+import re
 import stat
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, Literal
@@ -63,6 +67,14 @@ PER_ROW_MAX = 1000
 #: it gives up and checks row by row.
 S3_MAX_KEYS = 2_000_000
 
+#: S3's key limit, and a sane one for any storage.
+MAX_NAME_BYTES = 1024
+#: NAME_MAX of Linux filesystems: a longer path component cannot exist on a volume.
+MAX_COMPONENT_BYTES = 255
+
+_SEPARATORS = re.compile(r"[/\\]")
+_DRIVE = re.compile(r"[A-Za-z]:[/\\]")
+
 Strategy = Literal["auto", "exists", "list"]
 STRATEGIES: tuple[str, ...] = ("auto", "exists", "list")
 
@@ -74,9 +86,16 @@ class StorageIndexError(Exception):
 
 
 class NameIndex:
-    """Answers ``exists(name)`` for one storage, counting the requests it makes."""
+    """Answers ``exists(name)`` for one storage, counting the requests it makes.
+
+    ``exists`` expects a valid name (see `invalid_name_reason`), unless the index says
+    ``accepts_any_name``: then it may be given any name, never looks outside the storage
+    root for it, and answers False for a name that cannot be valid, so that a caller can
+    validate only the names not found (the audit's fast path).
+    """
 
     strategy = ""
+    accepts_any_name = False
 
     def __init__(self, storage: Storage) -> None:
         self.storage = storage
@@ -110,29 +129,42 @@ class PerRowIndex(NameIndex):
 
 
 class DirectoryIndex(NameIndex):
-    """FileSystemStorage: list each directory the names point into once, on first use."""
+    """FileSystemStorage: list each directory the names point into once, on first use.
+
+    A directory part is validated once, before its first listing, rather than every name
+    once per row: one that is absolute, contains ``..`` or NUL, or has an over-long
+    component is never listed, and no name in it exists (``accepts_any_name``). A name
+    found in a listing has a valid directory and a base name that a filesystem holds; only
+    its length and backslashes are left for the caller to check.
+    """
 
     strategy = "listdir"
+    accepts_any_name = True
 
     def __init__(self, storage: Storage) -> None:
         super().__init__(storage)
         self._root = os.fspath(storage.location)  # type: ignore[attr-defined]
         self._listings: dict[str, frozenset[str]] = {}
+        self.detail = "0 directories listed"
 
     def exists(self, name: str) -> bool:
-        directory, _, base = name.rpartition("/")
+        directory, sep, base = name.rpartition("/")
         files = self._listings.get(directory)
         if files is None:
             files = self._listings[directory] = self._list(directory)
-        return base in files
+        return base in files and (bool(directory) or not sep)  # "/x" is not in the root
 
     def _list(self, directory: str) -> frozenset[str]:
+        if directory and invalid_name_reason(
+            f"{directory}/x", max_component_bytes=MAX_COMPONENT_BYTES
+        ):
+            return frozenset()  # never resolved: it could point outside the root
         path = os.path.join(self._root, directory) if directory else self._root
         self.requests += 1
         self.detail = f"{self.requests} directories listed"
         try:
             with os.scandir(path) as entries:
-                return frozenset(e.name for e in entries if e.is_file())
+                return frozenset([e.name for e in entries if e.is_file()])
         except (FileNotFoundError, NotADirectoryError):
             return frozenset()
         except OSError as e:
@@ -238,7 +270,44 @@ def build_index(
     return _chosen(PerRowIndex(storage), "this storage cannot be listed")
 
 
-# -- facts about a storage ----------------------------------------------------------------
+# -- names and facts about a storage ------------------------------------------------------
+
+
+def invalid_name_reason(
+    name: str, *, max_length: int | None = None, max_component_bytes: int | None = None
+) -> str | None:
+    """Why ``name`` is not a valid stored name (VG402), or None when it is.
+
+    The rules are Django's own (``validate_file_name``: no absolute path, no ``..``
+    component) plus what a storage cannot hold: a NUL byte, more characters than the
+    field's ``max_length``, more than 1,024 bytes, a component longer than
+    ``max_component_bytes`` (255 on a volume), or a name ending in a separator, which names
+    a directory. Backslashes count as separators: django-storages turns them into ``/``.
+    """
+    # Ordered so that a typical name costs a few substring tests and no split.
+    if "\x00" in name:
+        return "contains a NUL byte"
+    if name[:1] in ("/", "\\") or (name[1:2] == ":" and _DRIVE.match(name)):
+        return "is an absolute path"
+    if ".." in name and ".." in _SEPARATORS.split(name):
+        escapes = os.path.normpath(name.replace("\\", "/")).startswith("..")
+        return "escapes the storage root ('..')" if escapes else "contains a '..' component"
+    length = len(name)
+    if max_length is not None and length > max_length:
+        return f"is longer than the field's max_length ({length} > {max_length} characters)"
+    if length > MAX_NAME_BYTES // 4 and len(name.encode("utf-8", "replace")) > MAX_NAME_BYTES:
+        return f"is longer than {MAX_NAME_BYTES} bytes"
+    if not name or name == "." or name.endswith(("/", "\\", "/.", "\\.")):
+        return "names a directory, not a file"
+    if (
+        max_component_bytes is not None
+        and length > max_component_bytes // 4
+        and len(name.encode("utf-8", "replace")) > max_component_bytes
+    ):
+        for part in _SEPARATORS.split(name):
+            if len(part.encode("utf-8", "replace")) > max_component_bytes:
+                return f"has a path component longer than {max_component_bytes} bytes"
+    return None
 
 
 def unwrap(storage: Storage) -> Storage:
