@@ -29,9 +29,8 @@ Per round, for each N:
 Goals: volguard ssh uses <= 2 connections per Machine; baseline wall / volguard
 wall >= 5x; volguard wall at N=8 <= 1.5x that at N=1 (medians over --rounds, after
 --warmup rounds that are discarded). Each volguard run is also split into phases
-(the first Machine's probe alone, the others' in parallel, the first Machine's
-clean-up session, then the check modules and closing the transport). The bench
-tolerates (and counts) a race in Transport.close() with ssh's ControlMaster exit.
+(the probe round over every Machine at once, the look and clean-up rounds when
+there are several groups, then the check modules and closing the transport).
 Exit status 0 when every goal passes, 1 otherwise, 2 when no fleet can run here.
 
     .venv/bin/python bench/machine_layer.py [--machines 1 8] [--rounds 3] [--warmup 1]
@@ -304,17 +303,22 @@ def run_volguard(setup: dict[str, Any], kind: str) -> dict[str, Any]:
 
 
 def phases(events: list[tuple[str, float, float]], start: float, end: float) -> dict[str, float]:
-    """check_machines' phases, in s: the writer's probe (alone), the other Machines' probes
-    (in parallel), the writer's clean-up session, then the rest (check modules, close)."""
+    """check_machines' phases, in s: the first round (every Machine's probe, in parallel),
+    the later rounds (the other groups' look for the visibility probe, then the writer's
+    clean-up; none with a single group), then the rest (check modules, close)."""
     events = sorted(events, key=lambda e: e[1])
-    writer, _, first_end = events[0]
-    others = [e for e in events[1:] if e[0] != writer]
-    cleanup = [e for e in events[1:] if e[0] == writer]
+    first: dict[str, tuple[str, float, float]] = {}
+    later = []
+    for event in events:
+        if event[0] in first:
+            later.append(event)
+        else:
+            first[event[0]] = event
+    round_end = max(e[2] for e in first.values())
     last = max(e[2] for e in events)
     return {
-        "writer_probe": first_end - start,
-        "others_parallel": max(e[2] for e in others) - first_end if others else 0.0,
-        "writer_cleanup": sum(e[2] - e[1] for e in cleanup),
+        "probe_round": round_end - start,
+        "later_rounds": (max(e[2] for e in later) - round_end) if later else 0.0,
         "checks_and_close": end - last,
     }
 
@@ -592,9 +596,8 @@ def print_table(results: dict[int, dict[str, Any]], args: argparse.Namespace, go
             if mode in r["modes"]:
                 ph = r["modes"][mode]["phases_ms_median"]
                 print(
-                    f"   {names[mode]} phases ms: writer probe {ph['writer_probe']:.0f}, "
-                    f"others (parallel) {ph['others_parallel']:.0f}, "
-                    f"writer clean-up {ph['writer_cleanup']:.0f}, "
+                    f"   {names[mode]} phases ms: probe round {ph['probe_round']:.0f}, "
+                    f"look + clean-up rounds {ph['later_rounds']:.0f}, "
                     f"checks+close {ph['checks_and_close']:.0f}"
                 )
     if any("volguard_fly" in r["modes"] for r in results.values()):
