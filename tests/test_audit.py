@@ -808,7 +808,7 @@ def test_findings_and_recheck(site: Site) -> None:
         (["--older-than", "10"], "bad duration '10'"),
         (["--batch-size", "many"], "argument --batch-size: invalid int value: 'many'"),
         (["--batch-size", "0"], "batch size must be at least 1"),
-        (["--fix"], "unrecognized arguments: --fix"),
+        (["--bogus-flag"], "unrecognized arguments: --bogus-flag"),
     ],
 )
 def test_bad_input_exits_1_with_one_line(site: Site, args: list[str], message: str) -> None:

@@ -10,12 +10,18 @@ warning), ``2`` rows missing, empty or with an invalid name, ``1`` bad input (an
 model, a bad filter or flag, a broken setting) or an unreadable storage, as one
 ``CommandError:`` line on stderr, never a traceback.
 
-It changes nothing: repairing the rows is remediation's job.
+Without ``--fix`` or ``--delete`` it changes nothing. With one of them it prints the plan
+(rows per reason), then hands the rows to `volguard.django.remediation`, which holds the
+safety rules: the VG404 interlock (refused with exit ``2`` and one line unless ``--force``),
+a re-check of each row just before it changes, batched bulk updates, the JSONL audit log,
+and for ``--delete`` a confirmation (``yes`` typed at a terminal, or ``--yes``) and a
+``loaddata``-compatible export written first.
 """
 
 from __future__ import annotations
 
 import json
+import shlex
 import sys
 from collections.abc import Iterable
 from itertools import groupby
@@ -23,10 +29,14 @@ from typing import Any
 
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
+from volguard.audit import DEFAULT_PATH as DEFAULT_AUDIT_LOG
+from volguard.audit import AuditLog
+from volguard.django import remediation
 from volguard.django.audit import (
     EMPTY,
     INVALID_NAME,
     PROBLEM_REASONS,
+    REASONS,
     SHARED,
     AuditError,
     AuditResult,
@@ -98,6 +108,46 @@ class Command(BaseCommand):
             action="store_true",
             help="print one JSON document (totals, per-reason counts, strategy, rows)",
         )
+        act = parser.add_mutually_exclusive_group()
+        act.add_argument(
+            "--fix",
+            action="store_true",
+            help="mark each row whose file is missing (or empty and required) failed and "
+            "append the configured message to its log; idempotent",
+        )
+        act.add_argument(
+            "--delete",
+            action="store_true",
+            help="delete those rows (never their files, never a row sharing its file) after "
+            "exporting them; asks for 'yes' unless --yes",
+        )
+        parser.add_argument(
+            "--yes", action="store_true", help="--delete without asking (for scripts)"
+        )
+        parser.add_argument(
+            "--export",
+            metavar="PATH",
+            help="where --delete writes the rows first, as loaddata JSON (default "
+            ".volguard/exports/<model>-<UTC timestamp>.json)",
+        )
+        parser.add_argument(
+            "--max-missing",
+            default=remediation.DEFAULT_MAX_MISSING,
+            metavar="N|P%",
+            help="refuse --fix/--delete (VG404) when more audited rows than this are "
+            "missing: a count (50) or a percentage (default 10%%)",
+        )
+        parser.add_argument(
+            "--force",
+            action="store_true",
+            help="override the VG404 interlock (recorded in the audit log)",
+        )
+        parser.add_argument(
+            "--audit-log",
+            default=DEFAULT_AUDIT_LOG,
+            metavar="PATH",
+            help=f"append-only JSONL log of every change (default {DEFAULT_AUDIT_LOG})",
+        )
 
     def create_parser(self, prog_name: str, subcommand: str, **kwargs: Any) -> CommandParser:
         parser = super().create_parser(prog_name, subcommand, **kwargs)
@@ -117,6 +167,15 @@ class Command(BaseCommand):
             sys.exit(self.exit_code)
 
     def handle(self, *args: Any, **options: Any) -> None:
+        action = "fix" if options["fix"] else "delete" if options["delete"] else None
+        try:
+            max_missing = remediation.parse_max_missing(options["max_missing"])
+        except remediation.RemediationError as e:
+            raise CommandError(str(e)) from None
+        if action is None:
+            for flag in ("yes", "force", "export"):
+                if options[flag]:
+                    raise CommandError(f"--{flag} needs --fix or --delete")
         try:
             result = audit(
                 discover(options["model"]),
@@ -131,10 +190,97 @@ class Command(BaseCommand):
         self.exit_code = 2 if result.problem_count else 0
         for note in result.notes:
             self.stderr.write(f"note: {note}")
-        if options["json"]:
-            self.stdout.write(json.dumps(result.as_dict(), default=str, ensure_ascii=False))
-        else:
+        if action is None:
+            if options["json"]:
+                self.stdout.write(json.dumps(result.as_dict(), default=str, ensure_ascii=False))
+            else:
+                _Text(self, result, int(options["verbosity"])).write()
+            return
+        if not options["json"]:
             _Text(self, result, int(options["verbosity"])).write()
+        report = self._remediate(action, result, max_missing, options)
+        if options["json"]:
+            document = result.as_dict()
+            document["remediation"] = report.as_dict()
+            self.stdout.write(json.dumps(document, default=str, ensure_ascii=False))
+
+    def _remediate(
+        self,
+        action: str,
+        result: AuditResult,
+        max_missing: remediation.MaxMissing,
+        options: dict[str, Any],
+    ) -> remediation.Remediation:
+        """Plan, interlock, confirm, then act; the plan and the outcome in text mode."""
+        text = not options["json"]
+        # The plan goes to stderr under --json, so stdout stays one JSON document.
+        say = self.stdout.write if text else self.stderr.write
+        report, rows = remediation.plan(result, action)
+        report.audit_log = options["audit_log"]
+        say("")
+        say(f"Plan (--{action}): {_counts(report.planned) or 'nothing to do'}")
+        if report.left_alone:
+            say(f"  left alone: {_counts(report.left_alone)}")
+        if not rows:
+            return report
+        reasons = remediation.interlock(result, rows, max_missing)
+        if reasons:
+            why = "; ".join(reasons)
+            if not options["force"]:
+                raise CommandError(
+                    f"VG404 remediation refused: storage looks unmounted or empty: {why}; "
+                    f"nothing changed (--force overrides)",
+                    returncode=2,
+                )
+            report.forced = True
+            report.overridden = reasons
+            self.stderr.write(f"warning: --force overrides VG404: {why}")
+        log = AuditLog(options["audit_log"], command=_command_line())
+        try:
+            if action == "fix":
+                remediation.fix(report, rows, log=log, batch_size=options["batch_size"])
+            else:
+                self._confirm(rows, options)
+                export = options["export"] or remediation.default_export_path(rows)
+                remediation.delete(
+                    report, rows, log=log, batch_size=options["batch_size"], export=export
+                )
+        except (AuditError, remediation.RemediationError, OSError) as e:
+            raise CommandError(str(e)) from None
+        for note in report.notes:
+            self.stderr.write(f"note: {note}")
+        done = "Marked failed" if action == "fix" else "Deleted"
+        say(f"{done}: {_rows(report.changed)}")
+        if report.already_done:
+            say(f"  already failed with the message: {_rows(report.already_done)}")
+        if report.rechecked_away:
+            say(f"  no longer missing when re-checked: {_rows(report.rechecked_away)}")
+        if report.export:
+            say(f"  exported first to {report.export} (restore: manage.py loaddata PATH)")
+        if report.changed:
+            say(f"  logged to {report.audit_log}")
+        return report
+
+    def _confirm(self, rows: list[AuditRow], options: dict[str, Any]) -> None:
+        """``yes`` typed at a terminal for each model, or ``--yes``; else refuse (exit 1)."""
+        if options["yes"]:
+            return
+        if not sys.stdin.isatty():
+            raise CommandError("--delete needs a terminal to confirm, or --yes; nothing deleted")
+        from django.apps import apps
+
+        counts: dict[str, int] = {}
+        for row in rows:
+            counts[row.model] = counts.get(row.model, 0) + 1
+        for label, count in counts.items():
+            name = apps.get_model(label)._meta.object_name
+            rows_whose = "row whose file is" if count == 1 else "rows whose files are"
+            prompt = f"Delete {count} {name} {rows_whose} missing? "
+            stream = self.stdout if not options["json"] else self.stderr
+            stream.write(prompt + "Type yes: ", ending="")
+            stream.flush()
+            if sys.stdin.readline().strip() != "yes":
+                raise CommandError("not confirmed; nothing deleted")
 
 
 class _Text:
@@ -273,6 +419,18 @@ def _sortable(value: Any) -> tuple[int, Any]:
     if isinstance(value, int):
         return (0, value)
     return (1, str(value))
+
+
+def _command_line() -> str:
+    """The command as typed, for the audit log."""
+    return shlex.join(["manage.py", *sys.argv[1:]]) if sys.argv[1:] else "check_missing_files"
+
+
+def _counts(counter: Any) -> str:
+    """``missing 2, empty 1`` (reasons in the audit's order)."""
+    order = {reason: i for i, reason in enumerate(REASONS)}
+    items = sorted(counter.items(), key=lambda kv: order.get(kv[0], len(order)))
+    return ", ".join(f"{reason} {count}" for reason, count in items if count)
 
 
 def _rows(count: int) -> str:
