@@ -1,10 +1,15 @@
-"""Small shared fixtures. Keep this file minimal: put anything specific in the test module."""
+"""Shared fixtures and helpers. Keep it small: anything specific belongs in its test module."""
 
 from __future__ import annotations
 
+import contextlib
+import importlib
 import os
-from collections.abc import Callable
+import uuid
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from types import ModuleType
+from urllib.parse import urlsplit, urlunsplit
 
 import pytest
 
@@ -46,3 +51,49 @@ def lint_text(write_toml: Callable[..., Path]) -> Callable[..., Report]:
         )
 
     return run
+
+
+# -- shared by the Django-side tests (example app, audit, remediation) ----------------------
+
+IN_CI = bool(os.environ.get("CI"))
+#: The PostgreSQL server of this machine (trust auth); VOLGUARD_TEST_POSTGRES overrides.
+POSTGRES_URL = os.environ.get(
+    "VOLGUARD_TEST_POSTGRES", "postgres://postgres@127.0.0.1:5432/postgres"
+)
+
+
+def require(module: str) -> ModuleType:
+    """Import ``module``; skip without it, except under CI, where it must be installed."""
+    if IN_CI:
+        return importlib.import_module(module)
+    return pytest.importorskip(
+        module, reason=f"{module} is not installed (pip install -e '.[dev]')"
+    )
+
+
+@contextlib.contextmanager
+def throwaway_postgres(prefix: str) -> Iterator[str]:
+    """A DATABASE_URL to a fresh database on the local server, dropped afterwards.
+
+    Skips when the server cannot be reached, except under CI, where it must be there.
+    Also drops Django's ``test_<name>`` in case a run that created it was killed.
+    """
+    psycopg = require("psycopg")
+    from psycopg import sql
+
+    try:
+        admin = psycopg.connect(POSTGRES_URL, autocommit=True, connect_timeout=5)
+    except psycopg.OperationalError as e:
+        if IN_CI:
+            pytest.fail(f"CI needs the PostgreSQL server at {POSTGRES_URL}: {e}")
+        pytest.skip(f"no PostgreSQL server at {POSTGRES_URL}: {e}")
+    name = f"{prefix}_{uuid.uuid4().hex[:12]}"
+    with admin:
+        admin.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
+        try:
+            yield urlunsplit(urlsplit(POSTGRES_URL)._replace(path=f"/{name}"))
+        finally:
+            for db in (name, f"test_{name}"):
+                admin.execute(
+                    sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(db))
+                )

@@ -17,22 +17,19 @@ database and drops it afterwards. Without a server those tests skip, except unde
 
 from __future__ import annotations
 
-import importlib
 import json
 import os
 import subprocess
 import sys
 import textwrap
-import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
-from types import ModuleType
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
 
 import pytest
+from conftest import require, throwaway_postgres
 
 from volguard.django.audit import (
     AuditError,
@@ -44,17 +41,8 @@ from volguard.django.audit import (
 
 REPO = Path(__file__).resolve().parents[1]
 EXAMPLE = REPO / "example"
-IN_CI = bool(os.environ.get("CI"))
-SERVER_URL = os.environ.get("VOLGUARD_TEST_POSTGRES", "postgres://postgres@127.0.0.1:5432/postgres")
 TEST_SETTINGS = "vg_audit_settings"
 UDF = "services.UserDataFile.file"
-
-
-def _require(module: str) -> ModuleType:
-    """Import ``module``; skip without it, except under CI, where it must be installed."""
-    if IN_CI:
-        return importlib.import_module(module)
-    return pytest.importorskip(module)
 
 
 # -- the test project: settings and a test-only app -----------------------------------
@@ -132,8 +120,8 @@ print("VG_PKS=" + json.dumps(pks))
 @pytest.fixture(scope="module")
 def project(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A directory on PYTHONPATH with the test settings module and the test-only app."""
-    _require("django")
-    _require("celery")
+    require("django")
+    require("celery")
     root = tmp_path_factory.mktemp("project")
     (root / f"{TEST_SETTINGS}.py").write_text(SETTINGS_PY)
     app = root / "vg_audit_testapp"
@@ -157,26 +145,9 @@ def database(
         yield url
         return
 
-    psycopg = _require("psycopg")
-    from psycopg import sql
-
-    try:
-        admin = psycopg.connect(SERVER_URL, autocommit=True, connect_timeout=5)
-    except psycopg.OperationalError as e:
-        if IN_CI:
-            pytest.fail(f"CI needs the PostgreSQL server at {SERVER_URL}: {e}")
-        pytest.skip(f"no PostgreSQL server at {SERVER_URL}: {e}")
-    name = f"vg_audit_{uuid.uuid4().hex[:12]}"
-    with admin:
-        admin.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
-        try:
-            url = urlunsplit(urlsplit(SERVER_URL)._replace(path=f"/{name}"))
-            _migrate(url, project)
-            yield url
-        finally:
-            admin.execute(
-                sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name))
-            )
+    with throwaway_postgres("vg_audit") as url:
+        _migrate(url, project)
+        yield url
 
 
 def _migrate(url: str, project: Path) -> None:

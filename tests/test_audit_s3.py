@@ -11,7 +11,6 @@ installed.
 
 from __future__ import annotations
 
-import importlib
 import json
 import os
 import re
@@ -22,29 +21,19 @@ from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from types import ModuleType
 from typing import Any
 
 import pytest
+from conftest import IN_CI, require
 
 REPO = Path(__file__).resolve().parents[1]
 EXAMPLE = REPO / "example"
-IN_CI = bool(os.environ.get("CI"))
 UDF = "services.UserDataFile.file"
 BUCKET = "volguard-media"
 LOCATION = "media"
 BIG = "user_data/user_1"
 #: More than one list page (1,000 keys) under one prefix, so listings paginate.
 BIG_COUNT = 1500
-
-
-def _require(module: str) -> ModuleType:
-    """Import ``module``; skip without it, except under CI, where it must be installed."""
-    if IN_CI:
-        return importlib.import_module(module)
-    return pytest.importorskip(
-        module, reason=f"{module} is not installed (pip install -e '.[dev]')"
-    )
 
 
 SETTINGS_PY = f"""\
@@ -97,11 +86,11 @@ print("VG_PKS=" + json.dumps(out))
 @pytest.fixture(scope="module")
 def s3_endpoint(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """moto's S3 server on 127.0.0.1 and a free port, stopped after the module."""
-    _require("django")
-    _require("celery")
-    _require("storages")
-    _require("boto3")
-    _require("moto.server")
+    require("django")
+    require("celery")
+    require("storages")
+    require("boto3")
+    require("moto.server")
     log = tmp_path_factory.mktemp("moto") / "server.log"
     with open(log, "wb") as out:
         # Port 0: the OS picks a free one; the server prints which. Its log goes to a file,

@@ -14,24 +14,20 @@ except under CI (``CI`` set), where they fail.
 
 from __future__ import annotations
 
-import importlib
 import os
 import re
 import sqlite3
 import subprocess
 import sys
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
-from types import ModuleType
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import urlsplit
 
 import pytest
+from conftest import require, throwaway_postgres
 
 REPO = Path(__file__).resolve().parents[1]
 EXAMPLE = REPO / "example"
-IN_CI = bool(os.environ.get("CI"))
-SERVER_URL = os.environ.get("VOLGUARD_TEST_POSTGRES", "postgres://postgres@127.0.0.1:5432/postgres")
 
 #: Tests of example/apps/services/tests.py that this issue requires; each must have run.
 REQUIRED_TESTS = [
@@ -42,15 +38,8 @@ REQUIRED_TESTS = [
 ]
 
 
-def _require(module: str) -> ModuleType:
-    """Import ``module``; skip without it, except under CI, where it must be installed."""
-    if IN_CI:
-        return importlib.import_module(module)
-    return pytest.importorskip(module)
-
-
-_require("django")
-_require("celery")
+require("django")
+require("celery")
 
 
 # -- databases ----------------------------------------------------------------------------
@@ -59,27 +48,8 @@ _require("celery")
 @pytest.fixture(scope="session")
 def postgresql_url() -> Iterator[str]:
     """A DATABASE_URL to a throwaway database on the local server, dropped after the session."""
-    psycopg = _require("psycopg")
-    from psycopg import sql
-
-    try:
-        admin = psycopg.connect(SERVER_URL, autocommit=True, connect_timeout=5)
-    except psycopg.OperationalError as e:
-        if IN_CI:
-            pytest.fail(f"CI needs the PostgreSQL server at {SERVER_URL}: {e}")
-        pytest.skip(f"no PostgreSQL server at {SERVER_URL}: {e}")
-
-    name = f"vg_example_{uuid.uuid4().hex[:12]}"
-    with admin:
-        admin.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
-        try:
-            yield urlunsplit(urlsplit(SERVER_URL)._replace(path=f"/{name}"))
-        finally:
-            # Django's runner drops test_<name> itself; drop it too in case a run was killed.
-            for db in (name, f"test_{name}"):
-                admin.execute(
-                    sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(db))
-                )
+    with throwaway_postgres("vg_example") as url:
+        yield url
 
 
 @pytest.fixture
@@ -182,7 +152,7 @@ def _columns(database_url: str, table: str) -> set[str]:
     if database_url.startswith("sqlite"):
         with sqlite3.connect(urlsplit(database_url).path[1:]) as db:
             return {row[0] for row in db.execute("SELECT name FROM pragma_table_info(?)", [table])}
-    psycopg = _require("psycopg")
+    psycopg = require("psycopg")
     with psycopg.connect(database_url) as db:
         rows = db.execute(
             "SELECT column_name FROM information_schema.columns WHERE table_name = %s", [table]
