@@ -49,11 +49,6 @@ def probe_script(arguments: dict[str, Any]) -> str:
     )
 
 
-def shell_command(arguments: dict[str, Any]) -> str:
-    """The probe as one `sh -c '…'` command line, for a transport that sends a string."""
-    return f"sh -c {shlex.quote(probe_script(arguments))}"
-
-
 def exit_status(stdout: str) -> int | None:
     """The probe's own exit status from its sentinel line, or None when it never printed one."""
     found = re.findall(rf"^{re.escape(RC_SENTINEL)}(\d+)\s*$", stdout, flags=re.MULTILINE)
