@@ -5,6 +5,8 @@ from __future__ import annotations
 import contextlib
 import importlib
 import os
+import subprocess
+import sys
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -97,3 +99,39 @@ def throwaway_postgres(prefix: str) -> Iterator[str]:
                 admin.execute(
                     sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(db))
                 )
+
+
+EXAMPLE = Path(__file__).resolve().parents[1] / "example"
+
+
+def manage_example(
+    env: dict[str, str], *args: str, timeout: float = 300
+) -> subprocess.CompletedProcess[str]:
+    """Run example/manage.py in a subprocess (settings are module-level: one process each)."""
+    return subprocess.run(
+        [sys.executable, "manage.py", *args],
+        cwd=EXAMPLE,
+        env=env,
+        capture_output=True,
+        text=True,
+        encoding="utf-8",
+        timeout=timeout,
+        check=False,
+    )
+
+
+def configure_django_in_process() -> None:
+    """A minimal in-process Django (no database) for tests of volguard.django; idempotent."""
+    import django
+    from django.apps import apps
+    from django.conf import settings
+
+    if not settings.configured:
+        settings.configure(
+            INSTALLED_APPS=["volguard.django"],
+            DATABASES={},
+            SECRET_KEY="volguard-tests-only",
+            USE_TZ=True,
+        )
+    if not apps.ready:
+        django.setup()

@@ -20,7 +20,6 @@ from __future__ import annotations
 import json
 import os
 import subprocess
-import sys
 import textwrap
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -29,7 +28,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import require, throwaway_postgres
+from conftest import manage_example, require, throwaway_postgres
 
 from volguard.django.audit import (
     AuditError,
@@ -174,16 +173,7 @@ def _env(url: str, project: Path, settings: str, media: Path, **extra: str) -> d
 
 
 def _manage(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "manage.py", *args],
-        cwd=EXAMPLE,
-        env=env,
-        capture_output=True,
-        text=True,
-        encoding="utf-8",
-        timeout=300,
-        check=False,
-    )
+    return manage_example(env, *args, timeout=300)
 
 
 # -- one test's site: a media root, a seeded database, the command --------------------

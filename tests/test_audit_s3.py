@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import IN_CI, require
+from conftest import IN_CI, manage_example, require
 
 REPO = Path(__file__).resolve().parents[1]
 EXAMPLE = REPO / "example"
@@ -205,16 +205,7 @@ def s3site(s3_endpoint: str, tmp_path_factory: pytest.TempPathFactory) -> S3Site
 
 
 def _manage(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "manage.py", *args],
-        cwd=EXAMPLE,
-        env=env,
-        capture_output=True,
-        text=True,
-        encoding="utf-8",
-        timeout=600,
-        check=False,
-    )
+    return manage_example(env, *args, timeout=600)
 
 
 def _rows(document: dict) -> list[tuple]:

@@ -19,22 +19,11 @@ import pytest
 
 django = pytest.importorskip("django")
 
+from conftest import configure_django_in_process  # noqa: E402
+
+configure_django_in_process()
+
 from django.conf import settings  # noqa: E402
-
-if not settings.configured:
-    settings.configure(
-        INSTALLED_APPS=["volguard.django"],
-        DATABASES={},
-        SECRET_KEY="volguard-tests-only",
-        USE_TZ=True,
-    )
-    django.setup()
-else:  # another test module configured Django first: make sure the apps are loaded
-    from django.apps import apps as _apps
-
-    if not _apps.ready:
-        django.setup()
-
 from django.core.checks import CheckMessage, Error, Info, Warning  # noqa: E402
 from django.core.checks.registry import registry  # noqa: E402
 from django.core.management import call_command  # noqa: E402

@@ -20,21 +20,9 @@ import pytest
 
 django = pytest.importorskip("django")
 
-from django.conf import settings  # noqa: E402
+from conftest import configure_django_in_process  # noqa: E402
 
-if not settings.configured:
-    settings.configure(
-        INSTALLED_APPS=["volguard.django"],
-        DATABASES={},
-        SECRET_KEY="volguard-tests-only",
-        USE_TZ=True,
-    )
-    django.setup()
-else:  # another test module configured Django first: make sure the apps are loaded
-    from django.apps import apps as _apps
-
-    if not _apps.ready:
-        django.setup()
+configure_django_in_process()
 
 from django.core.files.base import ContentFile  # noqa: E402
 from django.core.files.storage import FileSystemStorage, InMemoryStorage, Storage  # noqa: E402
