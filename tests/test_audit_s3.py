@@ -284,3 +284,64 @@ def test_a_single_row_is_one_head_request(s3site: S3Site) -> None:
     assert document["strategy"] == {UDF: "exists"}
     assert document["storage_requests"] == 1
     assert document["rows"] == []
+
+
+# -- the VG404 interlock on S3 ------------------------------------------------------------
+
+OTHER_BUCKET_PY = """\
+import os
+
+from vg_s3_settings import *  # noqa: F403
+
+STORAGES = {
+    **STORAGES,
+    "default": {
+        **STORAGES["default"],
+        "OPTIONS": {**STORAGES["default"]["OPTIONS"], "bucket_name": os.environ["VG_BUCKET"]},
+    },
+}
+"""
+
+
+def _other_bucket(s3site: S3Site, tmp_path: Path, bucket: str) -> dict[str, str]:
+    (tmp_path / "vg_s3_other.py").write_text(OTHER_BUCKET_PY)
+    pythonpath = os.pathsep.join([str(tmp_path), s3site.env["PYTHONPATH"]])
+    return {
+        **s3site.env,
+        "DJANGO_SETTINGS_MODULE": "vg_s3_other",
+        "PYTHONPATH": pythonpath,
+        "VG_BUCKET": bucket,
+    }
+
+
+def test_fix_refuses_when_the_bucket_holds_nothing_or_is_missing(
+    s3site: S3Site, tmp_path: Path
+) -> None:
+    """A wrong bucket looks like "every file is gone": VG404, nothing changed or logged."""
+    import boto3
+
+    boto3.client(
+        "s3",
+        endpoint_url=s3site.endpoint,
+        aws_access_key_id="testing",
+        aws_secret_access_key="testing",
+        region_name="us-east-1",
+    ).create_bucket(Bucket="volguard-empty")
+    log = tmp_path / "audit.jsonl"
+    pk = s3site.pks["user_data/user_few/a.csv"]  # present in the real bucket
+    fix = ["check_missing_files", "--fix", "--filter", f"pk={pk}", "--older-than", "0"]
+    fix += ["--max-missing", "100%", "--audit-log", str(log)]
+
+    proc = _manage(_other_bucket(s3site, tmp_path, "volguard-empty"), *fix)
+    assert proc.returncode == 2, proc.stdout + proc.stderr
+    assert "VG404" in proc.stderr
+    assert "the bucket 'volguard-empty' holds no objects under 'media/'" in proc.stderr
+
+    proc = _manage(_other_bucket(s3site, tmp_path, "volguard-nonexistent"), *fix)
+    assert proc.returncode == 2, proc.stdout + proc.stderr
+    assert "cannot list the bucket 'volguard-nonexistent'" in proc.stderr
+    assert "NoSuchBucket" in proc.stderr
+    assert proc.stderr.count("\n") == 1, proc.stderr
+    assert not log.exists()
+    # The row is untouched: the real bucket's audit still finds its file.
+    assert s3site.check_json("--filter", f"pk={pk}", code=0)["rows"] == []

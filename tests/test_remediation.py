@@ -16,6 +16,7 @@ import textwrap
 from pathlib import Path
 from typing import Any
 
+import pytest
 import test_audit as ta
 
 # The fixtures of tests/test_audit.py, registered in this module too.
@@ -307,3 +308,100 @@ def test_bad_max_missing_exits_1(site: ta.Site) -> None:
     proc = _run(site, "--fix", "--max-missing", "lots")
     assert proc.returncode == 1
     assert "bad --max-missing 'lots'" in proc.stderr
+
+
+def _seed_one_missing(site: ta.Site) -> None:
+    site.seed(
+        users=["alice"],
+        rows={"a": {"owner": "alice", "name": "a.csv"}, "b": {"owner": "alice", "name": "b.csv"}},
+    )
+    site.files("a.csv")
+
+
+def test_interlock_refuses_media_on_the_root_filesystem_on_fly(
+    site: ta.Site, tmp_path: Path
+) -> None:
+    """On a Machine (FLY_MACHINE_ID set) a media root on ``/``'s device is an unmounted volume."""
+    if os.stat(site.media).st_dev != os.stat("/").st_dev:
+        pytest.skip("the test's tmp_path is not on the root filesystem here")
+    _seed_one_missing(site)
+    log = tmp_path / "audit.jsonl"
+    before = _rows(site)
+    env = site.env(FLY_MACHINE_ID="e784079b449483")
+    proc = _run_env(env, "--fix", "--max-missing", "100%", "--audit-log", str(log))
+    assert proc.returncode == 2, proc.stdout + proc.stderr
+    assert f"the storage root {site.media} is on the root filesystem, not on a volume" in (
+        proc.stderr
+    )
+    # Off Fly there is no such expectation, and VOLGUARD_EXPECT_MOUNT=false turns it off.
+    assert _rows(site) == before
+    env["VOLGUARD_EXPECT_MOUNT"] = "false"
+    proc = _run_env(env, "--fix", "--max-missing", "100%", "--audit-log", str(log))
+    assert "VG404" not in proc.stderr
+    assert len(_log(log)) == 1
+
+
+def test_interlock_wants_the_configured_mount_point_mounted(
+    database: str, project: Path, tmp_path: Path
+) -> None:
+    """``VOLGUARD_EXPECT_MOUNT=/data``: refused until a filesystem is really mounted there."""
+    if os.geteuid() != 0:
+        pytest.skip("mounting a tmpfs needs root")
+    volume = tmp_path / "data"
+    media = volume / "media"
+    media.mkdir(parents=True)
+    (tmp_path / "scans").mkdir()
+    site = ta.Site(database, project, media, tmp_path / "scans")
+    _seed_one_missing(site)
+    log = tmp_path / "audit.jsonl"
+    env = site.env(VOLGUARD_EXPECT_MOUNT=str(volume))
+    proc = _run_env(env, "--fix", "--max-missing", "100%", "--audit-log", str(log))
+    assert proc.returncode == 2, proc.stdout + proc.stderr
+    assert f"{volume} is not a mount point (volume not mounted?)" in proc.stderr
+    assert not log.exists()
+
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=8m", "tmpfs", str(volume)])
+    if mounted.returncode != 0:
+        pytest.skip("cannot mount a tmpfs here")
+    try:
+        media.mkdir()
+        site.files("a.csv")
+        proc = _run_env(env, "--fix", "--max-missing", "100%", "--audit-log", str(log))
+        assert "VG404" not in proc.stderr, proc.stderr
+        assert "Marked failed: 1 row" in proc.stdout
+        # A media root outside the expected mount point is refused too.
+        outside = site.env(VOLGUARD_EXPECT_MOUNT=str(tmp_path / "elsewhere"))
+        proc = _run_env(outside, "--fix", "--max-missing", "100%", "--audit-log", str(log))
+        assert f"is not under the volume's mount point {tmp_path / 'elsewhere'}" in proc.stderr
+    finally:
+        subprocess.run(["umount", str(volume)], check=True)
+
+
+def test_fix_with_export_writes_the_rows_first(site: ta.Site, tmp_path: Path) -> None:
+    _seed_one_missing(site)
+    log, export = tmp_path / "audit.jsonl", tmp_path / "before-fix.json"
+    before = _rows(site)
+    proc = _run(
+        site, "--fix", "--max-missing", "100%", "--export", str(export), "--audit-log", str(log)
+    )
+    assert proc.returncode == 2, proc.stdout + proc.stderr
+    exported = json.loads(export.read_text())
+    assert [o["fields"]["file"] for o in exported] == ["b.csv"]
+    assert (
+        exported[0]["fields"]["processing_status"] == before[exported[0]["pk"]]["processing_status"]
+    )
+    assert [e["export"] for e in _log(log)] == [str(export)]
+
+
+def _run_env(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "manage.py", "check_missing_files", *args],
+        cwd=ta.EXAMPLE,
+        env=env,
+        stdin=subprocess.DEVNULL,
+        capture_output=True,
+        text=True,
+        encoding="utf-8",
+        timeout=300,
+        check=False,
+    )

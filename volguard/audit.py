@@ -1,30 +1,55 @@
 """The append-only audit log: one JSON line per change volguard makes (DESIGN: safety rules).
 
-Each entry says when, who (OS user and host), which command, what changed, and
-the state before and after. Lines are appended with O_APPEND and fsync'd, so
-concurrent writers never interleave within a line and a crash loses at most
-the line being written.
+Each entry says when, who (OS user and host), which command, what changed, and the state
+before and after. Lines are appended with O_APPEND and fsync'd, a batch's lines in one
+``write``, so concurrent writers never interleave within a line.
+
+**Every change logged exactly once, even when killed.** A change to a database and a line
+in a file cannot commit together, so a batch goes through a journal (`Pending`):
+
+1. before the change commits, its entries are written to ``<log>.pending.<batch>``
+   (fsync'd, held under an exclusive ``flock`` while the run is alive);
+2. after the commit, they are appended to the log (each carrying the ``batch`` id) and
+   the journal is removed; if the change rolls back, the journal is just removed.
+
+A run killed at any point leaves at most the journals of its unfinished batches.
+`AuditLog.recover` (run before the next change) settles each one nobody holds: it asks the
+caller whether each entry's change is in place (``committed``: e.g. "is the row failed with
+the message as its last line?"), appends those not already in the log under that batch id,
+and removes the journal. So a killed-and-re-run fix ends with one line per changed row:
+never a line for a change that rolled back, never two for one change.
 """
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
+import fcntl
 import getpass
+import glob
 import json
 import os
 import socket
+import uuid
+from collections.abc import Callable, Iterable
 from typing import Any
 
 DEFAULT_PATH = os.path.join(".volguard", "audit.jsonl")
+PENDING_INFIX = ".pending."
 
 
 class AuditLog:
+    """An append-only JSONL file of changes; ``command`` is recorded in every entry."""
+
     def __init__(self, path: str = DEFAULT_PATH, command: str = "") -> None:
         self.path = path
         self.command = command
 
-    def record(self, action: str, target: str, before: Any = None, after: Any = None, **more: Any):
-        entry = {
+    def entry(
+        self, action: str, target: str, before: Any = None, after: Any = None, **more: Any
+    ) -> dict[str, Any]:
+        """One log entry (not yet written): time, who, command, what, before and after."""
+        return {
             "time": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
             "user": _user(),
             "host": socket.gethostname(),
@@ -35,15 +60,153 @@ class AuditLog:
             "after": after,
             **more,
         }
-        line = json.dumps(entry, sort_keys=True, default=str) + "\n"
+
+    def record(
+        self, action: str, target: str, before: Any = None, after: Any = None, **more: Any
+    ) -> dict[str, Any]:
+        """Append one entry now (for changes that are done when this is called)."""
+        entry = self.entry(action, target, before, after, **more)
+        self.append([entry])
+        return entry
+
+    def append(self, entries: Iterable[dict[str, Any]]) -> None:
+        """Append ``entries`` in one write and one fsync."""
+        data = "".join(_line(e) for e in entries).encode("utf-8")
+        if not data:
+            return
         os.makedirs(os.path.dirname(os.path.abspath(self.path)), exist_ok=True)
         fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
         try:
-            os.write(fd, line.encode("utf-8"))
+            view = memoryview(data)
+            while view:
+                view = view[os.write(fd, view) :]
             os.fsync(fd)
         finally:
             os.close(fd)
-        return entry
+
+    def prepare(self, entries: list[dict[str, Any]]) -> Pending:
+        """Journal ``entries`` before the change they describe commits; see the module doc."""
+        return Pending.write(self, entries)
+
+    def recover(self, committed: Callable[[dict[str, Any]], bool]) -> tuple[int, int]:
+        """Settle the journals of killed runs: ``(entries logged, entries dropped)``.
+
+        ``committed(entry)`` says whether the entry's change is in place. Journals held by a
+        live run are left alone.
+        """
+        logged = dropped = 0
+        for path in sorted(glob.glob(glob.escape(self.path) + PENDING_INFIX + "*")):
+            try:
+                fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
+            except FileNotFoundError:
+                continue  # settled by its own run meanwhile
+            try:
+                try:
+                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                except BlockingIOError:
+                    continue  # a live run is between its change and its log lines
+                if not os.path.exists(path):
+                    continue
+                entries = _read_lines(fd)
+                batch = entries[0].get("batch") if entries else None
+                already = self._targets_of(batch) if batch else set()
+                todo = [e for e in entries if e["target"] not in already]
+                done = [e for e in todo if committed(e)]
+                self.append(done)
+                logged += len(done)
+                dropped += len(todo) - len(done)
+                os.unlink(path)
+            finally:
+                os.close(fd)
+        return logged, dropped
+
+    def _targets_of(self, batch: str) -> set[str]:
+        """Targets already logged under ``batch`` (a kill may fall inside the append)."""
+        needle = json.dumps(batch)
+        targets: set[str] = set()
+        with contextlib.suppress(FileNotFoundError), open(self.path, encoding="utf-8") as f:
+            for line in f:
+                if needle in line:
+                    with contextlib.suppress(ValueError):
+                        entry = json.loads(line)
+                        if entry.get("batch") == batch:
+                            targets.add(entry.get("target"))
+        return targets
+
+
+class Pending:
+    """A batch of entries journaled before its change commits; `commit` or `abandon` it."""
+
+    def __init__(self, log: AuditLog, path: str, fd: int, entries: list[dict[str, Any]]) -> None:
+        self.log, self.path, self._fd, self.entries = log, path, fd, entries
+        self._committing = False
+
+    @classmethod
+    def write(cls, log: AuditLog, entries: list[dict[str, Any]]) -> Pending:
+        batch = uuid.uuid4().hex
+        entries = [{**e, "batch": batch} for e in entries]
+        path = f"{log.path}{PENDING_INFIX}{batch}"
+        os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            os.write(fd, "".join(_line(e) for e in entries).encode("utf-8"))
+            os.fsync(fd)
+            _fsync_dir(path)
+        except BaseException:
+            os.close(fd)
+            with contextlib.suppress(OSError):
+                os.unlink(path)
+            raise
+        return cls(log, path, fd, entries)
+
+    def commit(self) -> None:
+        """The change committed: log the entries, then drop the journal."""
+        self._committing = True
+        self.log.append(self.entries)
+        self._remove()
+
+    def abandon(self) -> None:
+        """The change rolled back: drop the journal, log nothing.
+
+        A no-op once `commit` has begun: if appending failed, the journal stays for
+        `AuditLog.recover`, which logs the change that did commit.
+        """
+        if not self._committing:
+            self._remove()
+
+    def _remove(self) -> None:
+        if self._fd < 0:
+            return
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(self.path)
+        os.close(self._fd)
+        self._fd = -1
+
+
+def _line(entry: dict[str, Any]) -> str:
+    return json.dumps(entry, sort_keys=True, default=str) + "\n"
+
+
+def _read_lines(fd: int) -> list[dict[str, Any]]:
+    """The complete JSON lines of a journal; a torn last line (killed mid-write) is dropped."""
+    chunks = []
+    while chunk := os.read(fd, 1 << 20):
+        chunks.append(chunk)
+    entries = []
+    for raw in b"".join(chunks).split(b"\n"):
+        with contextlib.suppress(ValueError):
+            if raw:
+                entries.append(json.loads(raw))
+    return entries
+
+
+def _fsync_dir(path: str) -> None:
+    fd = os.open(os.path.dirname(os.path.abspath(path)), os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 def _user() -> str:

@@ -12,6 +12,9 @@
   the broker is ``memory://``, since no worker could receive them).
 - ``VOLGUARD_FLY_TOML``: the fly.toml that ``manage.py check --deploy`` lints (default: the
   repository's incident fly.toml, beside this directory).
+- ``VOLGUARD_EXPECT_MOUNT``: ``true``/``false`` or the volume's mount point (``/data``): must
+  MEDIA_ROOT be on its own filesystem? (unset: yes exactly on Fly, where ``FLY_MACHINE_ID``
+  is set). The VG404 interlock and the media health check refuse when it is not.
 """
 
 import os
@@ -135,3 +138,8 @@ CELERY_TASK_ALWAYS_EAGER = env_bool(
 CELERY_TASK_EAGER_PROPAGATES = True
 
 VOLGUARD_FLY_TOML = os.environ.get("VOLGUARD_FLY_TOML", str(BASE_DIR.parent / "fly.toml"))
+
+_expect_mount = os.environ.get("VOLGUARD_EXPECT_MOUNT", "")
+VOLGUARD_EXPECT_MOUNT = {"true": True, "false": False, "": None}.get(
+    _expect_mount.lower(), _expect_mount
+)

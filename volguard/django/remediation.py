@@ -19,14 +19,12 @@ so every safety rule of issue #5 lives here:
   The log is appended with a database expression, and the update is guarded so a row that
   is already failed with the message as its last line is not touched: a second run changes
   nothing and logs nothing.
-- **Every change logged once, kill-safe.** The JSONL entries of a batch are written by
-  ``transaction.on_commit``, i.e. right after the batch commits and only if it commits: a
-  run killed before the commit changes nothing and logs nothing, and the re-run does the
-  batch again. Logging before the commit would log changes that a kill then rolls back; a
-  re-run would log them again. The one remaining window is a kill between the commit and
-  the last fsync'd log line of that batch (microseconds, no database work in between): those
-  rows are changed but unlogged, and since a re-run finds them already in the target state
-  it neither changes nor logs them. Closing it would need the log inside the database.
+- **Every change logged once, kill-safe.** Each batch's entries are journaled inside its
+  transaction and appended to the JSONL log right after it commits (`volguard.audit`:
+  ``Pending``). A run killed at any point leaves at most a journal, which the next run
+  settles first (`recover`): entries whose change is in place are logged (unless already
+  logged), the others dropped. The re-run then finds the changed rows done and leaves
+  them alone, so the end state and the log are those of one uninterrupted run.
 - **Delete exports first.** The rows are serialized (``django.core.serializers`` "json",
   full rows, ``loaddata``-compatible) and written atomically (temporary file, fsync, rename)
   before the first row is deleted. Files are never deleted.
@@ -34,17 +32,18 @@ so every safety rule of issue #5 lives here:
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import json
 import os
 import re
 import tempfile
 from collections import Counter
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from volguard.audit import AuditLog
+from volguard.audit import AuditLog, Pending
 from volguard.django import storage_index
 from volguard.django.audit import (
     EMPTY,
@@ -170,24 +169,42 @@ def plan(result: AuditResult, action: str) -> tuple[Remediation, list[AuditRow]]
 def interlock(result: AuditResult, rows: Sequence[AuditRow], max_missing: MaxMissing) -> list[str]:
     """Why acting on ``rows`` now would be unsafe (VG404); empty when it is safe.
 
-    A storage root that is missing or holds no file at all is what an unmounted volume
-    looks like; so is a sudden jump in missing rows, hence the ``max_missing`` cap.
+    What an unmounted volume looks like: a FileSystemStorage root that is missing, holds no
+    file at all, or is not on the volume's filesystem where one is expected
+    (`volguard.django.filesystem`: ``VOLGUARD_EXPECT_MOUNT``, on by default on Fly); for S3,
+    a bucket that cannot be listed or a location with no object. And a sudden jump in
+    missing rows, hence the ``max_missing`` cap.
     """
+    from volguard.django import filesystem
+
+    try:
+        expected = filesystem.configured_expectation()
+    except ValueError as e:
+        raise RemediationError(str(e)) from None
     reasons: list[str] = []
-    fields = {(r.model, r.field) for r in rows}
-    roots: set[str] = set()
-    for label, field_name in sorted(fields):
+    seen: set[tuple[str, str]] = set()
+    for label, field_name in sorted({(r.model, r.field) for r in rows}):
         storage = storage_index.unwrap(_model(label)._meta.get_field(field_name).storage)
-        if storage_index.storage_kind(storage) != "filesystem":
-            continue
-        root = str(storage.location)
-        if root in roots:
-            continue
-        roots.add(root)
-        if not os.path.isdir(root):
-            reasons.append(f"the storage root {root} does not exist (volume not mounted?)")
-        elif not _holds_a_file(root):
-            reasons.append(f"the storage root {root} holds no files (volume not mounted?)")
+        kind = storage_index.storage_kind(storage)
+        if kind == "filesystem":
+            root = str(storage.location)
+            if ("filesystem", root) in seen:
+                continue
+            seen.add(("filesystem", root))
+            if not os.path.isdir(root):
+                reasons.append(f"the storage root {root} does not exist (volume not mounted?)")
+            elif not _holds_a_file(root):
+                reasons.append(f"the storage root {root} holds no files (volume not mounted?)")
+            elif problem := filesystem.mount_problem(root, expected):
+                reasons.append(f"the storage root {problem}")
+        elif kind == "s3":
+            where = storage_index.s3_key_prefix(storage, "")
+            key = f"{getattr(storage, 'bucket_name', '?')}/{where}"
+            if ("s3", key) in seen:
+                continue
+            seen.add(("s3", key))
+            if problem := _s3_root_problem(storage, where):
+                reasons.append(problem)
     limit = max_missing.limit(result.audited_rows)
     if len(rows) > limit:
         reasons.append(
@@ -195,6 +212,24 @@ def interlock(result: AuditResult, rows: Sequence[AuditRow], max_missing: MaxMis
             f"than --max-missing {max_missing.text}"
         )
     return reasons
+
+
+def _s3_root_problem(storage: Any, prefix: str) -> str | None:
+    """Why an S3 storage looks wrong (bucket missing, nothing under its location), or None."""
+    bucket = getattr(storage, "bucket_name", "?")
+    try:
+        client = storage.connection.meta.client
+        page = client.list_objects_v2(Bucket=bucket, Prefix=prefix, MaxKeys=1)
+    except Exception as e:  # botocore's ClientError (NoSuchBucket, AccessDenied), network
+        return f"cannot list the bucket {bucket!r}: {_one_line(e)} (wrong bucket or credentials?)"
+    if not page.get("KeyCount") and not page.get("Contents"):
+        where = f"under {prefix!r} " if prefix else ""
+        return f"the bucket {bucket!r} holds no objects {where}(wrong bucket or location?)"
+    return None
+
+
+def _one_line(error: BaseException) -> str:
+    return " ".join(str(error).split())[:300]
 
 
 def _holds_a_file(root: str) -> bool:
@@ -227,7 +262,6 @@ def fix(
 def _fix_batch(
     report: Remediation, model: type[Model], field_name: str, batch: list[AuditRow], log: AuditLog
 ) -> None:
-    from django.db import transaction
     from django.db.models import Q
 
     config = model_config(model)
@@ -241,7 +275,7 @@ def _fix_batch(
     names = {r.pk: r.name for r in still}
     columns = [status] + ([log_field] if log_field else [])
     manager = model._default_manager
-    with transaction.atomic(using=manager.db):
+    with _atomic_batch(manager.db) as journals:
         locked = _locked(manager.filter(pk__in=list(names)), manager.db)
         current = {pk: rest for pk, *rest in locked.values_list("pk", field_name, *columns)}
         entries: list[tuple[Any, dict[str, Any]]] = []
@@ -267,16 +301,16 @@ def _fix_batch(
             values[log_field] = _appended(model, log_field, message, has_message)
         report.changed += manager.filter(pk__in=changing).exclude(done).update(**values)
         target = model._meta.label
-        transaction.on_commit(
-            _writer(
-                log,
-                "mark_failed",
-                [(f"{target}#pk={pk}", before, {"status": failed}) for pk, before in entries],
-                field=field_name,
-                forced=report.forced,
-                overridden=report.overridden,
-            ),
+        _journal(
+            journals,
+            log,
+            "mark_failed",
+            [(f"{target}#pk={pk}", before, {"status": failed}) for pk, before in entries],
             using=manager.db,
+            field=field_name,
+            forced=report.forced,
+            overridden=report.overridden,
+            **({"export": report.export} if report.export else {}),
         )
 
 
@@ -349,13 +383,18 @@ def delete(
     report.rechecked_away += len(rows) - len(still)
     if not still:
         return report
-    write_export(export, still)
-    report.export = export
+    export_rows(report, still, export)
     for (label, field_name), group in _by_field(still).items():
         model = _model(label)
         for batch in _batches(group, batch_size):
             _delete_batch(report, model, field_name, batch, log)
     return report
+
+
+def export_rows(report: Remediation, rows: Sequence[AuditRow], path: str) -> None:
+    """Write ``rows`` to ``path`` as loaddata JSON before acting; the path goes in the report."""
+    write_export(path, rows)
+    report.export = path
 
 
 def write_export(path: str, rows: Iterable[AuditRow]) -> None:
@@ -404,7 +443,6 @@ def _exact_encoder() -> type[json.JSONEncoder]:
 def _delete_batch(
     report: Remediation, model: type[Model], field_name: str, batch: list[AuditRow], log: AuditLog
 ) -> None:
-    from django.db import transaction
 
     config = model_config(model)
     columns = [c for c in (config.status_field, config.log_field) if c]
@@ -414,7 +452,7 @@ def _delete_batch(
     if not names:
         return
     manager = model._default_manager
-    with transaction.atomic(using=manager.db):
+    with _atomic_batch(manager.db) as journals:
         locked = _locked(manager.filter(pk__in=list(names)), manager.db)
         current = {pk: rest for pk, *rest in locked.values_list("pk", field_name, *columns)}
         used = set(
@@ -444,33 +482,89 @@ def _delete_batch(
         if deleted > len(entries):
             report.notes.append(f"{deleted - len(entries)} related rows deleted by cascade")
         target = model._meta.label
-        transaction.on_commit(
-            _writer(
-                log,
-                "delete",
-                [(f"{target}#pk={pk}", before, None) for pk, before in entries],
-                field=field_name,
-                forced=report.forced,
-                overridden=report.overridden,
-                export=report.export,
-            ),
+        _journal(
+            journals,
+            log,
+            "delete",
+            [(f"{target}#pk={pk}", before, None) for pk, before in entries],
             using=manager.db,
+            field=field_name,
+            forced=report.forced,
+            overridden=report.overridden,
+            export=report.export,
         )
 
 
 # -- shared -------------------------------------------------------------------------------
 
 
-def _writer(
-    log: AuditLog, action: str, entries: list[tuple[str, Any, Any]], **more: Any
-) -> Callable[[], None]:
-    """The batch's log lines, written once its transaction has committed."""
+@contextlib.contextmanager
+def _atomic_batch(using: str) -> Iterator[list[Pending]]:
+    """``transaction.atomic`` for one batch; its journals are abandoned if it rolls back."""
+    from django.db import transaction
 
-    def write() -> None:
-        for target, before, after in entries:
-            log.record(action, target, before, after, **more)
+    journals: list[Pending] = []
+    try:
+        with transaction.atomic(using=using):
+            yield journals
+    except BaseException:
+        for pending in journals:
+            pending.abandon()  # a no-op once its commit has begun: recovery settles it
+        raise
 
-    return write
+
+def _journal(
+    journals: list[Pending],
+    log: AuditLog,
+    action: str,
+    entries: list[tuple[str, Any, Any]],
+    *,
+    using: str,
+    **more: Any,
+) -> Pending:
+    """Journal the batch's log lines now, inside its transaction; log them once it commits.
+
+    See `volguard.audit`: a kill anywhere leaves a journal that `recover` settles; the
+    caller abandons the journal when the transaction rolls back (on_commit never runs).
+    """
+    from django.db import transaction
+
+    pending = log.prepare(
+        [log.entry(action, target, before, after, **more) for target, before, after in entries]
+    )
+    journals.append(pending)
+    transaction.on_commit(pending.commit, using=using)
+    return pending
+
+
+def recover(log: AuditLog) -> tuple[int, int]:
+    """Settle journals left by a killed ``--fix``/``--delete``: ``(logged, dropped)``.
+
+    An entry is logged when its change is in place (the row is failed with the message as
+    its log's last line; the deleted row is gone), dropped when its batch rolled back.
+    """
+    return log.recover(_in_place)
+
+
+def _in_place(entry: dict[str, Any]) -> bool:
+    label, _, pk = str(entry.get("target", "")).partition("#pk=")
+    try:
+        model = _model(label)
+    except (LookupError, ValueError):
+        return False
+    manager = model._default_manager
+    if entry.get("action") == "delete":
+        return not manager.filter(pk=pk).exists()
+    config = model_config(model)
+    if entry.get("action") != "mark_failed" or config.status_field is None:
+        return False
+    columns = [config.status_field] + ([config.log_field] if config.log_field else [])
+    row = manager.filter(pk=pk).values_list(*columns).first()
+    if row is None:
+        return False
+    if row[0] != config.failed_value:
+        return False
+    return not config.log_field or _ends_with(row[1], config.message)
 
 
 def _locked(queryset: Any, using: str) -> Any:

@@ -128,7 +128,8 @@ class Command(BaseCommand):
             "--export",
             metavar="PATH",
             help="where --delete writes the rows first, as loaddata JSON (default "
-            ".volguard/exports/<model>-<UTC timestamp>.json)",
+            ".volguard/exports/<model>-<UTC timestamp>.json); with --fix, export there "
+            "before fixing",
         )
         parser.add_argument(
             "--max-missing",
@@ -215,6 +216,16 @@ class Command(BaseCommand):
         text = not options["json"]
         # The plan goes to stderr under --json, so stdout stays one JSON document.
         say = self.stdout.write if text else self.stderr.write
+        log = AuditLog(options["audit_log"], command=_command_line())
+        try:
+            logged, dropped = remediation.recover(log)
+        except (OSError, ValueError) as e:
+            raise CommandError(f"cannot settle the journal of {log.path}: {e}") from None
+        if logged or dropped:
+            self.stderr.write(
+                f"note: settled an interrupted run's journal: {logged} change(s) logged, "
+                f"{dropped} rolled back"
+            )
         report, rows = remediation.plan(result, action)
         report.audit_log = options["audit_log"]
         say("")
@@ -235,9 +246,10 @@ class Command(BaseCommand):
             report.forced = True
             report.overridden = reasons
             self.stderr.write(f"warning: --force overrides VG404: {why}")
-        log = AuditLog(options["audit_log"], command=_command_line())
         try:
             if action == "fix":
+                if options["export"]:
+                    remediation.export_rows(report, rows, options["export"])
                 remediation.fix(report, rows, log=log, batch_size=options["batch_size"])
             else:
                 self._confirm(rows, options)
