@@ -1,0 +1,149 @@
+"""Run records, resume and the per-app lock (`volguard.runs`)."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from volguard import __version__
+from volguard.errors import UsageError
+from volguard.runs import LockedError, RunLock, RunRecord, StepFailed, latest, write_step_summary
+
+STEPS = ("one", "two", "three")
+
+
+def _toml(tmp_path: Path, text: str = 'app = "a"\n') -> str:
+    path = tmp_path / "fly.toml"
+    path.write_text(text)
+    return str(path)
+
+
+def test_a_record_is_saved_after_every_step_with_timing_and_hash(tmp_path: Path) -> None:
+    runs = str(tmp_path / "runs")
+    record = RunRecord.new("deploy", "my-app", STEPS, fly_toml=_toml(tmp_path), runs_dir=runs)
+    with record.step("one") as step:
+        step.changed("made a volume")
+        step.detail["created"] = ["vol_1"]
+    on_disk = json.loads(Path(record.path).read_text())
+    assert on_disk["version"] == __version__
+    assert on_disk["fly_toml_sha256"] == hashlib.sha256(b'app = "a"\n').hexdigest()
+    first = on_disk["steps"][0]
+    assert (first["name"], first["status"], first["summary"]) == ("one", "changed", "made a volume")
+    assert first["detail"] == {"created": ["vol_1"]}
+    assert first["seconds"] >= 0
+    assert [s["status"] for s in on_disk["steps"][1:]] == ["pending", "pending"]
+    assert on_disk["status"] == "running"
+    assert not list(Path(runs).glob(".run-*"))  # the temporary file was renamed
+
+
+def test_an_exception_fails_the_step_in_one_line_and_propagates(tmp_path: Path) -> None:
+    record = RunRecord.new("deploy", "a", STEPS, runs_dir=str(tmp_path))
+    with pytest.raises(RuntimeError), record.step("one"):
+        raise RuntimeError("the API said\nno")
+    record.finish()
+    again = RunRecord.load(record.path)
+    assert again.steps[0].status == "failed"
+    assert again.steps[0].summary == "the API said no"
+    assert again.status == "failed"
+
+
+def test_resume_carries_done_steps_and_reruns_from_the_first_failure(tmp_path: Path) -> None:
+    runs, toml = str(tmp_path / "runs"), _toml(tmp_path)
+    first = RunRecord.new("deploy", "a", STEPS, fly_toml=toml, runs_dir=runs)
+    with first.step("one") as step:
+        step.changed("did one")
+    with first.step("two") as step:
+        step.failed("two broke")
+    first.finish()
+
+    second = RunRecord.resume("deploy", "a", STEPS, fly_toml=toml, runs_dir=runs)
+    assert second.resumed_from == first.id
+    assert second.id != first.id
+    assert [(s.name, s.status, s.carried_over) for s in second.steps] == [
+        ("one", "changed", True),
+        ("two", "pending", False),
+        ("three", "pending", False),
+    ]
+    with second.step("two"), second.step("three"):
+        pass
+    second.finish()
+    assert second.status == "succeeded"
+    assert latest("deploy", "a", runs).id == second.id
+    with pytest.raises(UsageError, match="succeeded; nothing to resume"):
+        RunRecord.resume("deploy", "a", STEPS, fly_toml=toml, runs_dir=runs)
+
+
+def test_resume_refuses_when_fly_toml_changed_or_there_is_no_run(tmp_path: Path) -> None:
+    runs, toml = str(tmp_path / "runs"), _toml(tmp_path)
+    with pytest.raises(UsageError, match="no earlier deploy run of a"):
+        RunRecord.resume("deploy", "a", STEPS, fly_toml=toml, runs_dir=runs)
+    record = RunRecord.new("deploy", "a", STEPS, fly_toml=toml, runs_dir=runs)
+    record.finish()
+    Path(toml).write_text('app = "b"\n')
+    with pytest.raises(UsageError, match="changed since run"):
+        RunRecord.resume("deploy", "a", STEPS, fly_toml=toml, runs_dir=runs)
+
+
+def test_a_broken_record_is_a_one_line_error(tmp_path: Path) -> None:
+    (tmp_path / "deploy-a-20260101T000000-1.json").write_text("{not json")
+    with pytest.raises(UsageError, match="not a volguard run record"):
+        latest("deploy", "a", str(tmp_path))
+
+
+def test_the_lock_refuses_a_second_run_of_the_same_app_only(tmp_path: Path) -> None:
+    runs = str(tmp_path)
+    with RunLock("a", runs):
+        with (
+            pytest.raises(
+                LockedError, match=rf"another volguard run of a is in progress \(pid {os.getpid()}"
+            ),
+            RunLock("a", runs),
+        ):
+            pass
+        with RunLock("b", runs):  # another app: no conflict
+            pass
+    with RunLock("a", runs):  # released
+        pass
+
+
+def test_a_killed_holder_never_leaves_a_stale_lock(tmp_path: Path) -> None:
+    code = textwrap.dedent(f"""
+        import os, signal
+        from volguard.runs import RunLock
+        RunLock("a", {str(tmp_path)!r}).__enter__()
+        os.kill(os.getpid(), signal.SIGKILL)
+    """)
+    done = subprocess.run([sys.executable, "-c", code], check=False)
+    assert done.returncode == -9
+    with RunLock("a", str(tmp_path)):
+        pass
+
+
+def test_markdown_summary_goes_to_github_step_summary(tmp_path: Path) -> None:
+    record = RunRecord.new("deploy", "a", STEPS, runs_dir=str(tmp_path))
+    with record.step("one") as step:
+        step.skipped("--no-deploy | not asked")
+
+    def fail(step):
+        step.failed("VG301 on 148e21ea4d3089")
+        raise StepFailed("stop")
+
+    with record.step("two") as step, pytest.raises(StepFailed):
+        fail(step)
+    record.finish()
+    summary = tmp_path / "summary.md"
+    assert write_step_summary(record, {"GITHUB_STEP_SUMMARY": str(summary)}) == str(summary)
+    text = summary.read_text()
+    assert "### volguard deploy: a — failed" in text
+    assert "| one | ⏭️ skipped |" in text
+    assert "--no-deploy \\| not asked" in text  # a pipe cannot break the table
+    assert "| two | ❌ failed |" in text
+    assert "| three | … pending |  |  |" in text
+    assert write_step_summary(record, {}) is None

@@ -1,0 +1,337 @@
+"""Run records: what a runbook run did, step by step, as JSON under ``.volguard/runs/``.
+
+A runbook (`invoke deploy`, `invoke remediate`) is a list of named steps. Each step ends
+``ok`` (nothing to change), ``changed`` (it changed something), ``failed`` or ``skipped``
+(with the reason); the record keeps the tool version, the fly.toml's SHA-256, each step's
+result, timing and details, and is rewritten atomically after every step, so a run killed
+midway still says how far it got.
+
+``--resume`` starts a new record from the latest one of the same runbook and app: steps
+that ended ok/changed/skipped are carried over, and the run continues from the first step
+that did not. It refuses when fly.toml changed since, because the carried-over results
+would be about another configuration.
+
+`RunLock` keeps two runs of the same app from overlapping (an exclusive ``flock`` on
+``.volguard/runs/<app>.lock``, released by the kernel when the process dies, so a crash
+never leaves a stale lock).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as dt
+import fcntl
+import hashlib
+import json
+import os
+import re
+import tempfile
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from volguard import __version__
+from volguard.errors import UsageError, VolguardError
+
+RUNS_DIR = os.path.join(".volguard", "runs")
+OK, CHANGED, FAILED, SKIPPED, PENDING = "ok", "changed", "failed", "skipped", "pending"
+#: Statuses a resumed run does not repeat.
+DONE = frozenset({OK, CHANGED, SKIPPED})
+_SAFE = re.compile(r"[^A-Za-z0-9_.-]")
+
+
+class LockedError(VolguardError):
+    """Another run of the same app holds the lock."""
+
+
+@dataclass
+class Step:
+    """One step's result: ``status`` is ok / changed / failed / skipped / pending."""
+
+    name: str
+    status: str = PENDING
+    summary: str = ""
+    started: str | None = None
+    seconds: float | None = None
+    detail: dict[str, Any] = field(default_factory=dict)
+    carried_over: bool = False
+
+    def changed(self, summary: str = "") -> None:
+        self.status, self.summary = CHANGED, summary or self.summary
+
+    def ok(self, summary: str = "") -> None:
+        self.status, self.summary = OK, summary or self.summary
+
+    def skipped(self, why: str) -> None:
+        self.status, self.summary = SKIPPED, why
+
+    def failed(self, why: str) -> None:
+        self.status, self.summary = FAILED, why
+
+
+class StepFailed(VolguardError):
+    """A step failed on purpose (``step.failed(…)`` then raise): the run stops there."""
+
+    exit_code = 2
+
+
+@dataclass
+class RunRecord:
+    kind: str
+    app: str
+    id: str
+    path: str
+    fly_toml: str | None = None
+    fly_toml_sha256: str | None = None
+    version: str = __version__
+    started: str = ""
+    finished: str | None = None
+    status: str = "running"
+    resumed_from: str | None = None
+    steps: list[Step] = field(default_factory=list)
+    options: dict[str, Any] = field(default_factory=dict)
+
+    # -- making one -----------------------------------------------------------------------
+
+    @classmethod
+    def new(
+        cls,
+        kind: str,
+        app: str,
+        steps: Sequence[str],
+        *,
+        fly_toml: str | None = None,
+        runs_dir: str = RUNS_DIR,
+        options: dict[str, Any] | None = None,
+    ) -> RunRecord:
+        now = _now()
+        # Microseconds and the pid: unique per run, and in start order when sorted.
+        run_id = f"{kind}-{_safe(app)}-{now.strftime('%Y%m%dT%H%M%S%f')}-{os.getpid()}"
+        record = cls(
+            kind=kind,
+            app=app,
+            id=run_id,
+            path=os.path.join(runs_dir, f"{run_id}.json"),
+            fly_toml=fly_toml,
+            fly_toml_sha256=file_sha256(fly_toml) if fly_toml else None,
+            started=now.isoformat(timespec="microseconds"),
+            steps=[Step(name) for name in steps],
+            options=dict(options or {}),
+        )
+        record.save()
+        return record
+
+    @classmethod
+    def resume(
+        cls,
+        kind: str,
+        app: str,
+        steps: Sequence[str],
+        *,
+        fly_toml: str | None = None,
+        runs_dir: str = RUNS_DIR,
+        options: dict[str, Any] | None = None,
+    ) -> RunRecord:
+        """A new record that carries over the done steps of the latest ``kind`` run of ``app``."""
+        previous = latest(kind, app, runs_dir)
+        if previous is None:
+            raise UsageError(f"--resume: no earlier {kind} run of {app} in {runs_dir}")
+        if previous.status == "succeeded":
+            raise UsageError(
+                f"--resume: the latest {kind} run of {app} ({previous.id}) succeeded; "
+                "nothing to resume"
+            )
+        digest = file_sha256(fly_toml) if fly_toml else None
+        if digest != previous.fly_toml_sha256:
+            raise UsageError(
+                f"--resume: {fly_toml} changed since run {previous.id}; start a fresh run"
+            )
+        record = cls.new(kind, app, steps, fly_toml=fly_toml, runs_dir=runs_dir, options=options)
+        record.resumed_from = previous.id
+        earlier = {s.name: s for s in previous.steps}
+        for step in record.steps:
+            before = earlier.get(step.name)
+            if before is None or before.status not in DONE:
+                break  # from the first step that did not succeed, everything runs again
+            step.status, step.summary, step.detail = before.status, before.summary, before.detail
+            step.carried_over = True
+        record.save()
+        return record
+
+    # -- running steps --------------------------------------------------------------------
+
+    def get(self, name: str) -> Step:
+        return next(s for s in self.steps if s.name == name)
+
+    @contextlib.contextmanager
+    def step(self, name: str) -> Iterator[Step]:
+        """Time one step; an exception marks it failed (one line) and is re-raised."""
+        step = self.get(name)
+        step.status, step.summary, step.detail, step.carried_over = PENDING, "", {}, False
+        step.started = _now().isoformat(timespec="seconds")
+        began = time.monotonic()
+        try:
+            yield step
+        except BaseException as e:
+            if step.status != FAILED:
+                step.failed(_one_line(e) or type(e).__name__)
+            raise
+        finally:
+            step.seconds = round(time.monotonic() - began, 3)
+            if step.status == PENDING:
+                step.ok()
+            self.save()
+
+    def finish(self) -> None:
+        failed = any(s.status == FAILED for s in self.steps)
+        pending = any(s.status == PENDING for s in self.steps)
+        self.status = "failed" if failed else "incomplete" if pending else "succeeded"
+        self.finished = _now().isoformat(timespec="seconds")
+        self.save()
+
+    # -- persistence ----------------------------------------------------------------------
+
+    def save(self) -> None:
+        """Write the record atomically (temporary file, fsync, rename)."""
+        directory = os.path.dirname(os.path.abspath(self.path))
+        os.makedirs(directory, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=directory, prefix=".run-", suffix=".tmp")
+        try:
+            with os.fdopen(fd, "w", encoding="utf-8") as fh:
+                json.dump(self.as_dict(), fh, indent=2, sort_keys=True, default=str)
+                fh.write("\n")
+                fh.flush()
+                os.fsync(fh.fileno())
+            os.replace(tmp, self.path)
+        except BaseException:
+            with contextlib.suppress(OSError):
+                os.unlink(tmp)
+            raise
+
+    def as_dict(self) -> dict[str, Any]:
+        data = asdict(self)
+        data.pop("path")
+        return data
+
+    @classmethod
+    def load(cls, path: str) -> RunRecord:
+        try:
+            with open(path, encoding="utf-8") as fh:
+                data = json.load(fh)
+            steps = [Step(**s) for s in data.pop("steps")]
+            return cls(**data, steps=steps, path=path)
+        except (OSError, ValueError, TypeError, KeyError) as e:
+            raise UsageError(f"{path}: not a volguard run record ({_one_line(e)})") from None
+
+    # -- summaries ------------------------------------------------------------------------
+
+    def markdown(self) -> str:
+        """The run as Markdown, for ``$GITHUB_STEP_SUMMARY``."""
+        icon = {OK: "✅", CHANGED: "🔧", FAILED: "❌", SKIPPED: "⏭️", PENDING: "…"}
+        lines = [
+            f"### volguard {self.kind}: {self.app} — {self.status}",
+            "",
+            f"Run `{self.id}`"
+            + (f", resumed from `{self.resumed_from}`" if self.resumed_from else "")
+            + f"; volguard {self.version}"
+            + (f"; fly.toml sha256 `{self.fly_toml_sha256[:12]}`" if self.fly_toml_sha256 else ""),
+            "",
+            "| step | result | time | summary |",
+            "|---|---|---|---|",
+        ]
+        for s in self.steps:
+            took = f"{s.seconds:.1f} s" if s.seconds is not None else ""
+            note = " (earlier run)" if s.carried_over else ""
+            summary = s.summary.replace("|", "\\|").replace("\n", " ")
+            lines.append(f"| {s.name} | {icon.get(s.status, '')} {s.status}{note} | {took} | "
+                         f"{summary} |")  # fmt: skip
+        return "\n".join(lines) + "\n"
+
+    def text(self) -> str:
+        """One line per step, for the terminal."""
+        width = max((len(s.name) for s in self.steps), default=0)
+        lines = []
+        for s in self.steps:
+            took = f"{s.seconds:6.1f}s" if s.seconds is not None else "       "
+            note = " (earlier run)" if s.carried_over else ""
+            lines.append(f"  {s.name:<{width}}  {s.status:<8} {took}  {s.summary}{note}")
+        return "\n".join(lines)
+
+
+def latest(kind: str, app: str, runs_dir: str = RUNS_DIR) -> RunRecord | None:
+    """The most recent record of ``kind`` for ``app`` (by start time, then name)."""
+    prefix = f"{kind}-{_safe(app)}-"
+    try:
+        names = [n for n in os.listdir(runs_dir) if n.startswith(prefix) and n.endswith(".json")]
+    except FileNotFoundError:
+        return None
+    records = [RunRecord.load(os.path.join(runs_dir, n)) for n in names]
+    records.sort(key=lambda r: (r.started, r.id))
+    return records[-1] if records else None
+
+
+class RunLock:
+    """An exclusive per-app lock for the duration of a run (``with RunLock(app): …``)."""
+
+    def __init__(self, app: str, runs_dir: str = RUNS_DIR) -> None:
+        self.app = app
+        self.path = os.path.join(runs_dir, f"{_safe(app)}.lock")
+        self._fd = -1
+
+    def __enter__(self) -> RunLock:
+        os.makedirs(os.path.dirname(os.path.abspath(self.path)), exist_ok=True)
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = _read_all(fd).strip() or "another process"
+            os.close(fd)
+            raise LockedError(
+                f"another volguard run of {self.app} is in progress ({holder}); "
+                f"wait for it to finish (lock: {self.path})"
+            ) from None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"pid {os.getpid()} since {_now().isoformat(timespec='seconds')}".encode(), 0)
+        self._fd = fd
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self._fd >= 0:
+            os.close(self._fd)  # closing releases the flock; the file stays (harmless)
+            self._fd = -1
+
+
+def file_sha256(path: str) -> str | None:
+    try:
+        with open(path, "rb") as fh:
+            return hashlib.sha256(fh.read()).hexdigest()
+    except OSError:
+        return None
+
+
+def write_step_summary(record: RunRecord, environ: dict[str, str] | None = None) -> str | None:
+    """Append the record's Markdown to ``$GITHUB_STEP_SUMMARY`` when set; the path or None."""
+    env = os.environ if environ is None else environ
+    path = env.get("GITHUB_STEP_SUMMARY")
+    if not path:
+        return None
+    with open(path, "a", encoding="utf-8") as fh:
+        fh.write(record.markdown())
+    return path
+
+
+def _read_all(fd: int) -> str:
+    return os.pread(fd, 4096, 0).decode("utf-8", "replace")
+
+
+def _now() -> dt.datetime:
+    return dt.datetime.now(dt.UTC)
+
+
+def _safe(text: str) -> str:
+    return _SAFE.sub("_", text) or "_"
+
+
+def _one_line(error: BaseException) -> str:
+    return " ".join(str(error).split())[:500]
