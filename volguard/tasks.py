@@ -333,13 +333,16 @@ def _path_argument(path: str | None) -> str | None:
     return path
 
 
-def _platform_inputs(c: Context, path: str | None, app: str | None) -> tuple[Any, Any, str, Any]:
+def _platform_inputs(
+    c: Context, path: str | None, app: str | None, settings: Any = None
+) -> tuple[Any, Any, str, Any]:
     """Settings, a readable fly.toml, the app name and a token, or a one-line error."""
     from volguard.config import Settings
     from volguard.fly.client import Token
     from volguard.flytoml import read_fly_toml
 
-    settings = Settings.load(c.config.get("volguard"), app=app)
+    if settings is None:
+        settings = Settings.load(c.config.get("volguard"), app=app)
     fly_toml = path or settings.fly_toml
     config, problems = read_fly_toml(fly_toml)
     if config is None or problems:
@@ -364,3 +367,82 @@ ns = Collection(lint, verify_volume, create_volume, snapshot_volumes)
 ns.configure({"volguard": dict(DEFAULTS)})
 #: Tasks whose positional argument may be left out (`volguard lint` = `volguard lint fly.toml`).
 OPTIONAL_POSITIONALS = {"lint": "path", "verify-volume": "path"}
+
+
+@task(
+    positional=["path"],
+    auto_shortflags=False,
+    help={
+        "path": "fly.toml to deploy (default: volguard.fly_toml, i.e. fly.toml)",
+        "app": "Fly app name (default: volguard.app, else fly.toml `app`)",
+        "apply": "create the volumes the plan calls for (without it a shortfall fails the run)",
+        "yes": "no confirmation prompts (for CI)",
+        "no_deploy": "skip `flyctl deploy` (verify and audit what is deployed)",
+        "fix": "when the audit finds rows without their file, run remediate --fix",
+        "no_audit": "skip the missing-file audit (and the fix)",
+        "resume": "continue the latest deploy run of this app from its first failed step",
+        "wait_timeout": "seconds to wait for the media groups' Machines to start (default 300)",
+        "max_missing": "passed to check_missing_files --max-missing (default 10%)",
+        "transport": "how to reach each Machine: fly, ssh or local (default: volguard.transport)",
+    },
+)
+@_edge
+def deploy(
+    c: Context,
+    path: str | None = None,
+    app: str | None = None,
+    apply: bool = False,
+    yes: bool = False,
+    no_deploy: bool = False,
+    fix: bool = False,
+    no_audit: bool = False,
+    resume: bool = False,
+    wait_timeout: str = "300",
+    max_missing: str | None = None,
+    transport: str | None = None,
+) -> None:
+    """The runbook: lint → volumes → flyctl deploy → wait → verify → audit → fix; resumable.
+
+    Each step ends ok, changed, failed or skipped; the run record goes to .volguard/runs/
+    and, in GitHub Actions, a summary to $GITHUB_STEP_SUMMARY. Exit 0 when every step
+    succeeded, 2 when a step failed on what it found, 1 when volguard could not run.
+    """
+    from volguard.config import Settings
+    from volguard.deploy import DeployContext, DeployOptions, run_deploy
+    from volguard.runs import write_step_summary
+
+    path = _path_argument(path)
+    timeout = _whole_number("--wait-timeout", wait_timeout, 1, 86400) or 300
+    base = Settings.load(c.config.get("volguard"), app=app, transport=transport)
+    settings, config, app_name, token = _platform_inputs(c, path, app, base)
+    options = DeployOptions(
+        fly_toml=path or settings.fly_toml,
+        apply=apply,
+        yes=yes,
+        deploy=not no_deploy,
+        fix=fix,
+        audit=not no_audit,
+        resume=resume,
+        wait_timeout=float(timeout),
+        max_missing=max_missing,
+    )
+    record = run_deploy(
+        DeployContext(
+            settings=settings,
+            config=config,
+            app=app_name,
+            token=token,
+            options=options,
+            out=print,
+            confirm=_confirm,
+        )
+    )
+    print(f"\ndeploy {record.status}: {app_name} (run record {record.path})")
+    print(record.text())
+    write_step_summary(record)
+    if record.status != "succeeded":
+        raise Exit(code=2)
+
+
+ns.add_task(deploy)
+OPTIONAL_POSITIONALS["deploy"] = "path"

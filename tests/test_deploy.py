@@ -1,0 +1,170 @@
+"""`volguard deploy`: the runbook end to end against the API simulator and the local fleet.
+
+As a user runs it: the `volguard` command in a project directory (fly.toml, invoke.yaml),
+FLY_API_TOKEN and the simulator's URL in the environment, the flyctl stand-in on PATH.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from volguard.runs import RunLock
+from volguard.sim.api import SimServer, load_scenario
+from volguard.sim.fleet import LocalFleet, fleet_unavailable
+
+WHY = fleet_unavailable()
+if WHY and os.environ.get("CI"):
+    raise RuntimeError(f"CI must be able to run the local fleet, but: {WHY}")
+
+VOLGUARD = str(Path(sys.executable).with_name("volguard"))
+SCENARIOS = Path(__file__).resolve().parents[1] / "volguard" / "sim" / "scenarios"
+INVOKE_YAML = "volguard:\n  volume_fstypes: [ext4, tmpfs]\n"
+needs_fleet = pytest.mark.skipif(WHY is not None, reason=WHY or "")
+
+
+def _project(tmp_path: Path, fly_toml: str) -> Path:
+    tmp_path.mkdir(exist_ok=True)
+    (tmp_path / "fly.toml").write_text(fly_toml)
+    (tmp_path / "invoke.yaml").write_text(INVOKE_YAML)
+    return tmp_path
+
+
+def _volguard(
+    cwd: Path, sim: SimServer | None, fleet: LocalFleet | None, *args: str, **env: str
+) -> subprocess.CompletedProcess[str]:
+    environ = {
+        **os.environ,
+        "FLY_API_TOKEN": sim.token if sim else "fm2_unused",
+        "NO_COLOR": "1",
+        **env,
+    }
+    environ.pop("GITHUB_STEP_SUMMARY", None)
+    environ.update(env)
+    if sim:
+        environ["FLY_FLAPS_BASE_URL"] = sim.url
+    if fleet:
+        environ["PATH"] = f"{fleet.flyctl_dir}{os.pathsep}{os.environ['PATH']}"
+    return subprocess.run(
+        [VOLGUARD, *args],
+        cwd=cwd,
+        env=environ,
+        stdin=subprocess.DEVNULL,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+
+
+def _record(cwd: Path) -> dict:
+    records = sorted((cwd / ".volguard" / "runs").glob("deploy-*.json"))
+    assert records, "no run record"
+    return json.loads(records[-1].read_text())
+
+
+def _statuses(record: dict) -> dict[str, str]:
+    return {s["name"]: s["status"] for s in record["steps"]}
+
+
+def test_the_lint_gate_stops_the_run_before_anything_changes(tmp_path: Path) -> None:
+    cwd = _project(tmp_path, load_scenario("incident").fly_toml)
+    summary = tmp_path / "summary.md"
+    proc = _volguard(cwd, None, None, "deploy", "--no-deploy", GITHUB_STEP_SUMMARY=str(summary))
+    assert proc.returncode == 2, proc.stdout + proc.stderr
+    record = _record(cwd)
+    assert _statuses(record) == {
+        "lint": "failed",
+        "volumes": "pending",
+        "deploy": "pending",
+        "wait": "pending",
+        "verify": "pending",
+        "audit": "pending",
+        "fix": "pending",
+    }
+    assert record["status"] == "failed"
+    assert "VG103" in record["steps"][0]["summary"]
+    assert "deploy failed: test-blue-smoke-97" in proc.stdout
+    assert "| lint | ❌ failed |" in summary.read_text()
+    assert "fm2_unused" not in proc.stdout + proc.stderr
+
+
+@needs_fleet
+def test_a_healthy_fleet_passes_every_step(tmp_path: Path) -> None:
+    scenario = load_scenario("healthy")
+    cwd = _project(tmp_path, scenario.fly_toml)
+    with SimServer(scenario) as sim, LocalFleet(scenario) as fleet:
+        proc = _volguard(cwd, sim, fleet, "deploy", "--no-deploy", "--no-audit")
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    record = _record(cwd)
+    assert _statuses(record) == {
+        "lint": "ok",
+        "volumes": "ok",
+        "deploy": "skipped",
+        "wait": "ok",
+        "verify": "ok",
+        "audit": "skipped",
+        "fix": "skipped",
+    }
+    assert record["status"] == "succeeded"
+    verify = next(s for s in record["steps"] if s["name"] == "verify")
+    assert verify["detail"]["layers"]["machine"][0] == "ran"
+    assert sim.token not in proc.stdout + proc.stderr
+
+
+@needs_fleet
+def test_missing_volumes_fail_the_run_until_apply_creates_them(tmp_path: Path) -> None:
+    # missing-volume without its spare unattached volume: a real shortfall of one.
+    text = (SCENARIOS / "missing-volume.toml").read_text()
+    (tmp_path / "no-volume.toml").write_text(text.split("[[volumes]]")[0])
+    scenario = load_scenario(tmp_path / "no-volume.toml")
+    cwd = _project(tmp_path / "project", scenario.fly_toml)
+    with SimServer(scenario) as sim, LocalFleet(scenario) as fleet:
+        first = _volguard(cwd, sim, fleet, "deploy", "--no-deploy", "--no-audit")
+        assert first.returncode == 2, first.stdout + first.stderr
+        assert _statuses(_record(cwd))["volumes"] == "failed"
+        assert "re-run with --apply" in _record(cwd)["steps"][1]["summary"]
+        creates = [r for r in sim.requests() if r["method"] == "POST"]
+        assert creates == []
+
+        second = _volguard(
+            cwd, sim, fleet, "deploy", "--no-deploy", "--no-audit", "--apply", "--yes"
+        )
+        posts = [r for r in sim.requests() if r["method"] == "POST"]
+    record = _record(cwd)
+    assert _statuses(record)["volumes"] == "changed"
+    assert len(posts) == len(record["steps"][1]["detail"]["created"]) >= 1
+    # The Machine itself still runs without a volume: verify says so (VG201), exit 2.
+    assert _statuses(record)["verify"] == "failed"
+    assert "VG201" in record["steps"][4]["summary"]
+    assert second.returncode == 2
+
+
+def test_a_second_run_of_the_same_app_is_refused_while_one_holds_the_lock(
+    tmp_path: Path,
+) -> None:
+    scenario = load_scenario("healthy")
+    cwd = _project(tmp_path, scenario.fly_toml)
+    with RunLock(scenario.app, str(cwd / ".volguard" / "runs")):
+        proc = _volguard(cwd, None, None, "deploy", "--no-deploy")
+    assert proc.returncode == 1
+    assert proc.stderr.strip().startswith(
+        f"volguard: error: another volguard run of {scenario.app} is in progress (pid "
+    )
+    assert proc.stderr.count("\n") == 1
+    assert not list((cwd / ".volguard" / "runs").glob("deploy-*.json"))  # nothing started
+
+
+def test_bad_flags_are_one_line_errors(tmp_path: Path) -> None:
+    cwd = _project(tmp_path, load_scenario("healthy").fly_toml)
+    proc = _volguard(cwd, None, None, "deploy", "--wait-timeout", "soon")
+    assert proc.returncode == 1
+    assert proc.stderr == "volguard: error: --wait-timeout must be a whole number, not 'soon'\n"
+    proc = _volguard(cwd, None, None, "deploy", "--resume", "--no-deploy")
+    assert proc.returncode == 1
+    assert "--resume: no earlier deploy run of test-blue-smoke-97" in proc.stderr
