@@ -14,7 +14,7 @@ import pytest
 
 from volguard import __version__
 from volguard.errors import UsageError
-from volguard.runs import LockedError, RunLock, RunRecord, StepFailed, latest, write_step_summary
+from volguard.runs import RunLock, RunRecord, StepFailed, latest, write_step_summary
 
 STEPS = ("one", "two", "three")
 
@@ -97,20 +97,28 @@ def test_a_broken_record_is_a_one_line_error(tmp_path: Path) -> None:
         latest("deploy", "a", str(tmp_path))
 
 
-def test_the_lock_refuses_a_second_run_of_the_same_app_only(tmp_path: Path) -> None:
+def _try_lock(runs: str, app: str) -> subprocess.CompletedProcess[str]:
+    code = textwrap.dedent(f"""
+        from volguard.runs import LockedError, RunLock
+        try:
+            with RunLock({app!r}, {runs!r}):
+                print("locked")
+        except LockedError as e:
+            print(e)
+    """)
+    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+
+
+def test_the_lock_refuses_another_process_running_the_same_app_only(tmp_path: Path) -> None:
     runs = str(tmp_path)
     with RunLock("a", runs):
-        with (
-            pytest.raises(
-                LockedError, match=rf"another volguard run of a is in progress \(pid {os.getpid()}"
-            ),
-            RunLock("a", runs),
-        ):
+        busy = _try_lock(runs, "a").stdout
+        assert busy.startswith(f"another volguard run of a is in progress (pid {os.getpid()} ")
+        assert _try_lock(runs, "b").stdout == "locked\n"  # another app: no conflict
+        with RunLock("a", runs):  # the same process may nest (deploy runs remediate)
             pass
-        with RunLock("b", runs):  # another app: no conflict
-            pass
-    with RunLock("a", runs):  # released
-        pass
+        assert _try_lock(runs, "a").stdout.startswith("another volguard run")  # still held
+    assert _try_lock(runs, "a").stdout == "locked\n"  # released
 
 
 def test_a_killed_holder_never_leaves_a_stale_lock(tmp_path: Path) -> None:

@@ -226,52 +226,69 @@ def verify_step(ctx: DeployContext, step: Step) -> None:
 
 
 def audit_step(ctx: DeployContext, step: Step) -> None:
-    """``check_missing_files`` on an app Machine: which rows have lost their file."""
+    """``check_missing_files`` on an app Machine: which rows lost their file (read-only)."""
     if not ctx.options.audit:
         step.skipped("--no-audit")
         return
     from volguard import remediate
 
-    summary = remediate.audit_fleet(ctx.settings, ctx.config, ctx.app, ctx.token)
-    step.detail["audit"] = summary.as_dict()
-    for line in summary.lines():
+    outcome = remediate.remediate(
+        ctx.settings, ctx.config, ctx.app, ctx.token, client_factory=ctx.client_factory
+    )
+    plan = outcome.plan
+    assert plan is not None
+    step.detail["audit"] = plan.as_dict()
+    for line in plan.lines():
         ctx.out(f"  {line}")
-    ctx.extra["audit"] = summary
-    if summary.missing == 0:
-        step.ok(f"{summary.total} rows, every file present")
+    ctx.extra["audit"] = plan
+    if not plan.problems:
+        step.ok(f"{plan.audited_rows} rows audited, every file present")
+    elif not plan.not_failed:
+        step.ok(f"{plan.headline()}; all already marked failed")
     elif ctx.options.fix:
-        step.ok(f"{summary.missing} of {summary.total} rows missing their file: fixing next")
+        step.ok(f"{plan.headline()}: fixing next")
     else:
-        step.failed(
-            f"{summary.missing} of {summary.total} rows missing their file "
-            "(--fix marks them failed)"
-        )
+        step.failed(f"{plan.headline()} (--fix marks them failed)")
 
 
 def fix_step(ctx: DeployContext, step: Step) -> None:
-    """``remediate --fix``: gated on the verify step, after a snapshot and an export."""
-    summary = ctx.extra.get("audit")
+    """``remediate --fix``: its own gate (verify), a snapshot and an export, then the fix."""
+    plan = ctx.extra.get("audit")
     if not ctx.options.fix:
         step.skipped("no --fix")
         return
     if not ctx.options.audit:
         step.skipped("--no-audit")
         return
-    if summary is not None and summary.missing == 0:
+    if plan is not None and not plan.not_failed:
         step.skipped("nothing to fix")
         return
     from volguard import remediate
 
-    outcome = remediate.fix_fleet(
+    outcome = remediate.remediate(
         ctx.settings,
         ctx.config,
         ctx.app,
         ctx.token,
+        action=remediate.FIX,
+        fly_toml=ctx.options.fly_toml,
         max_missing=ctx.options.max_missing,
+        client_factory=ctx.client_factory,
+        runs_dir=ctx.runs_dir,
         out=lambda line: ctx.out(f"  {line}"),
     )
     step.detail["remediation"] = outcome.as_dict()
-    step.changed(outcome.summary())
+    if outcome.error is not None or outcome.exit_code not in (0, 2):
+        step.failed(str(outcome.error or f"remediate exited {outcome.exit_code}"))
+        return
+    if outcome.error is None and outcome.record and outcome.record.status != "succeeded":
+        step.failed(f"remediate {outcome.record.status}: see {outcome.record.path}")
+        return
+    snapshots = ", ".join(outcome.snapshots.values()) or "none"
+    step.changed(
+        f"marked {plan.not_failed if plan else '?'} row(s) failed; snapshots {snapshots}; "
+        f"export {outcome.export or 'none'} (on the Machine)"
+    )
 
 
 STEP_FUNCTIONS: dict[str, Callable[[DeployContext, Step], None]] = {

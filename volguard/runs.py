@@ -29,7 +29,7 @@ import tempfile
 import time
 from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass, field
-from typing import Any
+from typing import Any, ClassVar
 
 from volguard import __version__
 from volguard.errors import UsageError, VolguardError
@@ -272,14 +272,26 @@ def latest(kind: str, app: str, runs_dir: str = RUNS_DIR) -> RunRecord | None:
 
 
 class RunLock:
-    """An exclusive per-app lock for the duration of a run (``with RunLock(app): …``)."""
+    """An exclusive per-app lock for the duration of a run (``with RunLock(app): …``).
+
+    Re-entrant within one process, so a runbook step may run another runbook of the same
+    app (deploy's fix step runs remediate); another process is refused.
+    """
+
+    _held: ClassVar[dict[str, int]] = {}  # lock path -> depth, in this process
 
     def __init__(self, app: str, runs_dir: str = RUNS_DIR) -> None:
         self.app = app
         self.path = os.path.join(runs_dir, f"{_safe(app)}.lock")
         self._fd = -1
+        self._nested = False
 
     def __enter__(self) -> RunLock:
+        key = os.path.realpath(self.path)
+        if self._held.get(key):
+            self._held[key] += 1
+            self._nested = True
+            return self
         os.makedirs(os.path.dirname(os.path.abspath(self.path)), exist_ok=True)
         fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o644)
         try:
@@ -294,9 +306,15 @@ class RunLock:
         os.ftruncate(fd, 0)
         os.pwrite(fd, f"pid {os.getpid()} since {_now().isoformat(timespec='seconds')}".encode(), 0)
         self._fd = fd
+        self._held[key] = 1
         return self
 
     def __exit__(self, *exc: object) -> None:
+        key = os.path.realpath(self.path)
+        self._held[key] = self._held.get(key, 1) - 1
+        if self._nested:
+            return
+        self._held.pop(key, None)
         if self._fd >= 0:
             os.close(self._fd)  # closing releases the flock; the file stays (harmless)
             self._fd = -1

@@ -313,6 +313,99 @@ def snapshot_volumes(
     )
 
 
+@task(
+    auto_shortflags=False,
+    help={
+        "path": "fly.toml naming the media mounts (default: volguard.fly_toml)",
+        "app": "Fly app name (default: volguard.app, else fly.toml `app`)",
+        "fix": "mark the rows whose file is missing failed (after the gate, a snapshot and "
+        "an export)",
+        "delete": "delete those rows instead (asks, naming the app and the count)",
+        "yes": "--delete without asking (for CI)",
+        "json": "print one JSON document instead of text",
+        "transport": "how to reach the Machine: fly (flyctl ssh console), ssh or local "
+        "(default: volguard.transport, fly)",
+        "machine": "run on this Machine (default: the first started one of the web group)",
+        "manage_py": "how to run manage.py in the app's directory (default: volguard.manage_py, "
+        "else 'python3 manage.py')",
+        "max_missing": "passed to check_missing_files: refuse (VG404) above this many missing "
+        "rows, a count or a percentage (its default: 10%)",
+        "force": "passed to check_missing_files: override the VG404 interlock",
+        "timeout": "seconds manage.py may run on the Machine (default: 900)",
+        "samples": "sample rows shown per reason (default: 3)",
+    },
+)
+@_edge
+def remediate(
+    c: Context,
+    path: str | None = None,
+    app: str | None = None,
+    fix: bool = False,
+    delete: bool = False,
+    yes: bool = False,
+    json: bool = False,
+    transport: str | None = None,
+    machine: str | None = None,
+    manage_py: str | None = None,
+    max_missing: str = "",
+    force: bool = False,
+    timeout: str = "",
+    samples: str = "",
+) -> None:
+    """Audit the app's rows whose file is missing, on one Machine; --fix/--delete repair them."""
+    import json as json_module
+
+    from volguard.audit import AuditLog
+    from volguard.config import Settings
+    from volguard.remediate import check_max_missing, render_text
+    from volguard.remediate import remediate as run_remediate
+
+    if fix and delete:
+        raise UsageError("--fix and --delete exclude each other")
+    action = "fix" if fix else "delete" if delete else None
+    if action is None:
+        for flag, given in (("--yes", yes), ("--force", force), ("--max-missing", max_missing)):
+            if given:
+                raise UsageError(f"{flag} needs --fix or --delete")
+    seconds = _whole_number("--timeout", timeout, 10, 86400) or 900
+    per_reason = _whole_number("--samples", samples, 0, 100)
+    if max_missing:
+        check_max_missing(max_missing)
+    _, config, app_name, token = _platform_inputs(c, path, app)
+    settings = Settings.load(
+        c.config.get("volguard"), app=app, transport=transport, manage_py=manage_py
+    )
+
+    def note(line: str) -> None:
+        print(line, file=sys.stderr if json else sys.stdout)
+
+    outcome = run_remediate(
+        settings,
+        config,
+        app_name,
+        token,
+        action=action,
+        fly_toml=path or settings.fly_toml,
+        machine_id=machine or None,
+        confirm=None if yes else _confirm,
+        max_missing=max_missing or None,
+        force=force,
+        timeout=seconds,
+        samples=3 if per_reason is None else per_reason,
+        audit=AuditLog(command="remediate"),
+        out=note,
+    )
+    if json:
+        print(json_module.dumps(outcome.as_dict(), indent=2, default=str))
+    else:
+        sys.stdout.write(render_text(outcome))
+    sys.stdout.flush()
+    if outcome.error is not None:
+        raise outcome.error
+    if outcome.exit_code:
+        raise Exit(code=outcome.exit_code)
+
+
 def _whole_number(flag: str, value: str, low: int, high: int) -> int | None:
     """Parse a numeric flag ourselves: Invoke's parser ends in a traceback on `--count abc`."""
     if value in ("", None):
@@ -363,7 +456,7 @@ def _confirm(question: str) -> bool:
     return answer.strip().lower() == "yes"
 
 
-ns = Collection(lint, verify_volume, create_volume, snapshot_volumes)
+ns = Collection(lint, verify_volume, create_volume, snapshot_volumes, remediate)
 ns.configure({"volguard": dict(DEFAULTS)})
 #: Tasks whose positional argument may be left out (`volguard lint` = `volguard lint fly.toml`).
 OPTIONAL_POSITIONALS = {"lint": "path", "verify-volume": "path"}
@@ -446,3 +539,31 @@ def deploy(
 
 ns.add_task(deploy)
 OPTIONAL_POSITIONALS["deploy"] = "path"
+
+
+@task(
+    auto_shortflags=False,
+    help={
+        "workdir": "where the demo's project, database and run records go "
+        "(default: a new temporary directory, kept afterwards)",
+    },
+)
+@_edge
+def demo(c: Context, workdir: str = "") -> None:
+    """The seed's incident end to end in a local simulation: diagnosis, fix, clean re-verify.
+
+    Builds the Fly API simulator, a local fleet of simulated Machines (Linux namespaces with
+    sshd; needs root) and the example Django app with uploads, some lost; then runs lint,
+    verify-volume, remediate, deploy --fix and a final verify-volume, showing each command.
+    Exit 0 when the final verify is clean.
+    """
+    from pathlib import Path
+
+    from volguard.demo import run_demo
+
+    code = run_demo(print, Path(workdir).resolve() if workdir else None)
+    if code:
+        raise Exit(code=code)
+
+
+ns.add_task(demo)

@@ -176,3 +176,80 @@ class MachineFacts:
             and self.destination_device is not None
             and self.destination_device != self.root_device
         )
+
+
+# -- the manage mode (`volguard remediate`) ------------------------------------------------
+
+#: How much of a manage.py command's stdout the probe brings back (its stderr: the last 64 KiB).
+MANAGE_MAX_OUTPUT = 16 << 20
+
+
+def manage_arguments(
+    argv: list[str],
+    *,
+    manage_py: str,
+    group: str | None,
+    app_user: str | None = None,
+    make_dirs: tuple[str, ...] = (),
+    timeout: float = 900.0,
+    max_output: int = MANAGE_MAX_OUTPUT,
+) -> dict[str, Any]:
+    """The probe's arguments for running ``manage_py`` + ``argv`` as the app user.
+
+    ``manage_py`` is split like a command line (``python3 manage.py``) on the Machine, never
+    given to a shell; ``make_dirs`` are created by root for the app user when missing.
+    """
+    return {
+        "manage": {
+            "argv": list(argv),
+            "manage_py": manage_py,
+            "group": group,
+            "app_user": app_user,
+            "make_dirs": list(make_dirs),
+            "timeout": timeout,
+            "max_output": max_output,
+        }
+    }
+
+
+@dataclass(frozen=True)
+class ManageRun:
+    """What one manage.py command did on a Machine, as the app user."""
+
+    returncode: int | None
+    stdout: str
+    stderr: str
+    user: str
+    cwd: str
+    pid: int
+    argv: tuple[str, ...] = ()
+    stdout_truncated: bool = False
+    stderr_truncated: bool = False
+    errors: tuple[str, ...] = ()
+
+    @classmethod
+    def from_probe(cls, data: dict[str, Any]) -> ManageRun:
+        """The probe's answer; ProbeError when it could not run the command at all."""
+        errors = tuple(str(e) for e in data.get("errors") or ())
+        result = data.get("manage")
+        if data.get("fatal") or not isinstance(result, dict):
+            raise ProbeError("; ".join(errors) or "the probe did not run manage.py")
+        if result.get("returncode") is None:
+            raise ProbeError("; ".join(errors) or "manage.py did not finish")
+        return cls(
+            returncode=int(result["returncode"]),
+            stdout=str(result.get("stdout") or ""),
+            stderr=str(result.get("stderr") or ""),
+            user=str(result.get("user") or ""),
+            cwd=str(result.get("cwd") or ""),
+            pid=int(result.get("pid") or 0),
+            argv=tuple(str(a) for a in result.get("argv") or ()),
+            stdout_truncated=bool(result.get("stdout_truncated")),
+            stderr_truncated=bool(result.get("stderr_truncated")),
+            errors=errors,
+        )
+
+    def last_error_line(self) -> str:
+        """The last non-blank line of stderr (a CommandError, a traceback's last line)."""
+        lines = [line.strip() for line in self.stderr.splitlines() if line.strip()]
+        return lines[-1][:500] if lines else f"exit status {self.returncode}"

@@ -12,16 +12,25 @@ and mode, a real write as the app's own user, and the cross-Machine visibility
 probe (write, look for, remove). Probe files are created with O_EXCL and
 O_NOFOLLOW, always removed, and a watchdog removes a visibility probe by
 itself after `ttl` seconds, even if the run that wrote it is killed.
+
+A second mode, `{"manage": {...}}` (`volguard remediate`), runs one manage.py
+command instead: as the app user, in the app process's cwd, with the app
+process's environment read from /proc/<pid>/environ (a `fly ssh console`
+session runs as root and may not see the app's secrets, DATABASE_URL among
+them). The argv arrives inside the base64 arguments and is exec'd, never
+given to a shell; stdout and stderr are captured up to a cap.
 """
 
 PROBE_SOURCE = r'''
-import base64, json, os, pwd, shlex, signal, stat, subprocess, sys, time
+import base64, json, os, pwd, shlex, signal, stat, subprocess, sys, threading, time
 
 BEGIN, END = "__VOLGUARD_FACTS_BEGIN__", "__VOLGUARD_FACTS_END__"
 PREFIX = ".volguard-probe-"
 
 
 def main(args):
+    if args.get("manage"):
+        return manage(args["manage"])
     facts = {"errors": []}
     if args.get("look_only"):
         root = args.get("media_root")
@@ -69,6 +78,115 @@ def main(args):
             for name in args["look_for"]
         )
     return facts
+
+
+def manage(spec):
+    """Run `manage_py + argv` as the app user, in the app's cwd, with the app's environment."""
+    out = {"errors": []}
+    app_user = spec.get("app_user")
+    procs = app_processes(app_user, spec.get("group"))
+    if not procs:
+        who = " of user %s" % app_user if app_user else ""
+        out["errors"].append("no app process%s found on this Machine" % who)
+        return out
+    proc = procs[0]
+    user = app_user or proc["user"]
+    try:
+        entry = pwd.getpwnam(user)
+        env = process_environment(proc["pid"])
+    except (KeyError, OSError) as e:
+        out["errors"].append("cannot become the app user %s: %s" % (user, e))
+        return out
+    for path in spec.get("make_dirs") or []:
+        make_dir_for(path, entry, out)
+    argv = shlex.split(spec.get("manage_py") or "python3 manage.py") + list(spec["argv"])
+    cap = int(spec.get("max_output", 16 << 20))
+    result = {
+        "argv": argv, "user": user, "uid": entry.pw_uid, "cwd": proc["cwd"], "pid": proc["pid"],
+        "returncode": None,
+    }
+    out["manage"] = result
+
+    def become():
+        os.initgroups(user, entry.pw_gid)
+        os.setgid(entry.pw_gid)
+        os.setuid(entry.pw_uid)
+
+    try:
+        child = subprocess.Popen(
+            argv, cwd=proc["cwd"], env=env, preexec_fn=become, stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+        )
+    except (OSError, subprocess.SubprocessError) as e:
+        out["errors"].append("cannot run %s: %s" % (argv[0], e))
+        return out
+    stdout, stderr = Capture(child.stdout, cap, keep="head"), Capture(child.stderr, 65536, "tail")
+    try:
+        result["returncode"] = child.wait(timeout=float(spec.get("timeout", 900)))
+    except subprocess.TimeoutExpired:
+        child.kill()
+        child.wait()
+        out["errors"].append("manage.py did not finish within %s s" % spec.get("timeout", 900))
+    for name, capture in (("stdout", stdout), ("stderr", stderr)):
+        capture.thread.join(30)  # a grandchild still holding the pipe must not hang us
+        result[name] = capture.text()
+        result[name + "_bytes"] = capture.total
+        result[name + "_truncated"] = capture.total > len(capture.data)
+    return out
+
+
+class Capture:
+    """Read a pipe to its end in a thread, keeping its first (head) or last (tail) cap bytes."""
+
+    def __init__(self, pipe, cap, keep):
+        self.pipe, self.cap, self.keep = pipe, cap, keep
+        self.data, self.total = b"", 0
+        self.thread = threading.Thread(target=self.run)
+        self.thread.daemon = True
+        self.thread.start()
+
+    def run(self):
+        while True:
+            chunk = self.pipe.read(65536)
+            if not chunk:
+                break
+            self.total += len(chunk)
+            if self.keep == "head":
+                if len(self.data) < self.cap:
+                    self.data += chunk[: self.cap - len(self.data)]
+            else:
+                self.data = (self.data + chunk)[-self.cap:]
+        self.pipe.close()
+
+    def text(self):
+        return self.data.decode("utf-8", "replace")
+
+
+def process_environment(pid):
+    with open("/proc/%d/environ" % pid, "rb") as fh:
+        raw = fh.read()
+    return dict(
+        (k.decode(errors="replace"), v.decode(errors="replace"))
+        for k, v in (item.split(b"=", 1) for item in raw.split(b"\0") if b"=" in item)
+    )
+
+
+def make_dir_for(path, entry, out):
+    """Create `path` (its parent must exist) for the app user: made by root, then given to
+    the user, mode 0700. An existing directory is left as it is; a symlink is refused."""
+    if not path.startswith("/") or os.path.normpath(path) != path:
+        out["errors"].append("refusing to create %r: not a plain absolute path" % path)
+        return
+    if os.path.islink(path):
+        out["errors"].append("refusing to use %s: it is a symlink" % path)
+        return
+    if os.path.isdir(path):
+        return
+    try:
+        os.mkdir(path, 0o700)
+        os.lchown(path, entry.pw_uid, entry.pw_gid)
+    except OSError as e:
+        out["errors"].append("cannot create %s: %s" % (path, e))
 
 
 def device(path):
