@@ -19,10 +19,8 @@ import json
 import os
 import pwd
 import shutil
-import stat
 import subprocess
 import sys
-import sysconfig
 import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -51,8 +49,9 @@ from volguard.remediate import (
 )
 from volguard.remote.probe import ManageRun, ProbeError
 from volguard.report import Report
+from volguard.sim import example_app
 from volguard.sim.api import SimServer
-from volguard.sim.fleet import LocalFleet, fleet_unavailable, system_python
+from volguard.sim.fleet import LocalFleet, fleet_unavailable
 from volguard.sim.scenario import scenario_path
 
 REPO = Path(__file__).resolve().parents[1]
@@ -250,46 +249,14 @@ print("VG_ROWS=" + json.dumps(rows))
 MISSING_KEYS = ("gone1", "gone2", "gone3", "empty")
 
 
-def _world_can(path: Path, *, execute: bool) -> bool:
-    """Whether a user who is neither owner nor group (the app user) can read (and run)
-    ``path``: every directory on the way, and the target, through its symlinks."""
-    seen = [path, Path(os.path.realpath(path))]
-    for target in seen:
-        for parent in target.parents:
-            if not os.stat(parent).st_mode & stat.S_IXOTH:
-                return False
-    mode = os.stat(path).st_mode
-    need = stat.S_IROTH | (stat.S_IXOTH if execute else 0)
-    return mode & need == need
-
-
 def app_python() -> tuple[str, dict[str, str]]:
-    """The python the app user runs Django with, and what its environment needs for it.
-
-    The repo's venv interpreter when the app user can run it; else the system python of
-    the same version with the venv's site-packages and the repo on PYTHONPATH (a venv
-    made by a python under /root is not readable by anyone else).
-    """
-    purelib, platlib = sysconfig.get_paths()["purelib"], sysconfig.get_paths()["platlib"]
-    readable = all(_world_can(Path(p), execute=True) for p in (REPO, MANAGE.parent, purelib))
-    if readable and _world_can(Path(sys.executable), execute=True):
-        return sys.executable, {}
-    system = system_python()
-    version = f"{sys.version_info.major}.{sys.version_info.minor}"
-    if readable and system and _world_can(Path(system), execute=True):
-        done = subprocess.run(
-            [system, "-c", "import sys; print('%d.%d' % sys.version_info[:2])"],
-            capture_output=True,
-            text=True,
-            check=False,
-        )
-        if done.stdout.strip() == version:
-            return system, {"PYTHONPATH": os.pathsep.join(dict.fromkeys([purelib, platlib,
-                                                                          str(REPO)]))}  # fmt: skip
-    why = f"the app user can run neither {sys.executable} nor a python {version} with Django"
-    if os.environ.get("CI"):
-        pytest.fail(why)
-    pytest.skip(why)
+    """`volguard.sim.example_app.app_python`, skipping (failing under CI) when it cannot."""
+    try:
+        return example_app.app_python()
+    except example_app.ExampleAppError as e:
+        if os.environ.get("CI"):
+            pytest.fail(str(e))
+        pytest.skip(str(e))
 
 
 def scenario_file(tmp: Path, env: dict[str, str], *, mounted: bool = True) -> Path:

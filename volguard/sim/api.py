@@ -120,6 +120,14 @@ class SimServer:
         """Same as POST /__sim/faults, e.g. ``inject(fail_next=2, latency_ms=50)``."""
         return self.app.faults.update(faults)
 
+    def deploy(self, fly_toml: str | None = None, **options: Any) -> dict[str, Any]:
+        """Same as POST /__sim/deploy (what `flyctl deploy` calls): apply fly_toml (None:
+        the config deployed last) with DeployOptions such as ``yes=True``; raises
+        `ApiError` when the platform refuses. Does not touch a LocalFleet: call
+        ``fleet.sync(sim)`` afterwards (the flyctl stand-in does that by itself)."""
+        body = {"app": self.scenario.app, "fly_toml": fly_toml, **options}
+        return self.app.state.deploy(body)
+
     def reset(self) -> None:
         """Same as POST /__sim/reset: request log, faults and rate-limit buckets."""
         self.app.reset()

@@ -171,15 +171,25 @@ class SimApp:
         with self._log_lock:
             self._log.append(entry)
 
-    # --- control endpoints (no auth, not logged) -----------------------------------------
+    # --- control endpoints (not logged; no auth but for deploy) ------------------------------
 
     def _control(self, request: Request) -> Response:
         name = request.path.removeprefix(CONTROL_PREFIX).strip("/")
-        allowed = {"requests": "GET", "state": "GET", "faults": "GET POST", "reset": "POST"}
+        allowed = {
+            "requests": "GET",
+            "state": "GET",
+            "faults": "GET POST",
+            "reset": "POST",
+            "deploy": "POST",
+        }
         if name not in allowed:
             return Response.error(ApiError(404, "not found"))
         if request.method not in allowed[name].split():
             return Response.error(ApiError(405, f"method {request.method} not allowed"))
+        if name == "deploy":  # it changes the app: the app's token, as for the real API
+            reason = auth.refusal(request.authorization, self.scenario.tokens)
+            if reason:
+                return Response.error(ApiError(401, "unauthorized"), {"x-sim-reason": reason})
         try:
             return Response.json(200, self._control_answer(name, request))
         except (ApiError, FaultError) as e:
@@ -194,6 +204,8 @@ class SimApp:
         if name == "reset":
             self.reset()
             return {"ok": True}
+        if name == "deploy":
+            return self.state.deploy(request.json())
         if request.method == "GET":
             return self.faults.snapshot()
         body = request.json() or {}

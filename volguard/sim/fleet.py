@@ -11,6 +11,12 @@ host, and tears it down again::
         env = {**os.environ, "PATH": f"{fleet.flyctl_dir}:{os.environ['PATH']}"}
         fleet.exec(machine_id, ["ls", "/data/media"])
 
+Deploys: with FLY_FLAPS_BASE_URL and FLY_API_TOKEN of a running SimServer in the
+environment, ``flyctl deploy -c fly.toml -y`` (the stand-in) deploys to the API
+simulator and makes the fleet follow through its control socket: restarted Machines run
+the new config on the same volume, with the volume's files kept. In-process:
+``sim.deploy(fly_toml, yes=True); fleet.sync(sim)`` (see `LocalFleet.sync`).
+
 Each Machine is described in `volguard.sim.machine`; this module does what concerns the
 host and the fleet as a whole: SSH keys, ssh_config and known_hosts (host-key checking
 stays on), addresses on loopback, the flyctl stand-in, and sharing the host safely with
@@ -35,8 +41,11 @@ import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
-from collections.abc import Sequence
+import tomllib
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import replace
 from datetime import UTC, datetime
 from pathlib import Path
 from types import TracebackType
@@ -54,7 +63,7 @@ from volguard.sim.machine import (
     sshd_config,
 )
 from volguard.sim.objects import build_machine
-from volguard.sim.scenario import Scenario, load_scenario
+from volguard.sim.scenario import MachineSpec, Scenario, load_scenario
 
 #: Host state shared by all fleets. On the root filesystem on purpose: a Machine whose
 #: volume is not mounted must see its mount path on the same device as "/" (its ephemeral
@@ -117,6 +126,21 @@ class LocalFleet:
     Use it as a context manager; it is also torn down at interpreter exit. Start it from
     a thread that outlives it: its Machines die with the thread that started them, so
     that a test process killed midway leaves nothing running.
+
+    Deploys. The fleet follows the API simulator: `sync(source)` makes the running
+    Machines what the API says — a Machine whose `instance_id` changed (a deploy updated
+    it) restarts with its new config (env, MEDIA_ROOT, mounts, process), a Machine that
+    is no longer `started` (destroyed, stopped) stops, and a new started Machine starts.
+    `flyctl deploy` (the stand-in in `flyctl_dir`) calls it by itself, through the
+    fleet's control socket (see `control_socket`), so a deploy alone is enough; tests and
+    callers that deploy in-process (`SimServer.deploy`) call ``fleet.sync(sim)``.
+
+    Volumes outlive restarts. A volume is a fresh tmpfs in each Machine's namespace, so
+    before a Machine stops for a sync its volume's files are copied out (``cp -a``, owners
+    and modes kept) to a host directory per volume id, under this run's directory; a
+    Machine that mounts that volume later gets them copied into its tmpfs at setup. The
+    ephemeral root filesystem does not survive: files written outside the volume are
+    gone after a restart, as on Fly. `close()` removes the saved volumes with the rest.
     """
 
     def __init__(
@@ -135,6 +159,15 @@ class LocalFleet:
         self._run_dir: Path | None = None
         self._started = False
         self._closed = False
+        self._lock = threading.RLock()  # sync() from a caller and from the control socket
+        self._specs: dict[str, MachineSpec] = {}  # what the API cannot show, per Machine
+        self._api: dict[str, dict[str, Any]] = {}  # each Machine as the API shows it
+        self._fly_config: dict[str, Any] = {}  # the app's current fly.toml
+        self._numbers: dict[str, int] = {}  # Machine id -> last octet of its address
+        self._slot = 0
+        self._users: dict[str, tuple[int, int]] = {}
+        self._python = ""
+        self._control: _Control | None = None
 
     # -- lifecycle ------------------------------------------------------------------------
 
@@ -164,6 +197,7 @@ class LocalFleet:
             deadline = time.monotonic() + self._start_timeout
             for proc in self._procs.values():
                 proc.wait_ready(deadline)
+            self._control = _Control(self.control_socket, self._on_request)
         except BaseException as e:  # KeyboardInterrupt too: leave nothing behind
             self.close()
             if isinstance(e, MachineError):
@@ -172,16 +206,20 @@ class LocalFleet:
         return self
 
     def close(self) -> None:
-        """Stop every Machine (their mounts go with their namespaces), then remove the
-        per-run directories, and the mountpoints this fleet created once no other fleet
-        uses them. Safe to call twice."""
+        """Stop the control socket and every Machine (their mounts go with their
+        namespaces), then remove the per-run directories (saved volumes included), and
+        the mountpoints this fleet created once no other fleet uses them. Safe to call
+        twice."""
         if self._closed or not self._started:
             return
         self._closed = True
         atexit.unregister(self.close)
         try:
-            for proc in self._procs.values():
-                proc.stop()
+            if self._control is not None:
+                self._control.close()  # waits for a sync in progress
+            with self._lock:
+                for proc in self._procs.values():
+                    proc.stop()
         finally:
             if self._run_dir is not None:
                 shutil.rmtree(self._run_dir, ignore_errors=True)
@@ -218,12 +256,21 @@ class LocalFleet:
 
     @property
     def state_file(self) -> Path:
-        """What the flyctl stand-in reads: the app and its Machines."""
+        """What the flyctl stand-in reads: the app, its Machines, the control socket."""
         return self.workdir / "state.json"
 
     @property
+    def control_socket(self) -> Path:
+        """A Unix socket (root only) on which the fleet takes one JSON line,
+        ``{"op": "sync", "state": <the /__sim/state JSON, or a deploy's answer>}``, runs
+        `sync` and answers one JSON line: ``{"ok": true, "restarted": [...],
+        "started": [...], "stopped": [...]}`` or ``{"ok": false, "error": "..."}``.
+        `flyctl deploy` uses it; its path is in state.json as `control`."""
+        return self._require(self._run_dir) / "control.sock"
+
+    @property
     def machines(self) -> list[str]:
-        """Ids of the Machines that were started, in scenario order."""
+        """Ids of the Machines running now (in the API's order)."""
         return list(self._procs)
 
     def address(self, machine_id: str) -> tuple[str, int]:
@@ -249,6 +296,63 @@ class LocalFleet:
         """Inode of the Machine's mount namespace (to prove later that it is gone)."""
         return self._require(self._proc(machine_id).mnt_ns)
 
+    def sync(self, source: Any) -> dict[str, list[str]]:
+        """Make the running Machines what the API simulator says, after a deploy.
+
+        `source`: a SimServer, a SimState, or their JSON (GET /__sim/state, or the answer
+        of POST /__sim/deploy): "machines" (each as the API shows it) and, optionally,
+        "fly_toml" (the app's config now). A started Machine whose instance_id changed
+        restarts with its new plan, keeping its volume's files; one no longer started
+        stops (its volume's files are kept for the next Machine that mounts it); a new
+        started one starts. Answers the ids restarted, started and stopped. Raises
+        FleetError if a Machine does not come up; call it from a thread that outlives the
+        fleet (the Machines it starts die with that thread).
+        """
+        data = _api_view(source)
+        with self._lock:
+            self._require(self._run_dir)
+            if data.get("app", self.scenario.app) != self.scenario.app:
+                raise FleetError(f"that state is of app {data['app']}, not {self.scenario.app}")
+            if data.get("fly_toml") is not None:
+                self._fly_config = tomllib.loads(str(data["fly_toml"]))
+            listed = [m for m in data["machines"] if m.get("state") != "destroyed"]
+            wanted = {m["id"]: m for m in listed if m.get("state") == "started"}
+            done: dict[str, list[str]] = {"restarted": [], "started": [], "stopped": []}
+            for mid in list(self._procs):
+                api = wanted.get(mid)
+                if api is not None and api.get("instance_id") == self._api[mid].get("instance_id"):
+                    continue
+                proc = self._procs.pop(mid)
+                self._save_volume(proc)
+                proc.stop()
+                done["restarted" if api is not None else "stopped"].append(mid)
+                if api is None:
+                    del self._numbers[mid]
+            fresh: list[MachineProcess] = []
+            try:
+                for mid, api in wanted.items():
+                    if mid in self._procs:
+                        continue
+                    spec = self._spec_for(api)
+                    if mid not in self._numbers:
+                        self._numbers[mid] = self._free_number()
+                        done["started"].append(mid)
+                    proc = self._build(spec, api, keep_keys=mid in done["restarted"])
+                    self._procs[mid] = proc
+                    fresh.append(proc)
+                    proc.start()
+                deadline = time.monotonic() + self._start_timeout
+                for proc in fresh:
+                    proc.wait_ready(deadline)
+            except MachineError as e:
+                raise FleetError(str(e)) from e
+            finally:
+                self._api = {m["id"]: m for m in listed}
+                order = list(self._api)
+                self._procs = dict(sorted(self._procs.items(), key=lambda i: order.index(i[0])))
+                self._write_host_files()
+            return done
+
     def _proc(self, machine_id: str) -> MachineProcess:
         try:
             return self._procs[machine_id]
@@ -273,46 +377,162 @@ class LocalFleet:
         workdir.mkdir(parents=True, exist_ok=True)
         self._workdir = workdir
         self._host = _Host()
-        names = {m.app_user for m in started} | {m.media_root_owner for m in started}
-        users = {name: _ensure_user(name) for name in sorted(names)}
-        if any(m.reachable for m in started):
-            self._host.ensure_dir("/run/sshd")  # sshd's privilege separation directory
-        slot = self._host.claim_slot(len(started))
+        self._fly_config = scenario.fly_config()
+        names = {v.id: v.name for v in scenario.volumes}
+        now = datetime.now(UTC)
+        self._specs = {m.id: m for m in scenario.machines}
+        self._api = {
+            m.id: build_machine(m, scenario, self._fly_config, names, now)
+            for m in scenario.machines
+            if m.state != "destroyed"
+        }
+        for name in sorted({m.app_user for m in started} | {m.media_root_owner for m in started}):
+            self._user(name)
+        self._slot = self._host.claim_slot(len(started))
         self._run_dir = self._host.run_dir()
         python = system_python()
         assert python is not None  # fleet_unavailable() said so
+        self._python = python
         _keygen(self.identity, "volguard-fleet-client")
         authorized = workdir / "authorized_keys"
         authorized.write_text(self.identity.with_suffix(".pub").read_text())
         for n, spec in enumerate(started, start=1):
-            files = workdir / "machines" / spec.id
+            self._numbers[spec.id] = n
+            self._procs[spec.id] = self._build(spec, self._api[spec.id])
+        self._write_host_files()
+        self._write_flyctl()
+
+    def _build(
+        self, spec: MachineSpec, api: dict[str, Any], *, keep_keys: bool = False
+    ) -> MachineProcess:
+        """One Machine, ready to start: its files, root filesystem directories, plan.
+
+        A restarted Machine (`keep_keys`) keeps its host key and logs; its root
+        filesystem starts empty again, as an ephemeral one does."""
+        files = self.workdir / "machines" / spec.id
+        if keep_keys:
+            for stale in ("ready", "app.pid", "sshd.pid"):
+                (files / stale).unlink(missing_ok=True)
+        else:
             if files.exists():
                 shutil.rmtree(files)  # a reused workdir: stale logs and markers
             files.mkdir(parents=True)
-            plan = plan_machine(
-                spec,
-                scenario,
-                address=f"127.0.{slot}.{n}",
-                files=files,
-                rootfs=self._run_dir / spec.id,
-                python=python,
-                users=users,
+        rootfs = self._require(self._run_dir) / spec.id
+        if rootfs.exists():
+            shutil.rmtree(rootfs)
+        mounts = (api.get("config") or api.get("incomplete_config") or {}).get("mounts") or []
+        volume = mounts[0].get("volume") if mounts else None
+        store = self._volume_store(volume) if volume else None
+        plan = plan_machine(
+            spec,
+            self.scenario,
+            address=f"127.0.{self._slot}.{self._numbers[spec.id]}",
+            files=files,
+            rootfs=rootfs,
+            python=self._python,
+            users={spec.app_user: self._user(spec.app_user),
+                   spec.media_root_owner: self._user(spec.media_root_owner)},
+            api=api,
+            fly_config=self._fly_config,
+            volume_store=store if store is not None and store.is_dir() else None,
+        )  # fmt: skip
+        host = self._require(self._host)
+        if plan.reachable:
+            host.ensure_dir("/run/sshd")  # sshd's privilege separation directory
+        for path in plan.host_mountpoints:
+            host.ensure_dir(path)
+        for path in plan.rootfs_dirs:
+            path.mkdir(parents=True, mode=0o755)
+        index = plan.rootfs / "app" / "index.html"  # what the web server serves
+        if index.parent.is_dir():
+            index.write_text(f"volguard simulated Machine {spec.id} ({spec.group})\n")
+        if plan.reachable:
+            key = files / "ssh_host_ed25519_key"
+            if not (keep_keys and key.exists()):
+                _keygen(key, f"{spec.id}-host")
+            authorized = self.workdir / "authorized_keys"
+            (files / "sshd_config").write_text(sshd_config(plan, authorized_keys=authorized))
+        return MachineProcess(plan)
+
+    def _spec_for(self, api: Mapping[str, Any]) -> MachineSpec:
+        """The Machine as the API now shows it, with what the API cannot show (users,
+        modes, reachable, mounted) kept from the scenario; a new Machine is healthy."""
+        config = api.get("config") or api.get("incomplete_config") or {}
+        metadata = config.get("metadata") or {}
+        group = metadata.get("fly_process_group") or metadata.get("process_group") or "app"
+        mounts = config.get("mounts") or []
+        base = self._specs.get(api["id"]) or MachineSpec(id=api["id"], region=api["region"])
+        spec = replace(
+            base,
+            group=str(group),
+            region=str(api.get("region", base.region)),
+            state=str(api.get("state", "started")),
+            host_status=str(api.get("host_status", "ok")),
+            volume=str(mounts[0]["volume"]) if mounts and mounts[0].get("volume") else None,
+            mount_path=str(mounts[0].get("path") or base.mount_path) if mounts else "/data",
+            env=None,
+            cmd=None,
+        )
+        self._specs[spec.id] = spec
+        return spec
+
+    def _user(self, name: str) -> tuple[int, int]:
+        if name not in self._users:
+            self._users[name] = _ensure_user(name)
+        return self._users[name]
+
+    def _free_number(self) -> int:
+        """The lowest free last octet of this fleet's slot whose ports are free."""
+        taken = set(self._numbers.values())
+        for n in range(1, 255):
+            address = f"127.0.{self._slot}.{n}"
+            if n not in taken and all(_port_free(address, p) for p in (SSH_PORT, APP_PORT)):
+                return n
+        raise FleetError(f"no free address left in 127.0.{self._slot}.*")
+
+    def _volume_store(self, volume_id: str) -> Path:
+        """Where a volume's files wait between two Machines (or two boots)."""
+        if not re.fullmatch(r"[A-Za-z0-9_-]+", volume_id):
+            raise FleetError(f"unexpected volume id {volume_id!r}")
+        return self._require(self._run_dir) / "volumes" / volume_id
+
+    def _save_volume(self, proc: MachineProcess) -> None:
+        """Copy a running Machine's volume out of its tmpfs (through /proc/<init>/root,
+        the namespace's own view), replacing what was saved before."""
+        plan = proc.plan
+        if not (plan.separate_fs and plan.volume and proc.init_pid):
+            return  # no volume, or "not mounted": its files are on the ephemeral rootfs
+        source = Path(f"/proc/{proc.init_pid}/root") / plan.mount_path.lstrip("/")
+        if not source.is_dir():
+            return  # the Machine died: nothing to save
+        store = self._volume_store(plan.volume)
+        saving = store.with_name(f"{store.name}.saving")
+        shutil.rmtree(saving, ignore_errors=True)
+        saving.mkdir(parents=True)
+        done = subprocess.run(
+            ["cp", "-a", f"{source}/.", f"{saving}/"], capture_output=True, text=True, check=False
+        )
+        if done.returncode != 0:
+            shutil.rmtree(saving, ignore_errors=True)
+            raise FleetError(
+                f"could not save volume {plan.volume} of Machine {plan.id}: {done.stderr.strip()}"
             )
-            for path in plan.host_mountpoints:
-                self._host.ensure_dir(path)
-            for path in plan.rootfs_dirs:
-                path.mkdir(parents=True, mode=0o755)
-            index = plan.rootfs / "app" / "index.html"  # what the web server serves
-            if index.parent.is_dir():
-                index.write_text(f"volguard simulated Machine {spec.id} ({spec.group})\n")
-            if plan.reachable:
-                _keygen(files / "ssh_host_ed25519_key", f"{spec.id}-host")
-                (files / "sshd_config").write_text(sshd_config(plan, authorized_keys=authorized))
-            self._procs[spec.id] = MachineProcess(plan)
+        shutil.rmtree(store, ignore_errors=True)
+        saving.rename(store)
+
+    def _on_request(self, request: Mapping[str, Any]) -> dict[str, Any]:
+        """One control-socket request (see `control_socket`)."""
+        if request.get("op") != "sync" or not isinstance(request.get("state"), Mapping):
+            return {"ok": False, "error": 'expected {"op": "sync", "state": {...}}'}
+        try:
+            return {"ok": True, **self.sync(request["state"])}
+        except (FleetError, KeyError, TypeError, ValueError) as e:
+            return {"ok": False, "error": str(e)}
+
+    def _write_host_files(self) -> None:
         self.known_hosts.write_text(self._known_hosts())
         self.ssh_config.write_text(self._ssh_config())
         self.state_file.write_text(json.dumps(self._state(), indent=2) + "\n")
-        self._write_flyctl()
 
     def _known_hosts(self) -> str:
         lines = []
@@ -347,32 +567,32 @@ class LocalFleet:
 
     def _state(self) -> dict[str, Any]:
         """state.json: each Machine as the API shows it, plus where its sshd is."""
-        scenario = self.scenario
-        fly_config = scenario.fly_config()
-        names = {v.id: v.name for v in scenario.volumes}
-        now = datetime.now(UTC)
         machines = []
-        for spec in scenario.machines:
-            api = build_machine(spec, scenario, fly_config, names, now)
-            proc = self._procs.get(spec.id)
+        for mid, api in self._api.items():
+            config = api.get("config") or api.get("incomplete_config") or {}
+            metadata = config.get("metadata") or {}
+            proc = self._procs.get(mid)
             machines.append(
                 {
-                    "id": spec.id,
+                    "id": mid,
                     "name": api["name"],
-                    "group": spec.group,
-                    "region": spec.region,
-                    "state": spec.state,
+                    "group": metadata.get("fly_process_group")
+                    or metadata.get("process_group")
+                    or "app",
+                    "region": api["region"],
+                    "state": api["state"],
                     "private_ip": api["private_ip"],
-                    "ssh_host": spec.id if proc else None,
+                    "ssh_host": mid if proc else None,
                     "address": proc.plan.address if proc else None,
                     "port": proc.plan.port if proc else None,
                     "api": api,
                 }
             )
         return {
-            "scenario": scenario.name,
-            "app": scenario.app,
+            "scenario": self.scenario.name,
+            "app": self.scenario.app,
             "ssh_config": str(self.ssh_config),
+            "control": str(self.control_socket),
             "machines": machines,
         }
 
@@ -395,6 +615,73 @@ class LocalFleet:
         path = self.flyctl_dir / "flyctl"
         path.write_text(script)
         path.chmod(0o755)
+
+
+def _api_view(source: Any) -> Mapping[str, Any]:
+    """The API's state from a SimServer, a SimState, or their JSON."""
+    source = getattr(source, "state", source)  # SimServer -> SimState
+    if hasattr(source, "to_json"):
+        source = source.to_json()
+    if not isinstance(source, Mapping) or not isinstance(source.get("machines"), list):
+        raise FleetError("sync needs the API state: a SimServer, a SimState or its JSON")
+    return source
+
+
+class _Control:
+    """The fleet's control socket: one JSON request, one JSON answer, per connection.
+
+    One long-lived thread accepts and serves connections one at a time, so the Machines
+    a sync starts have that thread as their parent, which lives until the fleet closes
+    (a Machine dies with the thread that started it)."""
+
+    def __init__(self, path: Path, handler: Callable[[Mapping[str, Any]], dict[str, Any]]):
+        self.path = path
+        self._handler = handler
+        self._stop = threading.Event()
+        path.unlink(missing_ok=True)
+        self._sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        self._sock.bind(str(path))
+        path.chmod(0o600)
+        self._sock.listen(8)
+        self._sock.settimeout(0.05)
+        self._thread = threading.Thread(
+            target=self._serve, name=f"volguard-fleet-control:{path.parent.name}", daemon=True
+        )
+        self._thread.start()
+
+    def _serve(self) -> None:
+        while not self._stop.is_set():
+            try:
+                conn, _ = self._sock.accept()
+            except TimeoutError:
+                continue
+            except OSError:
+                return
+            with conn:
+                self._answer(conn)
+
+    def _answer(self, conn: socket.socket) -> None:
+        conn.settimeout(30)
+        data = b""
+        with contextlib.suppress(OSError):
+            while not data.endswith(b"\n") and len(data) < 64 * 1024 * 1024:
+                chunk = conn.recv(65536)
+                if not chunk:
+                    break
+                data += chunk
+        try:
+            request = json.loads(data)
+            reply = self._handler(request if isinstance(request, dict) else {})
+        except ValueError as e:
+            reply = {"ok": False, "error": f"not a JSON request: {e}"}
+        with contextlib.suppress(OSError):
+            conn.sendall(json.dumps(reply).encode() + b"\n")
+
+    def close(self) -> None:
+        self._stop.set()
+        self._thread.join(timeout=120)
+        self._sock.close()
+        self.path.unlink(missing_ok=True)
 
 
 class _Host:

@@ -1,4 +1,5 @@
-"""A `flyctl` stand-in for the local fleet (simulator only): `ssh console`, `machines list`.
+"""A `flyctl` stand-in for the local fleet (simulator only): `ssh console`, `machines
+list` and `deploy`.
 
 volguard's `fly` transport is only as right as what it is tested against, so the
 stand-in copies flyctl's documented behaviour, traps included (fly-facts §0.5, §4.1):
@@ -15,6 +16,19 @@ stand-in copies flyctl's documented behaviour, traps included (fly-facts §0.5, 
 It reaches the Machines over real OpenSSH with the fleet's ssh_config (host-key checking
 on). The fleet writes a `flyctl` script that runs
 ``python -m volguard.sim.flyctl --fleet <state.json> ARGS…``.
+
+`flyctl deploy [WORKING_DIRECTORY] [-c fly.toml] [-a APP] [-y] [--strategy S] [--image I]
+[--detach] [--remote-only|--local-only] …` reads fly.toml like flyctl (-c, else
+./fly.toml; a file that is not there is no config, and then the app's deployed config is
+used; a TOML error is `Error: failed loading app config from …`), validates it, and
+sends it to the API simulator — FLY_FLAPS_BASE_URL, with FLY_API_TOKEN — at the
+simulator-only POST /__sim/deploy (see volguard.sim.deploy for what that does), printing
+flyctl's progress lines on stdout. Then it asks the local fleet (state.json's `control`
+socket) to follow, and waits for it (not with --detach), so the simulated Machines run
+the new config before it prints `✔ Machine <id> [<group>] update succeeded`. Without
+--fleet it only deploys to the API. VOLGUARD_SIM_DEPLOY_FAIL=1 makes the release
+command fail (`Error: release command failed - aborting deployment. …`, exit 1) and
+nothing changes. No build happens: the image is only a new tag (or --image).
 """
 
 from __future__ import annotations
@@ -22,20 +36,36 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import shlex
+import socket
 import subprocess
 import sys
 import tempfile
 import tomllib
+import urllib.error
+import urllib.request
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, NoReturn
 
+from volguard.sim import ids
+from volguard.sim.auth import authorization_header
+from volguard.sim.deploy import REQUIRE_APP_NAME, release_command, validate_config
 from volguard.sim.objects import FLYCTL_VERSION
 from volguard.sim.scenario import CONSOLE_GROUP, RELEASE_GROUP
 
 DEFAULT_USER = "root"  # DefaultSshUsername, FLYCTL internal/command/ssh/connect.go
 SHELL = "/bin/sh"  # hallpass's shell when no command is given: not a login shell
+FAIL_ENV = "VOLGUARD_SIM_DEPLOY_FAIL"  # set (not 0/false/empty): the release command fails
+API_TIMEOUT = 60.0
+FOLLOW_TIMEOUT = 300.0  # the fleet restarts the Machines a deploy changed
+#: deploy's boolean flags, which cobra also takes as --flag=true|false.
+DEPLOY_BOOLS = (
+    "--yes", "--detach", "--remote-only", "--local-only", "--now", "--ha", "--update-only",
+    "--build-only", "--push", "--no-cache", "--nixpacks", "--smoke-checks", "--dns-checks",
+    "--no-public-ips",
+)  # fmt: skip
 
 
 class FlyctlError(Exception):
@@ -43,32 +73,103 @@ class FlyctlError(Exception):
 
 
 class _Parser(argparse.ArgumentParser):
-    """argparse that reports like cobra (`Error: …`, exit 1) instead of exiting 2."""
+    """argparse that reports like cobra (`Error: …`, exit 1) instead of exiting 2, and
+    takes no abbreviated long flags (cobra does not)."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        kwargs.setdefault("allow_abbrev", False)
+        super().__init__(*args, **kwargs)
 
     def error(self, message: str) -> NoReturn:
         if "invalid choice" in message:
             word = message.split("invalid choice: ", 1)[1].split(" ", 1)[0].strip("'")
             raise FlyctlError(f'unknown command "{word}" for "{self.prog}"')
+        needs = re.fullmatch(r"argument (\S+): expected one argument", message)
+        if needs:
+            raise FlyctlError(f"flag needs an argument: {_long_name(needs[1])}")
+        invalid = re.fullmatch(r"argument (\S+): invalid (\w+) value: '(.*)'", message)
+        if invalid:
+            flag, kind, value = _long_name(invalid[1]), invalid[2], invalid[3]
+            parse = {"float": "ParseFloat", "int": "ParseInt"}.get(kind, "Parse")
+            raise FlyctlError(
+                f'invalid argument "{value}" for "{flag}" flag: strconv.{parse}: parsing '
+                f'"{value}": invalid syntax'
+            )
         raise FlyctlError(message)
+
+
+def _long_name(names: str) -> str:
+    """ "-c/--config" -> "--config"."""
+    parts = names.split("/")
+    return next((p for p in parts if p.startswith("--")), parts[0])
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     try:
-        args = _parser().parse_args(argv)
+        argv, bools = _bool_values(list(sys.argv[1:] if argv is None else argv))
+        args, extra = _parser().parse_known_args(argv)
+        if extra:
+            raise FlyctlError(_unknown(extra, args))
         if args.command is None:
-            raise FlyctlError('unknown command: try "flyctl ssh console" or "flyctl machines list"')
-        state = json.loads(Path(args.fleet).read_text(encoding="utf-8"))
+            raise FlyctlError(
+                'unknown command: try "flyctl ssh console", "flyctl machines list" or '
+                '"flyctl deploy"'
+            )
+        if bools and args.command != "deploy":
+            raise FlyctlError(f"unknown flag: --{next(iter(bools)).replace('_', '-')}")
+        for dest, value in bools.items():
+            setattr(args, dest, value)
+        if not args.fleet and args.command != "deploy":
+            raise FlyctlError("the following arguments are required: --fleet")
+        state = json.loads(Path(args.fleet).read_text(encoding="utf-8")) if args.fleet else None
         return args.run(args, state)
     except FlyctlError as e:
+        sys.stdout.flush()
         print(f"Error: {e}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:  # flyctl: a cancelled context exits 127
         return 127
 
 
+def _bool_values(argv: list[str]) -> tuple[list[str], dict[str, bool]]:
+    """Take out cobra's `--flag=true|false` forms of deploy's boolean flags (argparse
+    has no such form); answer the rest of argv and {dest: value}."""
+    rest: list[str] = []
+    values: dict[str, bool] = {}
+    for i, arg in enumerate(argv):
+        if arg == "--":
+            rest += argv[i:]
+            break
+        flag, eq, value = arg.partition("=")
+        if eq and flag in DEPLOY_BOOLS:
+            truth = {"1": True, "t": True, "true": True, "0": False, "f": False, "false": False}
+            if value.lower() not in truth or value not in (value.lower(), value.upper(),
+                                                           value.capitalize()):  # fmt: skip
+                raise FlyctlError(
+                    f'invalid argument "{value}" for "{flag}" flag: strconv.ParseBool: '
+                    f'parsing "{value}": invalid syntax'
+                )
+            values[flag.removeprefix("--").replace("-", "_")] = truth[value.lower()]
+        else:
+            rest.append(arg)
+    return rest, values
+
+
+def _unknown(extra: list[str], args: argparse.Namespace) -> str:
+    """cobra's words for what argparse did not recognise."""
+    first = extra[0]
+    if first.startswith("--"):
+        return f"unknown flag: {first.split('=', 1)[0]}"
+    if first.startswith("-") and len(first) > 1:
+        return f"unknown shorthand flag: '{first[1]}' in {first}"
+    if args.command == "deploy":
+        return f"accepts at most 1 arg(s), received {len(extra) + 1}"
+    return f'unknown command {json.dumps(first)} for "flyctl"'
+
+
 def _parser() -> _Parser:
     parser = _Parser(prog="flyctl", description="flyctl stand-in of a volguard local fleet")
-    parser.add_argument("--fleet", required=True, help="the fleet's state.json")
+    parser.add_argument("--fleet", default="", help="the fleet's state.json")
     commands = parser.add_subparsers(dest="command", parser_class=_Parser)
 
     ssh = commands.add_parser("ssh", help="ssh console")
@@ -100,6 +201,38 @@ def _parser() -> _Parser:
 
     version = commands.add_parser("version")
     version.set_defaults(run=show_version)
+
+    deploy = commands.add_parser("deploy", help="deploy fly.toml to the API simulator")
+    deploy.add_argument("working_directory", nargs="?", default="")
+    deploy.add_argument("-a", "--app", default="")
+    deploy.add_argument("-c", "--config", default="", help="path to fly.toml")
+    deploy.add_argument("-t", "--access-token", default="")
+    deploy.add_argument("-y", "--yes", action="store_true", help="accept all confirmations")
+    deploy.add_argument("--detach", action="store_true", help="do not wait for the Machines")
+    deploy.add_argument("--strategy", default="", help="canary, rolling, bluegreen, immediate")
+    deploy.add_argument("-i", "--image", default="", help="deploy this image (no build)")
+    deploy.add_argument("-e", "--env", action="append", default=[], help="NAME=VALUE")
+    deploy.add_argument("-r", "--region", default="", help="the primary region")
+    deploy.add_argument("--ha", action="store_true", default=True)
+    deploy.add_argument("--update-only", action="store_true")
+    deploy.add_argument("--build-only", action="store_true")
+    for flag in ("--remote-only", "--local-only", "--now", "--push", "--no-cache",
+                 "--nixpacks", "--no-public-ips"):  # fmt: skip
+        deploy.add_argument(flag, action="store_true", help="accepted; nothing is built")
+    for flag in ("--smoke-checks", "--dns-checks"):
+        deploy.add_argument(flag, action="store_true", default=True)
+    for flag in ("--dockerfile", "--build-target", "--image-label", "--ignorefile",
+                 "--wait-timeout", "--lease-timeout", "--release-command-timeout",
+                 "--vm-size", "--vm-cpu-kind", "--vm-memory", "--host-dedication-id"):  # fmt: skip
+        deploy.add_argument(flag, default="", help="accepted and ignored")
+    for flag in ("--build-arg", "--build-secret", "--label", "--file-local",
+                 "--file-literal", "--file-secret"):  # fmt: skip
+        deploy.add_argument(flag, action="append", default=[], help="accepted and ignored")
+    deploy.add_argument("--max-unavailable", type=float, default=0.33)
+    deploy.add_argument("--max-concurrent", type=int, default=16)
+    deploy.add_argument("--vm-cpus", type=int, default=0)
+    deploy.add_argument("--volume-initial-size", type=int, default=0)
+    deploy.set_defaults(run=deploy_app)
     return parser
 
 
@@ -250,6 +383,266 @@ def machines_list(args: argparse.Namespace, state: Mapping[str, Any]) -> int:
         for m, entry in zip(machines, state["machines"], strict=True):
             print(f"{m['id']:<16}{m['name']:<24}{m['state']:<10}{m['region']:<8}{entry['group']}")
     return 0
+
+
+# --- deploy ----------------------------------------------------------------------------
+
+
+def deploy_app(args: argparse.Namespace, state: Mapping[str, Any] | None) -> int:
+    """`fly deploy`, against the API simulator; the local fleet follows (see the module
+    docstring). Progress on stdout, warnings on stderr, like flyctl."""
+    if args.working_directory:
+        try:
+            os.chdir(args.working_directory)
+        except OSError as e:
+            raise FlyctlError(
+                f"failed changing working directory: chdir {args.working_directory}: "
+                f"{(e.strerror or str(e)).lower()}"
+            ) from e
+    path, config, text = _load_app_config(args.config)
+    app = args.app or os.environ.get("FLY_APP", "") or str((config or {}).get("app") or "")
+    if not app:
+        raise FlyctlError(REQUIRE_APP_NAME)
+    token = (
+        args.access_token
+        or os.environ.get("FLY_ACCESS_TOKEN", "")
+        or os.environ.get("FLY_API_TOKEN", "")
+    ).strip()
+    if not token:
+        raise FlyctlError("No access token available. Please login with 'flyctl auth login'")
+    base = os.environ.get("FLY_FLAPS_BASE_URL", "").rstrip("/")
+    if not base:
+        raise FlyctlError(
+            "FLY_FLAPS_BASE_URL is not set: this flyctl stand-in deploys only to the "
+            "volguard API simulator (python -m volguard.sim)"
+        )
+    env = _env_flags(args.env)
+    _out("==> Verifying app config")
+    if config is not None:
+        _out(f"Validating {path}")
+        problems = validate_config(config, args.strategy)
+        if problems:
+            _out("✘ Configuration is invalid")
+            for problem in problems:
+                print(f"  {problem}", file=sys.stderr)
+            raise FlyctlError("invalid app configuration")
+        _out("✓ Configuration is valid")
+    _out("--> Verified app config")
+    image = args.image or (
+        f"registry.fly.io/{app}:deployment-{ids.random_string(26, ids.CROCKFORD)}"
+    )
+    _out("==> Building image")
+    if args.image:
+        _out(f"Searching for image '{image}' remotely...")
+        _out(f"image found: img_{ids.derive(image, 16, ids.LOWER_ALNUM)}")
+    else:  # the simulator builds nothing: the "image" is a new tag
+        _out(f"--> Building image done (simulated: nothing was built)\nimage: {image}")
+    if args.build_only:
+        return 0
+    _out(f"\nWatch your deployment at https://fly.io/apps/{app}/monitoring\n")
+    command = release_command(config or {})
+    if command:
+        _out(f"Running {app} release_command: {command}")
+    body = {
+        "app": app,
+        "fly_toml": text,
+        "strategy": args.strategy,
+        "image": image,
+        "yes": args.yes,
+        "ha": args.ha,
+        "update_only": args.update_only,
+        "env": env,
+        "primary_region": args.region,
+        "fail_release_command": os.environ.get(FAIL_ENV, "").strip().lower()
+        not in ("", "0", "false", "no"),
+    }
+    result = _post_deploy(base, token, body, yes=args.yes)
+    if command:
+        _out(f"✔ release_command {ids.random_string(14, ids.HEX)} completed successfully")
+    _print_plan(result)
+    _follow(state, result, detach=args.detach)
+    for warning in result["warnings"]:
+        print(f"WARN {warning}", file=sys.stderr)
+    _print_outcome(result, waited=not args.detach)
+    _out(f"\nVisit your newly deployed app at https://{app}.fly.dev/")
+    return 0
+
+
+def _out(line: str) -> None:
+    print(line, flush=True)
+
+
+def _load_app_config(flag: str) -> tuple[str | None, dict[str, Any] | None, str | None]:
+    """(path, parsed, text) of the app config, as LoadAppConfigIfPresent finds it: -c
+    PATH (or PATH/fly.toml), else ./fly.toml; a missing file is no config, any other
+    problem an error."""
+    candidates = [Path(flag), Path(flag) / "fly.toml"] if flag else [Path.cwd() / "fly.toml"]
+    for candidate in candidates:
+        try:
+            raw = candidate.read_text(encoding="utf-8")
+        except (FileNotFoundError, NotADirectoryError, IsADirectoryError):
+            continue
+        except (OSError, UnicodeDecodeError) as e:
+            raise FlyctlError(f"failed loading app config from {candidate}: {e}") from e
+        text = raw.removeprefix("\ufeff")  # flyctl takes a byte-order mark
+        try:
+            return str(candidate.absolute()), tomllib.loads(text), text
+        except tomllib.TOMLDecodeError as e:
+            raise FlyctlError(f"failed loading app config from {candidate}: toml: {e}") from e
+    return None, None, None
+
+
+def _env_flags(values: list[str]) -> dict[str, str]:
+    env = {}
+    for value in values:
+        name, eq, setting = value.partition("=")
+        if not eq or not name:
+            raise FlyctlError(
+                f"failed parsing environment: '{value}' should be of the format NAME=VALUE"
+            )
+        env[name] = setting
+    return env
+
+
+def _post_deploy(base: str, token: str, body: dict[str, Any], *, yes: bool) -> dict[str, Any]:
+    """POST /__sim/deploy; a needed confirmation is asked for (a TTY) or refused."""
+    status, answer = _api(base, token, "/__sim/deploy", body)
+    if status == 409 and answer.get("status") == "confirmation_required" and not yes:
+        for mid, group in answer.get("machines") or []:
+            print(
+                f"Warning! machine {mid} [{group}] has a volume mounted but app config "
+                "does not specify a volume.\nThis usually indicates a misconfiguration.",
+                file=sys.stderr,
+            )
+        if not sys.stdin.isatty():
+            raise FlyctlError("yes flag must be specified when not running interactively")
+        print("? Continue with the deployment? (y/N) ", end="", file=sys.stderr, flush=True)
+        if sys.stdin.readline().strip().lower() not in ("y", "yes"):
+            raise FlyctlError(f"deployment cancelled: {answer.get('error', '')}")
+        status, answer = _api(base, token, "/__sim/deploy", body | {"yes": True})
+    if status == 200:
+        return answer
+    message = str(answer.get("error") or f"HTTP {status}")
+    if status == 401:
+        raise FlyctlError("You must be authenticated to view this.")
+    if status == 404 and message == "app not found":
+        raise FlyctlError(f'failed to get app: Could not find App "{body["app"]}"')
+    for problem in answer.get("problems") or []:
+        print(f"  {problem}", file=sys.stderr)
+    raise FlyctlError(message)
+
+
+def _api(base: str, token: str, path: str, body: Mapping[str, Any]) -> tuple[int, dict[str, Any]]:
+    request = urllib.request.Request(  # noqa: S310 - the simulator's URL, http on purpose
+        base + path,
+        data=json.dumps(body).encode(),
+        method="POST",
+        headers={
+            "Authorization": authorization_header(token),
+            "Content-Type": "application/json",
+            "User-Agent": f"fly-cli/{FLYCTL_VERSION} (volguard stand-in)",
+        },
+    )
+    try:
+        with urllib.request.urlopen(request, timeout=API_TIMEOUT) as response:  # noqa: S310
+            status, raw = response.status, response.read()
+    except urllib.error.HTTPError as e:
+        status, raw = e.code, e.read()
+    except (urllib.error.URLError, OSError) as e:
+        reason = getattr(e, "reason", e)
+        raise FlyctlError(f"failed to reach the Machines API at {base}: {reason}") from e
+    try:
+        answer = json.loads(raw or b"{}")
+    except ValueError:
+        answer = {"error": raw[:200].decode(errors="replace")}
+    return status, answer if isinstance(answer, dict) else {"error": str(answer)}
+
+
+def _print_plan(result: Mapping[str, Any]) -> None:
+    """warnAboutProcessGroupChanges, then what a deploy launches (flyctl's words)."""
+    changes = result.get("process_groups_changed") or {}
+    destroy, create = changes.get("destroy") or {}, changes.get("create") or {}
+    if destroy or create:
+        _out("This deployment will:" if result.get("first_deploy") else
+             "Process groups have changed. This will:")  # fmt: skip
+        for group, count in destroy.items():
+            _out(f' * destroy {count} "{group}" machine{"" if count == 1 else "s"}')
+        for group, count in create.items():
+            what = f'1 "{group}" machine' if count == 1 else f'2 "{group}" machines'
+            _out(f" * create {what}")
+        _out("")
+    for volume in result.get("volumes_created") or []:
+        _out(
+            f"Creating a {volume['size_gb']} GB volume named '{volume['name']}' for process "
+            f"group '{volume['group']}'. Use 'fly vol extend' to increase its size"
+        )
+    launched = set()
+    for machine in result.get("created") or []:
+        if machine["group"] not in launched:
+            launched.add(machine["group"])
+            _out(f"No machines in group {machine['group']}, launching a new machine")
+        elif machine.get("standby_for"):
+            _out(f"Creating a standby machine for {machine['standby_for']}")
+        else:
+            _out("Creating a second machine to increase service availability")
+        _out(f"  Machine {machine['id']} [{machine['group']}] was created")
+    if launched:
+        print("Finished launching new machines", file=sys.stderr, flush=True)
+
+
+def _follow(state: Mapping[str, Any] | None, result: Mapping[str, Any], *, detach: bool) -> bool:
+    """Ask the local fleet (if any) to run what the API now says, and wait until it has
+    (not with --detach); True if it was waited for."""
+    control = (state or {}).get("control")
+    if not control:
+        return False
+    request = {
+        "op": "sync",
+        "state": {k: result[k] for k in ("app", "machines", "fly_toml")},
+    }
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+        sock.settimeout(FOLLOW_TIMEOUT)
+        try:
+            sock.connect(str(control))
+            sock.sendall(json.dumps(request).encode() + b"\n")
+            if detach:
+                return False
+            reply = b""
+            while not reply.endswith(b"\n"):
+                chunk = sock.recv(65536)
+                if not chunk:
+                    break
+                reply += chunk
+        except OSError as e:
+            raise FlyctlError(f"the local fleet did not follow the deploy ({control}): {e}") from e
+    try:
+        answer = json.loads(reply)
+    except ValueError as e:
+        raise FlyctlError(f"the local fleet gave no answer ({control})") from e
+    if not answer.get("ok"):
+        raise FlyctlError(f"timeout reached waiting for machines to update: {answer.get('error')}")
+    return True
+
+
+def _print_outcome(result: Mapping[str, Any], *, waited: bool) -> None:
+    """The new Machines, then the rolling update, once the Machines run (not --detach)."""
+    for machine in result.get("created") or []:
+        if waited and machine["state"] == "started":
+            _out(f"✔ Machine {machine['id']} [{machine['group']}] update succeeded")
+    replaced, updated = result.get("replaced") or [], result.get("updated") or []
+    if not (replaced or updated):
+        return
+    strategy = result.get("strategy", "rolling")
+    _out(f"Updating existing machines in '{result['app']}' with {strategy} strategy")
+    for machine in replaced:
+        _out(f"  Replacing {machine['old']} [{machine['group']}] by new machine")
+        _out(f"  Created machine {machine['new']} [{machine['group']}]")
+        if waited:
+            _out(f"✔ Machine {machine['new']} [{machine['group']}] update succeeded")
+    for machine in updated:
+        if waited:
+            _out(f"✔ Machine {machine['id']} [{machine['group']}] update succeeded")
+    print("  Finished deploying", file=sys.stderr, flush=True)
 
 
 if __name__ == "__main__":

@@ -101,6 +101,9 @@ class MachinePlan:
     rootfs: Path  # this Machine's directories on the host's root filesystem
     python: str
     port: int = SSH_PORT
+    #: The volume's saved files (host side), copied into its fresh tmpfs at setup: what
+    #: makes a volume outlive a restart (see volguard.sim.fleet). None: an empty volume.
+    volume_store: Path | None = None
 
     @property
     def host_mountpoints(self) -> list[str]:
@@ -140,17 +143,27 @@ def plan_machine(
     rootfs: Path,
     python: str,
     users: Mapping[str, tuple[int, int]],
+    api: Mapping[str, Any] | None = None,
+    fly_config: Mapping[str, Any] | None = None,
+    volume_store: Path | None = None,
 ) -> MachinePlan:
     """Decide one started Machine: its mounts, MEDIA_ROOT, user and environment.
 
-    The environment is the Machine's `config.env` exactly as the API simulator serves it
-    (`build_machine`), so both simulators tell the same story, plus what Fly's init adds.
-    `users` maps a user name to (uid, gid) for the app user and MEDIA_ROOT's owner.
+    The environment, the volume and its mount path are the Machine's `config` exactly as
+    the API simulator serves it — `api`, the Machine's JSON (after a deploy), or else
+    `build_machine` of the scenario's spec — so both simulators tell the same story,
+    plus what Fly's init adds. `fly_config` is the app's current fly.toml (default: the
+    scenario's). What the API cannot show (reachable, mounted, users, modes) comes from
+    `spec`. `users` maps a user name to (uid, gid) for the app user and MEDIA_ROOT's
+    owner. `volume_store`: the volume's saved files, restored into it at setup.
     """
-    fly_config = scenario.fly_config()
-    names = {v.id: v.name for v in scenario.volumes}
-    api = build_machine(spec, scenario, fly_config, names, datetime.now(UTC))
+    fly_config = scenario.fly_config() if fly_config is None else fly_config
+    if api is None:
+        names = {v.id: v.name for v in scenario.volumes}
+        api = build_machine(spec, scenario, fly_config, names, datetime.now(UTC))
     config = api.get("config") or api.get("incomplete_config") or {}
+    attached = config.get("mounts") or []
+    volume = str(attached[0]["volume"]) if attached and attached[0].get("volume") else None
     env = {str(k): str(v) for k, v in (config.get("env") or {}).items()}
     env |= {
         "FLY_APP_NAME": scenario.app,
@@ -160,15 +173,15 @@ def plan_machine(
     }
     # A volume is where the Machine config mounts it; without one, the path fly.toml
     # would have mounted it at is a plain directory of the ephemeral root filesystem.
-    if spec.volume:
-        mount_path = spec.mount_path
+    if volume:
+        mount_path = str(attached[0].get("path") or DEFAULT_MOUNT)
     else:
         mount_path = mount_destination(fly_config, spec.group) or DEFAULT_MOUNT
     media_root = env.get("MEDIA_ROOT") or None
     if media_root is not None and not media_root.startswith("/"):
         media_root = str(PurePosixPath(APP_DIR) / media_root)  # relative to the app's cwd
-    separate = bool(spec.volume) and spec.mounted
-    mounts = _mounts(spec, mount_path, separate, media_root, rootfs)
+    separate = bool(volume) and spec.mounted
+    mounts = _mounts(spec.id, volume, mount_path, separate, media_root, rootfs)
     app_uid, app_gid = users[spec.app_user]
     media_uid, media_gid = users[spec.media_root_owner]
     return MachinePlan(
@@ -178,7 +191,7 @@ def plan_machine(
         region=spec.region,
         address=address,
         reachable=spec.reachable,
-        volume=spec.volume,
+        volume=volume,
         mount_path=_normal(mount_path),
         separate_fs=separate,
         read_only=spec.mount_options == "ro",
@@ -194,6 +207,7 @@ def plan_machine(
         files=files,
         rootfs=rootfs,
         python=python,
+        volume_store=volume_store if separate else None,
     )
 
 
@@ -202,14 +216,19 @@ def _normal(path: str) -> str:
 
 
 def _mounts(
-    spec: MachineSpec, mount_path: str, separate: bool, media_root: str | None, rootfs: Path
+    machine_id: str,
+    volume: str | None,
+    mount_path: str,
+    separate: bool,
+    media_root: str | None,
+    rootfs: Path,
 ) -> tuple[Mount, ...]:
     """The mounts, parents first; a target inside an earlier one is made in the namespace,
     any other needs a directory on the host (the fleet creates it and removes it)."""
     wanted: list[Mount] = []
     mount_path = _normal(mount_path)
     if separate:
-        wanted.append(Mount(mount_path, None, name=spec.volume or "tmpfs"))
+        wanted.append(Mount(mount_path, None, name=volume or "tmpfs"))
     else:
         wanted.append(Mount(mount_path, rootfs / "volume"))
     if mount_path != APP_DIR:
@@ -218,7 +237,7 @@ def _mounts(
         wanted.append(Mount(_normal(media_root), rootfs / "media"))
     for m in wanted:
         if m.target in SYSTEM_PATHS:
-            raise MachineError(f"machine {spec.id}: refusing to mount over {m.target}")
+            raise MachineError(f"machine {machine_id}: refusing to mount over {m.target}")
     wanted.sort(key=lambda m: len(PurePosixPath(m.target).parts))
     placed: list[Mount] = []
     for m in wanted:
@@ -260,6 +279,8 @@ def setup_script(plan: MachinePlan) -> str:
         if m.source is None:
             options = f"size={TMPFS_SIZE},mode=0755"
             lines.append(f"mount -t tmpfs -o {options} {q(m.name)} {q(m.target)}")
+            if plan.volume_store is not None:  # the volume's files, saved at the last stop
+                lines.append(f"cp -a {q(str(plan.volume_store))}/. {q(m.target)}/")
         else:
             lines.append(f"mount --bind {q(str(m.source))} {q(m.target)}")
     if plan.media_root:

@@ -10,11 +10,13 @@ from __future__ import annotations
 import copy
 import threading
 import time
+import tomllib
 from collections.abc import Callable, Mapping
 from datetime import UTC, datetime
 from typing import Any
 
 from volguard.sim import ids
+from volguard.sim.deploy import FIRST_RELEASE_VERSION, DeployError, Deployment, DeployOptions
 from volguard.sim.objects import Snapshot, Volume, backup_json, build_machine, machine_metadata
 from volguard.sim.scenario import Scenario
 
@@ -28,14 +30,22 @@ REGION_ERROR = (
 class ApiError(Exception):
     """An API refusal: HTTP status, the `error` message and, optionally, Fly's `status`."""
 
-    def __init__(self, status: int, message: str, code: str | None = None) -> None:
+    def __init__(
+        self,
+        status: int,
+        message: str,
+        code: str | None = None,
+        extra: Mapping[str, Any] | None = None,
+    ) -> None:
         super().__init__(message)
         self.status = status
         self.message = message
         self.code = code
+        self.extra = dict(extra or {})  # more fields (simulator-only endpoints)
 
-    def body(self) -> dict[str, str]:
-        return {"error": self.message} | ({"status": self.code} if self.code else {})
+    def body(self) -> dict[str, Any]:
+        code = {"status": self.code} if self.code else {}
+        return {"error": self.message} | code | self.extra
 
 
 class SimState:
@@ -59,6 +69,8 @@ class SimState:
             m.id: build_machine(m, scenario, fly_config, names, now) for m in scenario.machines
         }
         self._snapshots: dict[str, list[Snapshot]] = {v: [] for v in self._volumes}
+        self._fly_toml = scenario.fly_toml  # the app's config: what the last deploy applied
+        self._release_version = FIRST_RELEASE_VERSION
         for spec in sorted(scenario.snapshots, key=lambda s: s.created_at):
             self._snapshots[spec.volume].append(
                 Snapshot.from_spec(spec, self._volumes[spec.volume])
@@ -120,21 +132,14 @@ class SimState:
             for key in ("snapshot_id", "source_volume_id"):
                 if request[key] and not self._source_exists(key, request[key]):
                     raise ApiError(404, f"{key.removesuffix('_id')} not found")
-            volume = Volume(
-                id=ids.volume_id(),
+            volume = self._make_volume(
                 name=request["name"],
                 region=request["region"],
-                zone=self._free_zone(request["region"]),
                 size_gb=request["size_gb"],
-                state="created",
-                host_status="ok",
                 encrypted=request["encrypted"],
                 snapshot_retention=request["snapshot_retention"],
                 auto_backup_enabled=request["auto_backup_enabled"],
                 fstype=request["fstype"],
-                used_percent=0.0,
-                ever_attached=False,
-                created_at=datetime.now(UTC),
             )
             self._volumes[volume.id] = volume
             self._snapshots[volume.id] = []
@@ -160,6 +165,76 @@ class SimState:
             )
             return backup_json(self.scenario.app, volume, snapshot)
 
+    def deploy(self, body: Any) -> dict[str, Any]:
+        """`fly deploy` (simulator only: POST /__sim/deploy), see `volguard.sim.deploy`.
+
+        body: {"app", "fly_toml" (text; null: the config deployed last), and the
+        DeployOptions keys}. Answers what changed, plus every Machine as GET /machines
+        would show it with include_deleted, and the fly_toml now deployed. A refusal is
+        an ApiError and changes nothing.
+        """
+        if not isinstance(body, dict):
+            raise ApiError(400, "invalid request body: expected a JSON object")
+        try:
+            options = DeployOptions.from_json(body)
+        except DeployError as e:
+            raise ApiError(e.status, e.message, e.code or None, e.extra) from e
+        self.check_app(str(body.get("app") or self.scenario.app))
+        with self._lock:
+            fly_toml = body.get("fly_toml")
+            fly_toml = self._fly_toml if fly_toml is None else str(fly_toml)
+            try:
+                config = tomllib.loads(fly_toml)
+            except tomllib.TOMLDecodeError as e:
+                raise ApiError(400, f"failed loading app config: {e}") from e
+            machines = copy.deepcopy(self._machines)
+            volumes = copy.deepcopy(self._volumes)
+            created: list[Volume] = []
+
+            def new_volume(name: str, region: str, size: int, mount: Mapping[str, Any]) -> Volume:
+                retention = mount.get("snapshot_retention")
+                backups = mount.get("scheduled_snapshots")
+                volume = self._make_volume(
+                    name=name,
+                    region=region,
+                    size_gb=size,
+                    snapshot_retention=retention if isinstance(retention, int) else 5,
+                    auto_backup_enabled=backups if isinstance(backups, bool) else True,
+                )
+                volumes[volume.id] = volume
+                created.append(volume)
+                return volume
+
+            deployment = Deployment(
+                app=self.scenario.app,
+                fallback_region=self.scenario.primary_region,
+                machines=machines,
+                volumes=volumes,
+                new_volume=new_volume,
+                config=config,
+                options=options,
+                release_version=self._release_version,
+            )
+            try:
+                result = deployment.run()
+            except DeployError as e:  # the copies are dropped: nothing changed
+                raise ApiError(e.status, e.message, e.code or None, e.extra) from e
+            self._machines = machines
+            self._volumes = volumes
+            for volume in created:
+                self._snapshots[volume.id] = []
+            self._fly_toml = fly_toml
+            self._release_version = deployment.release_version
+            summary = {k: copy.deepcopy(result[k]) for k in ("destroyed", "created", "replaced")}
+            summary["updated"] = [m["id"] for m in result["updated"]]
+            self.actions.append(
+                {"action": "deploy", "release_version": deployment.release_version, **summary}
+            )
+            return result | {
+                "machines": copy.deepcopy(list(self._machines.values())),
+                "fly_toml": fly_toml,
+            }
+
     def to_json(self) -> dict[str, Any]:
         """Everything, pending snapshots and destroyed Machines included (for /__sim/state)."""
         with self._lock:
@@ -167,6 +242,8 @@ class SimState:
             return {
                 "app": self.scenario.app,
                 "primary_region": self.scenario.primary_region,
+                "fly_toml": self._fly_toml,
+                "release_version": self._release_version,
                 "machines": copy.deepcopy(list(self._machines.values())),
                 "volumes": [v.to_json() for v in self._volumes.values()],
                 "snapshots": {
@@ -182,6 +259,35 @@ class SimState:
         if volume_id not in self._volumes:
             raise ApiError(404, "volume not found")
         return self._volumes[volume_id]
+
+    def _make_volume(
+        self,
+        *,
+        name: str,
+        region: str,
+        size_gb: int,
+        snapshot_retention: int,
+        auto_backup_enabled: bool,
+        encrypted: bool = True,
+        fstype: str = "ext4",
+    ) -> Volume:
+        """A new, empty, never-attached volume (not yet added to the app)."""
+        return Volume(
+            id=ids.volume_id(),
+            name=name,
+            region=region,
+            zone=self._free_zone(region),
+            size_gb=size_gb,
+            state="created",
+            host_status="ok",
+            encrypted=encrypted,
+            snapshot_retention=snapshot_retention,
+            auto_backup_enabled=auto_backup_enabled,
+            fstype=fstype,
+            used_percent=0.0,
+            ever_attached=False,
+            created_at=datetime.now(UTC),
+        )
 
     def _source_exists(self, key: str, value: str) -> bool:
         if key == "source_volume_id":
