@@ -165,6 +165,7 @@ def plan_machine(
     attached = config.get("mounts") or []
     volume = str(attached[0]["volume"]) if attached and attached[0].get("volume") else None
     env = {str(k): str(v) for k, v in (config.get("env") or {}).items()}
+    env |= scenario.secrets  # injected at boot, not part of the Machine's config
     env |= {
         "FLY_APP_NAME": scenario.app,
         "FLY_MACHINE_ID": spec.id,

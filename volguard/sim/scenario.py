@@ -166,6 +166,9 @@ class Scenario:
     snapshots: tuple[SnapshotSpec, ...] = ()
     limits: Limits = field(default_factory=Limits)
     faults: Mapping[str, float] = field(default_factory=dict)
+    # `fly secrets set`: in every Machine's process environment, never in the API's
+    # config.env, and kept across deploys (Fly injects them at boot).
+    secrets: Mapping[str, str] = field(default_factory=dict)
 
     def attachments(self) -> dict[str, str]:
         """Volume id -> id of the Machine it is attached to (the platform derives this)."""
@@ -224,6 +227,7 @@ def parse_scenario(
         snapshots=tuple(_snapshot(t, now) for t in data.get("snapshots", [])),
         limits=_limits(data.get("limits", {})),
         faults=_faults(data.get("faults", {})),
+        secrets=_secrets(data.get("secrets", {})),
     )
     check_scenario(scenario)
     return scenario
@@ -325,6 +329,12 @@ def _check_keys(
     missing = [k for k in required if k not in table]
     if missing:
         raise ScenarioError(f"{where}: missing {', '.join(missing)}")
+
+
+def _secrets(table: Any) -> dict[str, str]:
+    if not isinstance(table, Mapping) or not all(isinstance(v, str) for v in table.values()):
+        raise ScenarioError("secrets: expected a table of names to strings")
+    return {str(k): v for k, v in table.items()}
 
 
 def _one_of(value: str, allowed: frozenset[str], what: str) -> str:
