@@ -180,16 +180,16 @@ def run_demo(out: Out = print, workdir: Path | None = None) -> int:
     from volguard.sim.fleet import LocalFleet
 
     root = Path(tempfile.mkdtemp(prefix="volguard-demo-")) if workdir is None else workdir
+    if not world_can(root.parent, execute=True):
+        raise DemoError(
+            f"--workdir {root}: the Machines' app user cannot enter it; pick one under /tmp"
+        )
     root.mkdir(parents=True, exist_ok=True)
     root.chmod(0o755)  # the app user reaches its database in here
     try:
         python, python_env = app_python()
     except ExampleAppError as e:
         raise DemoError(f"the demo cannot run here: {e}") from None
-    if not world_can(root, execute=True):
-        raise DemoError(
-            f"--workdir {root}: the Machines' app user cannot enter it; pick one under /tmp"
-        )
     # The app's secrets, as `fly secrets set` would give them to every Machine.
     secrets = {"DATABASE_URL": f"sqlite:///{root / 'db' / 'demo.sqlite3'}", **python_env}
     scenario = load_scenario(scenario_file(root, secrets))
