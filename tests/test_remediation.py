@@ -35,17 +35,7 @@ print("VG_ROWS=" + json.dumps(rows, default=str))
 
 def _run(site: ta.Site, *args: str) -> subprocess.CompletedProcess[str]:
     """``check_missing_files`` with stdin closed, so never at a terminal."""
-    return subprocess.run(
-        [sys.executable, "manage.py", "check_missing_files", *args],
-        cwd=ta.EXAMPLE,
-        env=site.env(),
-        stdin=subprocess.DEVNULL,
-        capture_output=True,
-        text=True,
-        encoding="utf-8",
-        timeout=300,
-        check=False,
-    )
+    return _run_env(site.env(), *args)
 
 
 def _rows(site: ta.Site) -> dict[int, dict[str, Any]]:
@@ -394,6 +384,7 @@ def test_fix_with_export_writes_the_rows_first(site: ta.Site, tmp_path: Path) ->
 
 
 def _run_env(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
+    """``check_missing_files`` in ``env`` with stdin closed, so never at a terminal."""
     return subprocess.run(
         [sys.executable, "manage.py", "check_missing_files", *args],
         cwd=ta.EXAMPLE,

@@ -38,10 +38,8 @@ import re
 import shlex
 import shutil
 import socket
-import stat
 import subprocess
 import sys
-import sysconfig
 import tempfile
 import threading
 import time
@@ -55,8 +53,9 @@ import pytest
 import tomlkit
 from invoke.vendor import yaml
 
+from volguard.sim import example_app
 from volguard.sim.api import SimServer, load_scenario
-from volguard.sim.fleet import LocalFleet, fleet_unavailable, system_python
+from volguard.sim.fleet import LocalFleet, fleet_unavailable
 from volguard.sim.scenario import DEFAULT_TOKENS, scenario_path
 
 REPO = Path(__file__).resolve().parents[1]
@@ -592,38 +591,14 @@ WORLDS: dict[str, SimWorld | DjangoWorld | WebWorld | InstallWorld] = {
 }
 
 
-def _world_can(path: Path, *, execute: bool) -> bool:
-    """Whether a user who is neither owner nor group (the app user) can read ``path``."""
-    for target in (path, Path(os.path.realpath(path))):
-        for parent in target.parents:
-            if not os.stat(parent).st_mode & stat.S_IXOTH:
-                return False
-    need = stat.S_IROTH | (stat.S_IXOTH if execute else 0)
-    return os.stat(path).st_mode & need == need
-
-
 def app_python() -> tuple[str, dict[str, str]]:
-    """The python the app user runs the example app with, and the environment it needs:
-    this one if the app user can run it, else the system python of the same version with
-    this one's site-packages (a virtualenv made by a python under /root is not readable)."""
-    purelib = sysconfig.get_paths()["purelib"]
-    readable = all(_world_can(Path(p), execute=True) for p in (REPO, EXAMPLE, purelib))
-    if readable and _world_can(Path(sys.executable), execute=True):
-        return sys.executable, {}
-    system = system_python()
-    if readable and system and _world_can(Path(system), execute=True):
-        version = subprocess.run(
-            [system, "-c", "import sys; print('%d.%d' % sys.version_info[:2])"],
-            capture_output=True,
-            text=True,
-            check=False,
-        ).stdout.strip()
-        if version == f"{sys.version_info.major}.{sys.version_info.minor}":
-            return system, {"PYTHONPATH": os.pathsep.join([purelib, str(REPO)])}
-    why = f"the app user can run neither {sys.executable} nor a python with Django"
-    if IN_CI:
-        pytest.fail(why)
-    pytest.skip(why)
+    """`volguard.sim.example_app.app_python`, skipping (failing under CI) when it cannot."""
+    try:
+        return example_app.app_python()
+    except example_app.ExampleAppError as e:
+        if IN_CI:
+            pytest.fail(str(e))
+        pytest.skip(str(e))
 
 
 def _django_env(cwd: Path, database: Path, media: Path) -> dict[str, str]:
