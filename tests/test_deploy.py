@@ -12,6 +12,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import httpx
 import pytest
 
 from volguard.runs import RunLock
@@ -60,6 +61,13 @@ def _volguard(
         timeout=300,
         check=False,
     )
+
+
+def _instances(sim: SimServer) -> dict[str, str]:
+    """Machine id -> instance_id, over the API (a deploy gives each Machine a new one)."""
+    url = f"{sim.url}/v1/apps/{sim.scenario.app}/machines"
+    machines = httpx.get(url, headers={"Authorization": sim.auth_header}).json()
+    return {m["id"]: m["instance_id"] for m in machines}
 
 
 def _record(cwd: Path) -> dict:
@@ -168,3 +176,47 @@ def test_bad_flags_are_one_line_errors(tmp_path: Path) -> None:
     proc = _volguard(cwd, None, None, "deploy", "--resume", "--no-deploy")
     assert proc.returncode == 1
     assert "--resume: no earlier deploy run of test-blue-smoke-97" in proc.stderr
+
+
+@needs_fleet
+def test_resume_continues_from_the_step_that_failed(tmp_path: Path) -> None:
+    """flyctl deploy fails mid-run (injected); --resume carries lint and volumes over."""
+    scenario = load_scenario("healthy")
+    cwd = _project(tmp_path, scenario.fly_toml)
+    with SimServer(scenario) as sim, LocalFleet(scenario) as fleet:
+        failed = _volguard(cwd, sim, fleet, "deploy", "--no-audit", VOLGUARD_SIM_DEPLOY_FAIL="1")
+        assert failed.returncode == 2, failed.stdout + failed.stderr
+        first = _record(cwd)
+        assert _statuses(first) == {
+            "lint": "ok",
+            "volumes": "ok",
+            "deploy": "failed",
+            "wait": "pending",
+            "verify": "pending",
+            "audit": "pending",
+            "fix": "pending",
+        }
+        assert (
+            "flyctl deploy exited 1: Error: release command failed" in first["steps"][2]["summary"]
+        )
+        before = _instances(sim)
+
+        resumed = _volguard(cwd, sim, fleet, "deploy", "--no-audit", "--resume")
+        after = _instances(sim)
+    assert resumed.returncode == 0, resumed.stdout + resumed.stderr
+    assert f"resuming run {first['id']}" in resumed.stdout
+    second = _record(cwd)
+    assert second["resumed_from"] == first["id"]
+    steps = {s["name"]: s for s in second["steps"]}
+    assert steps["lint"]["carried_over"]
+    assert steps["volumes"]["carried_over"]
+    assert not steps["deploy"]["carried_over"]
+    assert _statuses(second)["deploy"] == "changed"
+    assert _statuses(second)["verify"] == "ok"
+    assert second["status"] == "succeeded"
+    # The failed attempt changed nothing; the resumed one deployed (new instance ids).
+    assert after != before
+    # Nothing left to resume.
+    again = _volguard(cwd, None, None, "deploy", "--resume")
+    assert again.returncode == 1
+    assert "succeeded; nothing to resume" in again.stderr
