@@ -35,30 +35,39 @@ shape, ``apps.services.UserDataFile``, whenever the model has those fields)::
 
 Memory stays bounded on large tables:
 
-- the database side is streamed, ``values_list("pk", field).iterator(chunk_size=batch_size)``
-  with no ordering; model instances are never loaded. Owner and status are read only for
-  problem rows, one query per ``batch_size`` of them;
-- the storage side is an index (`volguard.django.storage_index`): one set of file names per
-  directory the rows point into on a volume, the keys under the rows' common prefix on S3
-  (capped), nothing for per-row checks;
+- the database side is streamed, ``values_list("pk", field)`` through a (server-side, where
+  ``iterator()`` would use one) cursor, ``batch_size`` rows per fetch, with no ordering;
+  model instances are never loaded, and the rows are checked a fetched chunk at a time.
+  Owner and status are read only for problem rows, a query per ``batch_size`` of them;
+- the storage side is an index (`volguard.django.storage_index`): on a volume, the file
+  names of each directory the rows point into (each listed once, on first use, kept as a
+  compact dict that the garbage collector does not walk: about 120 bytes per listed file,
+  so ~120 MB for a million), the keys under the rows' common prefix on S3 (capped),
+  nothing for per-row checks;
 - shared files are found by the database (``GROUP BY name HAVING COUNT(*) > 1``, in a
-  thread while the rows stream), not by holding every name in memory; their rows are
-  reported after the field's stream;
+  thread while the rows stream, after the row counts), not by holding every name in
+  memory; their rows are reported after the field's stream;
 - only problem rows are kept, and with ``keep_rows=False`` they are only handed to
   ``on_row`` as they are found, so a caller can act on them in batches.
+
+Time stays close to the I/O (reading the rows, listing the directories): a row found in
+its directory's listing costs a split and two hash lookups (see `_FieldAudit._stream`);
+the counts and the ``GROUP BY`` run on another connection while the rows stream.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import time
 from collections import Counter
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Container, Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from functools import partial
+from itertools import islice
 from typing import TYPE_CHECKING, Any
 
 from volguard.catalogue import finding
@@ -475,13 +484,9 @@ def recheck(rows: Iterable[AuditRow]) -> list[AuditRow]:
         model = apps.get_model(label)
         storage = storage_index.unwrap(model._meta.get_field(field_name).storage)
         index = storage_index.PerRowIndex(storage)
-        current: dict[Any, Any] = {}
-        for chunk in _chunks([r.pk for r in group], _IN_CHUNK):
-            current.update(
-                model._default_manager.filter(pk__in=chunk).values_list("pk", field_name)
-            )
+        current = _values_by_pk(model._default_manager, [r.pk for r in group], [field_name])
         for row in group:
-            if row.pk not in current or (current[row.pk] or None) != (row.name or None):
+            if row.pk not in current or (current[row.pk][0] or None) != (row.name or None):
                 continue  # deleted, or a new file was stored since the audit
             if row.reason == MISSING:
                 try:
@@ -514,22 +519,44 @@ class _FieldAudit:
         self.report = FieldReport(
             target.label, target.field_name, describe_storage(self.storage), target.config
         )
+        #: `storage_index.location_of` for this storage.
+        self._locate = storage_index._locator(self.storage)
+        #: Whether the rows may be read on a connection of their own (see `_row_chunks`).
+        self.own_connection = False
 
     def run(self, strategy: storage_index.Strategy, per_row_max: int) -> FieldReport:
         from django.db import DatabaseError
 
         try:
-            scope = self._scope()
-            shared_names = self._shared_names(scope if self.lookups else None)
+            base, scope, recent = self._scope()
+            in_thread = self.own_connection = self._can_use_thread()
+            # The counts need a scan of the table: with a worker thread, they are taken
+            # there, while the rows stream, unless the index must know the number of rows
+            # first (S3's listing budget). On a volume it only needs to know whether the
+            # rows are more than per_row_max, which a query stopping there tells.
+            early = not in_thread or (strategy == "auto" and self.kind == "s3")
+            if early:
+                self._count(base, recent)
+                rows = self.report.total_rows - self.report.skipped_recent
+            elif strategy == "auto" and self.kind == "filesystem":
+                rows = scope[: per_row_max + 1].count()
+            else:
+                rows = 0  # not used by this strategy or storage
+            background = self._background(
+                None if early else (base, recent), scope if self.lookups else None, in_thread
+            )
             index = storage_index.build_index(
                 self.storage,
-                rows=self.report.total_rows - self.report.skipped_recent,
+                rows=rows,
                 strategy=strategy,
                 common_prefix=lambda: _common_prefix(scope, self.target.field_name),
                 per_row_max=per_row_max,
             )
             self._stream(scope, index)
-            self._shared(scope, shared_names())
+            counts, shared_names = background()
+            if counts is not None:
+                self.report.total_rows, self.report.skipped_recent = counts
+            self._shared(scope, shared_names)
         except storage_index.StorageIndexError as e:
             raise AuditError(str(e)) from e
         except DatabaseError as e:
@@ -545,11 +572,9 @@ class _FieldAudit:
             self.report.notes.append("no auto_now/auto_now_add field: no grace period")
         return self.report
 
-    def _scope(self) -> QuerySet:
-        """The rows to audit: those the filters select and the grace period does not skip.
-
-        Counts the rows the filters select (``total_rows``) and those skipped as recent.
-        """
+    def _scope(self) -> tuple[QuerySet, QuerySet, dict[str, Any] | None]:
+        """The rows the filters select (``base``), those of them to audit (``scope``:
+        not skipped by the grace period), and the lookup that selects the recent ones."""
         from django.core.exceptions import FieldError, ValidationError
 
         base = self.target.model._default_manager.order_by()
@@ -559,50 +584,77 @@ class _FieldAudit:
         except (FieldError, ValueError, TypeError, ValidationError) as e:
             message = "; ".join(e.messages) if isinstance(e, ValidationError) else str(e)
             raise AuditError(f"bad filter for {self.target.label}: {message}") from None
-        self.report.total_rows = base.count()
         stamp = self.target.config.timestamp_field
         if stamp is None or self.cutoff is None:
-            return base
+            return base, base, None
         recent = {f"{stamp}__gte": self.cutoff}
-        self.report.skipped_recent = base.filter(**recent).count()
-        return base.exclude(**recent)
+        return base, base.exclude(**recent), recent
 
-    def _shared_names(self, scope: QuerySet | None) -> Callable[[], dict[str, int]]:
-        """Start finding the names several rows of the table use; call the result for them.
+    def _count(self, base: QuerySet, recent: dict[str, Any] | None) -> tuple[int, int]:
+        """Count the rows the filters select (``total_rows``) and those skipped as recent,
+        in one scan of the table."""
+        if recent is None:
+            counts = (base.count(), 0)
+        else:
+            from django.db.models import Count, Q
 
-        The ``GROUP BY`` costs about as much as streaming the rows, so it runs in a thread
-        on a connection of its own while the rows stream (the database works, the GIL is
-        free). Not inside a transaction, whose uncommitted rows another connection would
-        not see, nor on an in-memory SQLite database: there it runs at once.
-        ``scope``: only names that it holds (a filtered audit).
+            found = base.aggregate(total=Count("*"), recent=Count("pk", filter=Q(**recent)))
+            counts = (found["total"], found["recent"])
+        self.report.total_rows, self.report.skipped_recent = counts
+        return counts
+
+    def _can_use_thread(self) -> bool:
+        """Whether queries may run on a connection of their own while the rows stream.
+
+        Not inside a transaction, whose uncommitted rows another connection would not
+        see, nor on an in-memory SQLite database (another connection is another database).
         """
         from django.db import connections
 
-        def query() -> dict[str, int]:
+        connection = connections[self.target.model._default_manager.db]
+        in_memory = connection.vendor == "sqlite" and connection.is_in_memory_db()
+        return not (connection.in_atomic_block or in_memory)
+
+    def _background(
+        self,
+        counts: tuple[QuerySet, dict[str, Any] | None] | None,
+        scope: QuerySet | None,
+        in_thread: bool,
+    ) -> Callable[[], tuple[tuple[int, int] | None, dict[str, int]]]:
+        """Start the whole-table queries; call the result for ``(counts, shared names)``.
+
+        ``counts`` (``base`` and the recent lookup): count them too (`_count`), first.
+        The shared names are those several rows of the table use (``scope``: only names
+        that it holds, in a filtered audit). Their ``GROUP BY`` costs about as much as
+        streaming the rows, so with ``in_thread`` both run in a thread on a connection of
+        its own while the rows stream (the database works, the GIL is free); else at once.
+        """
+        from django.db import connections
+
+        def query() -> tuple[tuple[int, int] | None, dict[str, int]]:
             from django.db.models import Count
 
+            counted = None if counts is None else self._count(*counts)
             name = self.target.field_name
             rows = self.target.model._default_manager.order_by().exclude(**{name: ""})
             rows = rows.exclude(**{f"{name}__isnull": True})
             if scope is not None:
                 rows = rows.filter(**{f"{name}__in": scope.values(name)})
             groups = rows.values(name).annotate(n=Count("pk")).filter(n__gt=1)
-            return dict(groups.values_list(name, "n"))
+            return counted, dict(groups.values_list(name, "n"))
 
-        def in_thread() -> dict[str, int]:
+        def worker() -> tuple[tuple[int, int] | None, dict[str, int]]:
             try:
                 return query()
             finally:
                 connections.close_all()  # this thread's connections only
 
-        connection = connections[self.target.model._default_manager.db]
-        in_memory = connection.vendor == "sqlite" and connection.is_in_memory_db()
-        if connection.in_atomic_block or in_memory:
-            names = query()
-            return lambda: names
+        if not in_thread:
+            done = query()
+            return lambda: done
         pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="volguard-shared")
-        future = pool.submit(in_thread)
-        pool.shutdown(wait=False)  # the query runs on; the pool takes no more work
+        future = pool.submit(worker)
+        pool.shutdown(wait=False)  # the queries run on; the pool takes no more work
         return future.result
 
     def _stream(self, scope: QuerySet, index: storage_index.NameIndex) -> None:
@@ -611,6 +663,13 @@ class _FieldAudit:
         An index that ``accepts_any_name`` is asked first, and only the names it does not
         find (or that are long, or hold a backslash) are validated in full: a name found
         in a listing of a validated directory is valid but for those two.
+
+        On a volume (`DirectoryIndex`) a row costs less still: its name is split at its
+        last ``/`` and looked up in that directory's *plain* names, the files listed there
+        whose full name is short enough and holds no backslash (most often the listing
+        itself, shared, not a copy). A row found there is settled: that is exactly the
+        case the rules above let through. Every other row (not found, empty, in the
+        storage root or an invalid directory) goes through those rules unchanged.
         """
         from django.core.exceptions import SuspiciousOperation
 
@@ -627,22 +686,23 @@ class _FieldAudit:
         any_name = index.accepts_any_name
         blank_ok = field_.blank
         batch_size = self.batch_size
+        flush = self._flush
         pending: list[tuple[Any, Any, str, str, int | None]] = []
         append = pending.append
-        audited = empty_allowed = 0
-        rows = scope.values_list("pk", self.target.field_name).iterator(chunk_size=batch_size)
-        for pk, name in rows:
-            audited += 1
+        empty_allowed = 0
+
+        def check(pk: Any, name: Any) -> None:
+            nonlocal empty_allowed
             if not name:
                 if blank_ok:
                     empty_allowed += 1
                 else:
                     append((pk, name, EMPTY, "the file field is empty", None))
-                continue
+                return
             if any_name:
                 found = exists(name)
                 if found and len(name) <= short and "\\" not in name:
-                    continue
+                    return
                 problem = invalid(name)
             else:
                 problem = invalid(name)
@@ -656,8 +716,33 @@ class _FieldAudit:
             elif not found:
                 append((pk, name, MISSING, "not in storage", None))
             if len(pending) >= batch_size:
-                self._flush(pending)
-        self._flush(pending)
+                flush(pending)
+
+        audited = 0
+        rows = scope.values_list("pk", self.target.field_name)
+        directories = index if isinstance(index, storage_index.DirectoryIndex) else None
+        plain: dict[str, Container[str]] = {}
+        get = plain.get
+        chunks = _row_chunks(rows, batch_size, own_connection=self.own_connection)
+        with contextlib.closing(chunks):  # a failure mid-stream closes the cursor
+            for chunk in chunks:
+                audited += len(chunk)
+                if directories is None:
+                    for pk, name in chunk:
+                        check(pk, name)
+                    continue
+                for pk, name in chunk:
+                    try:
+                        directory, _, base = name.rpartition("/")
+                    except AttributeError:  # NULL
+                        check(pk, name)
+                        continue
+                    files = get(directory)
+                    if files is None:
+                        files = plain[directory] = directories._plain_files(directory, short)
+                    if base not in files:
+                        check(pk, name)
+        flush(pending)
         self.report.audited_rows = audited
         self.report.empty_allowed = empty_allowed
 
@@ -677,18 +762,22 @@ class _FieldAudit:
         if not pending:
             return
         config = self.target.config
+        locate = self._locate
         columns = [c for c in (config.owner_field, config.status_field) if c]
         facts: dict[Any, tuple[Any, ...]] = {}
         if columns:
             manager = self.target.model._default_manager
-            for chunk in _chunks(list({p[0] for p in pending}), _IN_CHUNK):
-                for pk, *values in manager.filter(pk__in=chunk).values_list("pk", *columns):
-                    facts[pk] = tuple(values)
+            facts = _values_by_pk(manager, [p[0] for p in pending], columns)
         for pk, name, reason, detail, shared_with in pending:
             values = iter(facts.get(pk, ()))
             owner = next(values, None) if config.owner_field else None
             status = next(values, None) if config.status_field else None
-            path = self._location(name) if reason in (MISSING, SHARED) else ""
+            if reason == MISSING:  # validated by _stream: looked up
+                path = locate(name)
+            elif reason == SHARED:
+                path = self._location(name)
+            else:
+                path = ""
             self.report.per_reason[reason] += 1
             self.deliver(
                 AuditRow(
@@ -713,7 +802,7 @@ class _FieldAudit:
             name, max_length=self.target.field.max_length, max_component_bytes=component
         ):
             return ""
-        return storage_index.location_of(self.storage, name)
+        return self._locate(name)
 
 
 def _plan(
@@ -827,6 +916,82 @@ def format_duration(value: timedelta) -> str:
         if seconds and seconds % _DURATION_UNITS[unit] == 0:
             return f"{seconds // _DURATION_UNITS[unit]}{unit}"
     return f"{seconds}s" if seconds else "0"
+
+
+def _row_chunks(
+    rows: QuerySet, chunk_size: int, *, own_connection: bool
+) -> Iterator[Sequence[Any]]:
+    """``rows.iterator(chunk_size)`` (a ``values_list`` queryset) a chunk at a time.
+
+    The chunks are the lists of tuples the database cursor fetches (a server-side cursor
+    where ``iterator()`` would use one), so the caller loops over plain lists instead of
+    Django's per-row generators. When a column needs a converter (a UUID primary key on
+    SQLite, a field's ``from_db_value``), the rows come from ``iterator()`` itself.
+
+    ``own_connection`` (outside any transaction): on PostgreSQL the rows are read on a
+    connection of their own, in a transaction, whose server-side cursor then needs no
+    ``WITH HOLD``, which would copy the whole result on the server (to a temporary file,
+    for a large table) before the first row. The caller's connection stays free for its
+    own queries, outside that transaction.
+    """
+    from django.db import connections
+    from django.db.models.sql.constants import MULTI
+
+    connection = connections[rows.db]
+    chunked = not connection.settings_dict.get("DISABLE_SERVER_SIDE_CURSORS")
+    reader = None
+    if own_connection and chunked and connection.vendor == "postgresql":
+        reader = connection = connections.create_connection(rows.db)
+    try:
+        if reader is not None:
+            reader.set_autocommit(False)
+        compiler = rows.query.get_compiler(connection=connection)
+        results = compiler.execute_sql(MULTI, chunked_fetch=chunked, chunk_size=chunk_size)
+        select = compiler.select or []  # not set up when the query is known to be empty
+        fields = [s[0] for s in select[0 : getattr(compiler, "col_count", None) or len(select)]]
+        composite = getattr(compiler, "has_composite_fields", None)  # Django 5.2+
+        if compiler.get_converters(fields) or (composite is not None and composite(fields)):
+            converted = compiler.results_iter(results, tuple_expected=True)
+            while chunk := list(islice(converted, chunk_size)):
+                yield chunk
+            return
+        yield from results
+    finally:
+        if reader is not None:
+            reader.close()  # and with it the transaction, which only read
+
+
+def _values_by_pk(manager: Any, pks: list[Any], columns: Sequence[str]) -> dict[Any, tuple]:
+    """``{pk: (values of columns)}`` for those rows of ``pks`` that exist.
+
+    By ``IN (…)`` queries of `_IN_CHUNK` keys, or, when the keys are integers lying close
+    together (at least half of their range, as in a batch of a mostly missing table), by
+    one range query whose other rows are dropped: far fewer parameters to send and parse.
+    Other integer keys on PostgreSQL go as one array (``IN (SELECT unnest(%s))``).
+    """
+    from django.db import connections
+    from django.db.models.expressions import RawSQL
+
+    wanted = set(pks)
+    found: dict[Any, tuple] = {}
+    rows = manager.order_by()
+    if wanted and all(type(pk) is int for pk in wanted):
+        low, high = min(wanted), max(wanted)
+        if high - low < 2 * len(wanted):
+            for pk, *values in rows.filter(pk__gte=low, pk__lte=high).values_list("pk", *columns):
+                if pk in wanted:
+                    found[pk] = tuple(values)
+            return found
+        if connections[rows.db].vendor == "postgresql":
+            # The keys as one array parameter: a third of the cost of IN (%s, %s, …).
+            keys = RawSQL("SELECT unnest(%s)", (sorted(wanted),))
+            for pk, *values in rows.filter(pk__in=keys).values_list("pk", *columns):
+                found[pk] = tuple(values)
+            return found
+    for chunk in _chunks(list(wanted), _IN_CHUNK):
+        for pk, *values in rows.filter(pk__in=chunk).values_list("pk", *columns):
+            found[pk] = tuple(values)
+    return found
 
 
 def _chunks(items: list[Any], size: int) -> Iterable[list[Any]]:
