@@ -44,22 +44,32 @@ class AuditLog:
     def __init__(self, path: str = DEFAULT_PATH, command: str = "") -> None:
         self.path = path
         self.command = command
+        self._who: tuple[str, str] | None = None  # (user, host): asked once, not per entry
 
     def entry(
         self, action: str, target: str, before: Any = None, after: Any = None, **more: Any
     ) -> dict[str, Any]:
         """One log entry (not yet written): time, who, command, what, before and after."""
-        return {
+        return self.entries(action, [(target, before, after)], **more)[0]
+
+    def entries(
+        self, action: str, changes: Iterable[tuple[str, Any, Any]], **more: Any
+    ) -> list[dict[str, Any]]:
+        """One entry per ``(target, before, after)`` of one action, stamped with one time."""
+        if self._who is None:
+            self._who = (_user(), socket.gethostname())
+        common = {
             "time": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
-            "user": _user(),
-            "host": socket.gethostname(),
+            "user": self._who[0],
+            "host": self._who[1],
             "command": self.command,
             "action": action,
-            "target": target,
-            "before": before,
-            "after": after,
             **more,
         }
+        return [
+            {**common, "target": target, "before": before, "after": after}
+            for target, before, after in changes
+        ]
 
     def record(
         self, action: str, target: str, before: Any = None, after: Any = None, **more: Any
@@ -71,7 +81,10 @@ class AuditLog:
 
     def append(self, entries: Iterable[dict[str, Any]]) -> None:
         """Append ``entries`` in one write and one fsync."""
-        data = "".join(_line(e) for e in entries).encode("utf-8")
+        self.append_lines("".join(_line(e) for e in entries).encode("utf-8"))
+
+    def append_lines(self, data: bytes) -> None:
+        """Append already serialized JSON lines in one write and one fsync."""
         if not data:
             return
         os.makedirs(os.path.dirname(os.path.abspath(self.path)), exist_ok=True)
@@ -137,20 +150,27 @@ class AuditLog:
 class Pending:
     """A batch of entries journaled before its change commits; `commit` or `abandon` it."""
 
-    def __init__(self, log: AuditLog, path: str, fd: int, entries: list[dict[str, Any]]) -> None:
+    def __init__(
+        self, log: AuditLog, path: str, fd: int, entries: list[dict[str, Any]], data: bytes
+    ) -> None:
         self.log, self.path, self._fd, self.entries = log, path, fd, entries
+        self._data = data  # the journal's lines: the log gets exactly these bytes
         self._committing = False
 
     @classmethod
     def write(cls, log: AuditLog, entries: list[dict[str, Any]]) -> Pending:
         batch = uuid.uuid4().hex
-        entries = [{**e, "batch": batch} for e in entries]
+        for entry in entries:  # fresh entries, made for this batch
+            entry["batch"] = batch
         path = f"{log.path}{PENDING_INFIX}{batch}"
         os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
         fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
+        data = "".join(_line(e) for e in entries).encode("utf-8")
         try:
             fcntl.flock(fd, fcntl.LOCK_EX)
-            os.write(fd, "".join(_line(e) for e in entries).encode("utf-8"))
+            view = memoryview(data)
+            while view:
+                view = view[os.write(fd, view) :]
             os.fsync(fd)
             _fsync_dir(path)
         except BaseException:
@@ -158,12 +178,12 @@ class Pending:
             with contextlib.suppress(OSError):
                 os.unlink(path)
             raise
-        return cls(log, path, fd, entries)
+        return cls(log, path, fd, entries, data)
 
     def commit(self) -> None:
         """The change committed: log the entries, then drop the journal."""
         self._committing = True
-        self.log.append(self.entries)
+        self.log.append_lines(self._data)
         self._remove()
 
     def abandon(self) -> None:
@@ -184,8 +204,11 @@ class Pending:
         self._fd = -1
 
 
+_ENCODER = json.JSONEncoder(sort_keys=True, default=str)
+
+
 def _line(entry: dict[str, Any]) -> str:
-    return json.dumps(entry, sort_keys=True, default=str) + "\n"
+    return _ENCODER.encode(entry) + "\n"
 
 
 def _read_lines(fd: int) -> list[dict[str, Any]]:

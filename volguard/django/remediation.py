@@ -52,6 +52,7 @@ from volguard.django.audit import (
     AuditResult,
     AuditRow,
     model_config,
+    pk_in,
     recheck,
 )
 
@@ -276,7 +277,7 @@ def _fix_batch(
     columns = [status] + ([log_field] if log_field else [])
     manager = model._default_manager
     with _atomic_batch(manager.db) as journals:
-        locked = _locked(manager.filter(pk__in=list(names)), manager.db)
+        locked = _locked(pk_in(manager.all(), list(names)), manager.db)
         current = {pk: rest for pk, *rest in locked.values_list("pk", field_name, *columns)}
         entries: list[tuple[Any, dict[str, Any]]] = []
         for pk, name in names.items():
@@ -299,7 +300,7 @@ def _fix_batch(
             has_message |= Q(**{f"{log_field}__endswith": "\n" + message})
             done &= has_message
             values[log_field] = _appended(model, log_field, message, has_message)
-        report.changed += manager.filter(pk__in=changing).exclude(done).update(**values)
+        report.changed += pk_in(manager.all(), changing).exclude(done).update(**values)
         target = model._meta.label
         _journal(
             journals,
@@ -453,7 +454,7 @@ def _delete_batch(
         return
     manager = model._default_manager
     with _atomic_batch(manager.db) as journals:
-        locked = _locked(manager.filter(pk__in=list(names)), manager.db)
+        locked = _locked(pk_in(manager.all(), list(names)), manager.db)
         current = {pk: rest for pk, *rest in locked.values_list("pk", field_name, *columns)}
         used = set(
             manager.filter(**{f"{field_name}__in": [n for n in names.values() if n]})
@@ -529,9 +530,7 @@ def _journal(
     """
     from django.db import transaction
 
-    pending = log.prepare(
-        [log.entry(action, target, before, after, **more) for target, before, after in entries]
-    )
+    pending = log.prepare(log.entries(action, entries, **more))
     journals.append(pending)
     transaction.on_commit(pending.commit, using=using)
     return pending

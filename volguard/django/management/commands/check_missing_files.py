@@ -340,21 +340,24 @@ class _Text:
             self._costs()
 
     def _grouped(self, rows: Iterable[AuditRow]) -> None:
-        def key(row: AuditRow) -> tuple[Any, ...]:
-            return (row.model, row.field, _sortable(row.owner), _sortable(row.pk))
-
-        ordered = sorted(rows, key=key)
-        for (model, field_name, _), group in groupby(ordered, key=lambda r: key(r)[:3]):
-            members = list(group)
+        """Rows grouped by model field and owner, ordered by id; written in one go."""
+        keyed = sorted(  # the index breaks ties, so rows themselves are never compared
+            ((r.model, r.field, _sortable(r.owner)), _sortable(r.pk), i, r)
+            for i, r in enumerate(rows)
+        )
+        lines: list[str] = []
+        for (model, field_name, _), group in groupby(keyed, key=lambda k: k[0]):
+            members = [k[3] for k in group]
             heading = self._user(members[0])
             if self.several_fields:
                 heading = f"{model}.{field_name} — {heading}"
-            self.out.write("")
-            self.out.write(heading)
+            lines += ["", heading]
             for row in members:
                 name = _shown(row.name) if row.name else "(empty)"
-                self.out.write(f"  ID {row.pk}: {name} ({self._facts(row)})")
-                self.out.write(f"    Path: {_path(row)}")
+                lines.append(f"  ID {row.pk}: {name} ({self._facts(row)})")
+                lines.append(f"    Path: {_path(row)}")
+        if lines:
+            self.out.write("\n".join(lines))
 
     def _user(self, row: AuditRow) -> str:
         config = next(f.config for f in self.result.fields if f.model == row.model)
