@@ -491,6 +491,11 @@ class MachineProcess:
                 self.proc.wait(timeout=10)
             for pid in self.pids():  # e.g. an `nsenter --mount` without --pid
                 _kill(pid)
+            # SIGKILL is delivered at once but processes exit asynchronously: wait until
+            # the namespace is empty, so "stopped" means its mounts are really gone.
+            deadline = time.monotonic() + 10
+            while self.pids() and time.monotonic() < deadline:
+                time.sleep(0.01)
             self.proc = None
         if self._log is not None:
             self._log.close()
