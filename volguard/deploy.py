@@ -281,7 +281,7 @@ def fix_step(ctx: DeployContext, step: Step) -> None:
     if outcome.error is not None or outcome.exit_code not in (0, 2):
         step.failed(str(outcome.error or f"remediate exited {outcome.exit_code}"))
         return
-    if outcome.error is None and outcome.record and outcome.record.status != "succeeded":
+    if outcome.record and outcome.record.status != "succeeded":
         step.failed(f"remediate {outcome.record.status}: see {outcome.record.path}")
         return
     snapshots = ", ".join(outcome.snapshots.values()) or "none"
