@@ -274,6 +274,22 @@ def install_sigterm_cleanup() -> None:
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # so that finally blocks run
 
 
+def add_child_arguments(parser: argparse.ArgumentParser) -> None:
+    """``--json`` and the hidden ``--child``/``--spec`` every benchmark script takes."""
+    parser.add_argument("--json", action="store_true", help="also print the raw figures as JSON")
+    parser.add_argument("--child", help=argparse.SUPPRESS)
+    parser.add_argument("--spec", help=argparse.SUPPRESS)
+
+
+def run_script(name: str, main: Callable[[], int]) -> None:
+    """Exit with ``main()``'s code; a `CannotRun` (raised in a child) is one line and exit 2."""
+    try:
+        sys.exit(main())
+    except CannotRun as e:
+        print(f"{name}: cannot run: {e}", file=sys.stderr)
+        sys.exit(2)
+
+
 def load_average() -> float:
     return os.getloadavg()[0]
 
@@ -560,9 +576,7 @@ def main() -> int:
         "--seed-rows", type=int, default=None, help="time the seed loop on the first N rows"
     )
     parser.add_argument("--quick", action="store_true", help="smoke run: 5,000 rows, 1 round")
-    parser.add_argument("--json", action="store_true", help="also print the raw figures as JSON")
-    parser.add_argument("--child", help=argparse.SUPPRESS)
-    parser.add_argument("--spec", help=argparse.SUPPRESS)
+    add_child_arguments(parser)
     args = parser.parse_args()
     if args.child:
         child_main(args.child, json.loads(args.spec))
@@ -608,8 +622,4 @@ def _fs_note(path: Path) -> str:
 
 
 if __name__ == "__main__":
-    try:
-        sys.exit(main())
-    except CannotRun as e:  # raised in a child
-        print(f"audit_scale: cannot run: {e}", file=sys.stderr)
-        sys.exit(2)
+    run_script("audit_scale", main)

@@ -45,11 +45,13 @@ from audit_scale import (
     EPOCH,
     CannotRun,
     Layout,
+    add_child_arguments,
     child_result,
     install_sigterm_cleanup,
     load_average,
     migrate_and_seed,
     run_child,
+    run_script,
     setup_django,
     throwaway_database,
 )
@@ -198,9 +200,7 @@ def main() -> int:
         help="time the per-row loop on this many rows and scale it (0: all rows)",
     )
     parser.add_argument("--quick", action="store_true", help="smoke run: 2,000 rows")
-    parser.add_argument("--json", action="store_true", help="also print the raw figures as JSON")
-    parser.add_argument("--child", help=argparse.SUPPRESS)
-    parser.add_argument("--spec", help=argparse.SUPPRESS)
+    add_child_arguments(parser)
     args = parser.parse_args()
     if args.child:
         child_main(args.child, json.loads(args.spec))
@@ -273,8 +273,4 @@ def print_report(layout: Layout, results: list[dict[str, Any]], args: argparse.N
 
 
 if __name__ == "__main__":
-    try:
-        sys.exit(main())
-    except CannotRun as e:  # raised in a child
-        print(f"fix_scale: cannot run: {e}", file=sys.stderr)
-        sys.exit(2)
+    run_script("fix_scale", main)

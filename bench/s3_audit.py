@@ -51,11 +51,13 @@ from audit_scale import (
     MODEL,
     CannotRun,
     Layout,
+    add_child_arguments,
     child_result,
     install_sigterm_cleanup,
     load_average,
     migrate_and_seed,
     run_child,
+    run_script,
     setup_django,
 )
 
@@ -264,9 +266,7 @@ def main() -> int:
     parser.add_argument("--missing-pct", type=float, default=1.0)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--quick", action="store_true", help="smoke run: 2,000 rows, 1 round")
-    parser.add_argument("--json", action="store_true", help="also print the raw figures as JSON")
-    parser.add_argument("--child", help=argparse.SUPPRESS)
-    parser.add_argument("--spec", help=argparse.SUPPRESS)
+    add_child_arguments(parser)
     args = parser.parse_args()
     if args.child:
         child_main(args.child, json.loads(args.spec))
@@ -366,8 +366,4 @@ def print_report(
 
 
 if __name__ == "__main__":
-    try:
-        sys.exit(main())
-    except CannotRun as e:  # raised in a child
-        print(f"s3_audit: cannot run: {e}", file=sys.stderr)
-        sys.exit(2)
+    run_script("s3_audit", main)

@@ -17,8 +17,8 @@ from __future__ import annotations
 import subprocess
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
-from typing import Any
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
 
 from volguard.audit import DEFAULT_PATH, AuditLog
 from volguard.config import Settings
@@ -29,6 +29,9 @@ from volguard.flytoml import FlyConfig
 from volguard.lint import static_context
 from volguard.report import Report
 from volguard.runs import RUNS_DIR, RunLock, RunRecord, Step
+
+if TYPE_CHECKING:
+    from volguard.remediate import AuditSummary
 
 Out = Callable[[str], None]
 Confirm = Callable[[str], bool]
@@ -66,8 +69,7 @@ class DeployContext:
     confirm: Confirm | None
     client_factory: Callable[[Token], MachinesClient] = MachinesClient
     runs_dir: str = RUNS_DIR
-    verify_report: Report | None = None
-    extra: dict[str, Any] = field(default_factory=dict)
+    audit_plan: AuditSummary | None = None  # the audit step's plan, for the fix step
 
     @property
     def media_groups(self) -> tuple[str, ...]:
@@ -207,7 +209,6 @@ def verify_step(ctx: DeployContext, step: Step) -> None:
     report = verify(
         ctx.settings, ctx.options.fly_toml, token=ctx.token, client_factory=ctx.client_factory
     )
-    ctx.verify_report = report
     errors = _errors(report)
     step.detail["findings"] = [f.id for f in report.sorted_findings() if not f.waived]
     step.detail["layers"] = {
@@ -240,7 +241,7 @@ def audit_step(ctx: DeployContext, step: Step) -> None:
     step.detail["audit"] = plan.as_dict()
     for line in plan.lines():
         ctx.out(f"  {line}")
-    ctx.extra["audit"] = plan
+    ctx.audit_plan = plan
     if not plan.problems:
         step.ok(f"{plan.audited_rows} rows audited, every file present")
     elif not plan.not_failed:
@@ -253,7 +254,7 @@ def audit_step(ctx: DeployContext, step: Step) -> None:
 
 def fix_step(ctx: DeployContext, step: Step) -> None:
     """``remediate --fix``: its own gate (verify), a snapshot and an export, then the fix."""
-    plan = ctx.extra.get("audit")
+    plan = ctx.audit_plan
     if not ctx.options.fix:
         step.skipped("no --fix")
         return
