@@ -262,18 +262,25 @@ def test_interlock_refuses_more_than_max_missing(site: ta.Site, tmp_path: Path) 
 
 
 def test_a_file_that_arrives_before_the_fix_is_not_marked(site: ta.Site, tmp_path: Path) -> None:
-    """In-process: audit, then the upload lands, then fix (the subprocess cannot time it)."""
+    """In-process: audit, then the upload lands, then fix (the subprocess cannot time it).
+
+    Also a row re-uploaded under a new name and a row deleted between the audit and the
+    fix: the batch's locked re-read sees both and leaves them alone.
+    """
     pks = site.seed(
         users=["alice"],
         rows={
             "late": {"owner": "alice", "name": "late.csv"},
             "gone": {"owner": "alice", "name": "gone.csv"},
+            "renamed": {"owner": "alice", "name": "old.csv"},
+            "deleted": {"owner": "alice", "name": "deleted.csv"},
         },
     )
     log = tmp_path / "audit.jsonl"
     code = textwrap.dedent(f"""
         import json
         from pathlib import Path
+        from apps.services.models import UserDataFile
         from volguard.audit import AuditLog
         from volguard.django import remediation
         from volguard.django.audit import audit
@@ -281,15 +288,19 @@ def test_a_file_that_arrives_before_the_fix_is_not_marked(site: ta.Site, tmp_pat
         result = audit()
         report, rows = remediation.plan(result, "fix")
         Path({str(site.media / "late.csv")!r}).write_text("arrived")
-        remediation.fix(report, rows, log=AuditLog({str(log)!r}), batch_size=1)
+        UserDataFile.objects.filter(pk={pks["renamed"]}).update(file="new.csv")
+        UserDataFile.objects.filter(pk={pks["deleted"]}).delete()
+        remediation.fix(report, rows, log=AuditLog({str(log)!r}), batch_size=2)
         print("VG_OUT=" + json.dumps(report.as_dict()))
     """)
     out = site.shell(code)
     report = json.loads(out.split("VG_OUT=", 1)[1])
     assert report["changed"] == 1
-    assert report["rechecked_away"] == 1
+    assert report["rechecked_away"] == 3
     rows = _rows(site)
     assert rows[pks["late"]]["processing_status"] == "pending"
+    assert rows[pks["renamed"]]["processing_status"] == "pending"
+    assert pks["deleted"] not in rows
     assert rows[pks["gone"]]["processing_status"] == "failed"
     assert [e["target"] for e in _log(log)] == [f"services.UserDataFile#pk={pks['gone']}"]
 

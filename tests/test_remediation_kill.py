@@ -49,8 +49,8 @@ DRIVER = textwrap.dedent("""
         os.kill(os.getpid(), signal.SIGKILL)
 
     write = A.Pending.write.__func__
-    def killing_write(cls, log, entries):
-        pending = write(cls, log, entries)
+    def killing_write(cls, *args):
+        pending = write(cls, *args)
         seen["batches"] += 1
         if point == "journaled" and seen["batches"] == at:
             die()  # inside the transaction: the batch rolls back

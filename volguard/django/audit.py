@@ -466,12 +466,15 @@ def audit(
     return result
 
 
-def recheck(rows: Iterable[AuditRow]) -> list[AuditRow]:
+def recheck(rows: Iterable[AuditRow], *, names: bool = True) -> list[AuditRow]:
     """The problem rows that are still problems now, checked one by one.
 
     For remediation, just before it changes a row: the row must still exist with the same
-    stored name, and its file must still be absent (one ``exists()`` per row, so a file
-    that arrived since the audit's listing is seen). Rows of other reasons are dropped.
+    stored name (one query; ``names=False`` skips it for a caller that re-reads the rows
+    under a lock and compares the names itself), and its file must still be absent (one
+    ``exists()`` per row, so a file that arrived since the audit's listing is seen; on a
+    volume, one ``stat`` of a directory that is gone answers for every name in it). Rows
+    of other reasons are dropped.
     """
     from django.apps import apps
 
@@ -483,10 +486,16 @@ def recheck(rows: Iterable[AuditRow]) -> list[AuditRow]:
     for (label, field_name), group in groups.items():
         model = apps.get_model(label)
         storage = storage_index.unwrap(model._meta.get_field(field_name).storage)
-        index = storage_index.PerRowIndex(storage)
-        current = _values_by_pk(model._default_manager, [r.pk for r in group], [field_name])
+        index = storage_index.PerRowIndex(storage, gone_directories=True)
+        current = (
+            _values_by_pk(model._default_manager, [r.pk for r in group], [field_name])
+            if names
+            else None
+        )
         for row in group:
-            if row.pk not in current or (current[row.pk][0] or None) != (row.name or None):
+            if current is not None and (
+                row.pk not in current or (current[row.pk][0] or None) != (row.name or None)
+            ):
                 continue  # deleted, or a new file was stored since the audit
             if row.reason == MISSING:
                 try:
@@ -970,7 +979,6 @@ def _values_by_pk(manager: Any, pks: list[Any], columns: Sequence[str]) -> dict[
     Other integer keys on PostgreSQL go as one array (``IN (SELECT unnest(%s))``).
     """
     from django.db import connections
-    from django.db.models.expressions import RawSQL
 
     wanted = set(pks)
     found: dict[Any, tuple] = {}
@@ -983,9 +991,7 @@ def _values_by_pk(manager: Any, pks: list[Any], columns: Sequence[str]) -> dict[
                     found[pk] = tuple(values)
             return found
         if connections[rows.db].vendor == "postgresql":
-            # The keys as one array parameter: a third of the cost of IN (%s, %s, …).
-            keys = RawSQL("SELECT unnest(%s)", (sorted(wanted),))
-            for pk, *values in rows.filter(pk__in=keys).values_list("pk", *columns):
+            for pk, *values in pk_in(rows, sorted(wanted)).values_list("pk", *columns):
                 found[pk] = tuple(values)
             return found
     for chunk in _chunks(list(wanted), _IN_CHUNK):
@@ -995,21 +1001,27 @@ def _values_by_pk(manager: Any, pks: list[Any], columns: Sequence[str]) -> dict[
 
 
 def pk_in(queryset: QuerySet, pks: Sequence[Any]) -> QuerySet:
-    """``queryset.filter(pk__in=pks)``, with integer keys on PostgreSQL as one array.
+    """``queryset.filter(pk__in=pks)``, cheaper for integer keys.
 
-    ``IN (%s, %s, …)`` with thousands of parameters costs more to build and for psycopg to
-    parse than the query itself; ``IN (SELECT unnest(%s))`` sends one array parameter.
+    Keys that are exactly a run of consecutive integers (a batch of a mostly missing
+    table) become one range, ``pk BETWEEN low AND high``: nothing to send or look up per
+    key. On PostgreSQL other integer keys go as one array: ``IN (%s, %s, …)`` with
+    thousands of parameters costs more to build and for psycopg to parse than the query
+    itself, ``IN (SELECT unnest(%s))`` sends one parameter, in its text form (``{1,2,3}``:
+    five times cheaper for psycopg than a list of ints).
     """
     from django.db import connections
     from django.db.models.expressions import RawSQL
 
     keys = list(pks)
-    if (
-        keys
-        and connections[queryset.db].vendor == "postgresql"
-        and all(type(pk) is int for pk in keys)
-    ):
-        return queryset.filter(pk__in=RawSQL("SELECT unnest(%s::bigint[])", (keys,)))
+    if not keys or not all(type(pk) is int for pk in keys):
+        return queryset.filter(pk__in=keys)
+    low, high = min(keys), max(keys)
+    if high - low + 1 == len(keys) == len(set(keys)):
+        return queryset.filter(pk__gte=low, pk__lte=high)
+    if connections[queryset.db].vendor == "postgresql":
+        array = "{" + ",".join(map(str, keys)) + "}"
+        return queryset.filter(pk__in=RawSQL("SELECT unnest(%s::bigint[])", (array,)))
     return queryset.filter(pk__in=keys)
 
 

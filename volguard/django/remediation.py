@@ -148,9 +148,9 @@ def candidates(result: AuditResult, *, for_delete: bool = False) -> list[AuditRo
     A missing file shared by several rows gives each a ``missing`` and a ``shared`` row: it
     is marked failed (none of them has the file), but never deleted (VG403).
     """
-    shared = {(r.model, r.field, r.pk) for r in result.rows if r.reason == SHARED}
     rows = [r for r in result.rows if r.reason in CANDIDATE_REASONS]
     if for_delete:
+        shared = {(r.model, r.field, r.pk) for r in result.rows if r.reason == SHARED}
         rows = [r for r in rows if (r.model, r.field, r.pk) not in shared]
     return rows
 
@@ -160,10 +160,10 @@ def plan(result: AuditResult, action: str) -> tuple[Remediation, list[AuditRow]]
     rows = candidates(result, for_delete=action == "delete")
     report = Remediation(action=action)
     report.planned.update(r.reason for r in rows)
-    chosen = {(r.model, r.field, r.pk, r.reason) for r in rows}
-    report.left_alone.update(
-        r.reason for r in result.rows if (r.model, r.field, r.pk, r.reason) not in chosen
-    )
+    # The candidates are some of the audit's rows: what is left is the difference.
+    report.left_alone.update(r.reason for r in result.rows)
+    report.left_alone.subtract(report.planned)
+    report.left_alone = +report.left_alone  # drops the reasons with nothing left
     return report, rows
 
 
@@ -269,7 +269,7 @@ def _fix_batch(
     status, failed, log_field = config.status_field, config.failed_value, config.log_field
     assert status is not None
     message = config.message
-    still = recheck(batch)
+    still = recheck(batch, names=False)  # the locked read below compares the names
     report.rechecked_away += len(batch) - len(still)
     if not still:
         return
@@ -301,12 +301,12 @@ def _fix_batch(
             done &= has_message
             values[log_field] = _appended(model, log_field, message, has_message)
         report.changed += pk_in(manager.all(), changing).exclude(done).update(**values)
-        target = model._meta.label
+        target, after = model._meta.label, {"status": failed}  # one object: serialized once
         _journal(
             journals,
             log,
             "mark_failed",
-            [(f"{target}#pk={pk}", before, {"status": failed}) for pk, before in entries],
+            [(f"{target}#pk={pk}", before, after) for pk, before in entries],
             using=manager.db,
             field=field_name,
             forced=report.forced,
@@ -447,7 +447,8 @@ def _delete_batch(
 
     config = model_config(model)
     columns = [c for c in (config.status_field, config.log_field) if c]
-    still = recheck(batch)  # again, just before: the export may have taken a while
+    # Again, just before (the export may have taken a while); the locked read compares names.
+    still = recheck(batch, names=False)
     report.rechecked_away += len(batch) - len(still)
     names = {r.pk: r.name for r in still}
     if not names:
@@ -530,7 +531,7 @@ def _journal(
     """
     from django.db import transaction
 
-    pending = log.prepare(log.entries(action, entries, **more))
+    pending = log.prepare(action, entries, **more)
     journals.append(pending)
     transaction.on_commit(pending.commit, using=using)
     return pending

@@ -24,7 +24,6 @@ import json
 import shlex
 import sys
 from collections.abc import Iterable
-from itertools import groupby
 from typing import Any
 
 from django.core.management.base import BaseCommand, CommandError, CommandParser
@@ -341,13 +340,13 @@ class _Text:
 
     def _grouped(self, rows: Iterable[AuditRow]) -> None:
         """Rows grouped by model field and owner, ordered by id; written in one go."""
-        keyed = sorted(  # the index breaks ties, so rows themselves are never compared
-            ((r.model, r.field, _sortable(r.owner)), _sortable(r.pk), i, r)
-            for i, r in enumerate(rows)
-        )
+        groups: dict[tuple[str, str, Any], list[AuditRow]] = {}
+        for r in rows:
+            groups.setdefault((r.model, r.field, r.owner), []).append(r)
         lines: list[str] = []
-        for (model, field_name, _), group in groupby(keyed, key=lambda k: k[0]):
-            members = [k[3] for k in group]
+        for model, field_name, owner in sorted(groups, key=lambda k: (k[0], k[1], _sortable(k[2]))):
+            members = groups[(model, field_name, owner)]
+            members.sort(key=_pk_order)  # stable: rows come from the audit in key order
             heading = self._user(members[0])
             if self.several_fields:
                 heading = f"{model}.{field_name} — {heading}"
@@ -425,6 +424,10 @@ def _shown(text: Any) -> str:
     if text.isprintable():
         return text
     return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
+
+
+def _pk_order(row: AuditRow) -> tuple[int, Any]:
+    return _sortable(row.pk)
 
 
 def _sortable(value: Any) -> tuple[int, Any]:
