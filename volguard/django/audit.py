@@ -446,12 +446,13 @@ def audit(
         per_row_max = getattr(settings, PER_ROW_MAX_SETTING, storage_index.PER_ROW_MAX)
     cutoff = (now or timezone.now()) - older_than if older_than > timedelta(0) else None
 
-    def deliver(row: AuditRow) -> None:
-        result.per_reason[row.reason] += 1
+    def deliver(rows: list[AuditRow]) -> None:
+        result.per_reason.update(row.reason for row in rows)
         if keep_rows:
-            result.rows.append(row)
+            result.rows.extend(rows)
         if on_row is not None:
-            on_row(row)
+            for row in rows:
+                on_row(row)
 
     for target, target_lookups in plans:
         report = _FieldAudit(target, target_lookups, cutoff, batch_size, deliver).run(
@@ -516,7 +517,7 @@ class _FieldAudit:
         lookups: list[tuple[str, Any]],
         cutoff: datetime | None,
         batch_size: int,
-        deliver: Callable[[AuditRow], None],
+        deliver: Callable[[list[AuditRow]], None],
     ) -> None:
         self.target = target
         self.lookups = lookups
@@ -777,31 +778,26 @@ class _FieldAudit:
         if columns:
             manager = self.target.model._default_manager
             facts = _values_by_pk(manager, [p[0] for p in pending], columns)
+        label, field_name = self.target.label, self.target.field_name
+        has_owner, has_status = config.owner_field is not None, config.status_field is not None
+        rows: list[AuditRow] = []
         for pk, name, reason, detail, shared_with in pending:
-            values = iter(facts.get(pk, ()))
-            owner = next(values, None) if config.owner_field else None
-            status = next(values, None) if config.status_field else None
+            values = facts.get(pk)  # (owner, status), either left out when not configured
+            owner = values[0] if has_owner and values else None
+            status = values[-1] if has_status and values else None
             if reason == MISSING:  # validated by _stream: looked up
                 path = locate(name)
             elif reason == SHARED:
                 path = self._location(name)
             else:
                 path = ""
-            self.report.per_reason[reason] += 1
-            self.deliver(
+            rows.append(
                 AuditRow(
-                    model=self.target.label,
-                    pk=pk,
-                    field=self.target.field_name,
-                    name=name,
-                    reason=reason,
-                    owner=owner,
-                    status=status,
-                    detail=detail,
-                    path=path,
-                    shared_with=shared_with,
+                    label, pk, field_name, name, reason, owner, status, detail, path, shared_with
                 )
             )
+        self.report.per_reason.update(p[2] for p in pending)
+        self.deliver(rows)
         pending.clear()
 
     def _location(self, name: str) -> str:

@@ -353,7 +353,7 @@ def _tail(text: str | None) -> str | None:
     """The last line of a log (at most `LOG_TAIL_CHARS`): enough to see what was there."""
     if text is None:
         return None
-    return text.rsplit("\n", 1)[-1][-LOG_TAIL_CHARS:]
+    return text[-LOG_TAIL_CHARS:].rpartition("\n")[2]  # never more than the tail is scanned
 
 
 # -- --delete -----------------------------------------------------------------------------

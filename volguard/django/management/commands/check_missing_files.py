@@ -351,10 +351,10 @@ class _Text:
             if self.several_fields:
                 heading = f"{model}.{field_name} — {heading}"
             lines += ["", heading]
+            facts, shown = self._facts, _shown
             for row in members:
-                name = _shown(row.name) if row.name else "(empty)"
-                lines.append(f"  ID {row.pk}: {name} ({self._facts(row)})")
-                lines.append(f"    Path: {_path(row)}")
+                name = shown(row.name) if row.name else "(empty)"
+                lines.append(f"  ID {row.pk}: {name} ({facts(row)})\n    Path: {_path(row)}")
         if lines:
             self.out.write("\n".join(lines))
 
@@ -369,11 +369,10 @@ class _Text:
 
     @staticmethod
     def _facts(row: AuditRow) -> str:
-        facts = [f"status={row.status if row.status is not None else '-'}"]
-        facts.append(f"reason={row.reason}")
+        status = row.status if row.status is not None else "-"
         if row.reason == SHARED:
-            facts.append(f"{row.shared_with} rows")
-        return ", ".join(facts)
+            return f"status={status}, reason={row.reason}, {row.shared_with} rows"
+        return f"status={status}, reason={row.reason}"
 
     def _costs(self) -> None:
         self.out.write("")
