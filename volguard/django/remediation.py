@@ -11,9 +11,10 @@ so every safety rule of issue #5 lives here:
   before changing anything `interlock` refuses when a FileSystemStorage root is missing or
   holds no file at all, or when more than ``--max-missing`` of the audited rows are
   candidates. ``--force`` overrides, and every log entry of the run then says ``forced``.
-- **Re-check.** Each batch is re-checked (`audit.recheck`: the row still has the same name
-  and its file is still absent) just before it is changed, and re-read under a row lock
-  inside the transaction, so an upload that landed during the audit is never marked.
+- **Re-check.** Each batch's files are re-checked (`audit.recheck`: still absent) just
+  before it is changed, and its rows re-read under a row lock inside the transaction
+  (still there, with the same name), so an upload that landed during the audit, or a row
+  re-uploaded under a new name, is never marked.
 - **Bulk, batched, idempotent.** One ``transaction.atomic()`` per batch, one
   ``filter(pk__in=…).update(…)`` (or ``delete()``) per batch, never a per-row ``save()``.
   The log is appended with a database expression, and the update is guarded so a row that
