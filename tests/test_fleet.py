@@ -161,8 +161,9 @@ def fleets(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Callable[[str],
         fleet.close()
 
 
-def ssh(fleet: LocalFleet, host: str, *command: str) -> subprocess.CompletedProcess[str]:
-    argv = ["ssh", "-F", str(fleet.ssh_config), host, *command]
+def ssh(fleet: LocalFleet, *args: str) -> subprocess.CompletedProcess[str]:
+    """``ssh -F <the fleet's ssh_config> <args>``: options, the host, the command."""
+    argv = ["ssh", "-F", str(fleet.ssh_config), *args]
     return subprocess.run(argv, capture_output=True, text=True, timeout=30, check=False)
 
 
@@ -286,6 +287,34 @@ def test_ssh_works_with_host_key_checking_on(fleets: Callable[[str], LocalFleet]
         fleet.known_hosts.write_text(saved)
     assert refused.returncode == 255
     assert "Host key verification failed" in refused.stderr
+
+
+HOST_ROOT_SHELL = pwd.getpwnam("root").pw_shell  # read before any fleet starts
+
+
+@needs_fleet
+def test_sessions_run_in_bin_sh_as_hallpass_does(fleets: Callable[[str], LocalFleet]) -> None:
+    """fly-facts 4.1: hallpass's shell is /bin/sh, not a login shell. So no dotfile of this
+    host's root (a ~/.bashrc running `pyenv init`) runs in a session; the host keeps its own."""
+    fleet = fleets("healthy")
+    done = ssh(fleet, WEB, "readlink /proc/$$/exe; getent passwd root")
+    shell, entry = done.stdout.splitlines()
+    assert shell == os.path.realpath("/bin/sh")
+    assert entry.endswith(":/bin/sh")
+    assert pwd.getpwnam("root").pw_shell == HOST_ROOT_SHELL
+
+
+@needs_fleet
+def test_the_machines_offer_the_go_ssh_key_exchanges(fleets: Callable[[str], LocalFleet]) -> None:
+    """The key exchanges of golang.org/x/crypto/ssh (flyctl's SSH library): curve25519
+    yes, OpenSSH's sntrup761x25519 (not in that library) no."""
+    fleet = fleets("healthy")
+    ok = ssh(fleet, "-o", "KexAlgorithms=curve25519-sha256", WEB, "true")
+    assert ok.returncode == 0, ok.stderr
+    sntrup = "KexAlgorithms=sntrup761x25519-sha512@openssh.com"
+    refused = ssh(fleet, "-o", "LogLevel=INFO", "-o", sntrup, WEB, "true")
+    assert refused.returncode == 255
+    assert "no matching key exchange method" in refused.stderr
 
 
 @needs_fleet

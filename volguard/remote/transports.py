@@ -106,15 +106,24 @@ class Transport:
         return self.host(machine).run(command)
 
     def close(self) -> None:
-        """End ssh ControlMaster connections and remove their sockets."""
-        for name in os.listdir(self._control_dir):
-            path = os.path.join(self._control_dir, name)
-            subprocess.run(
+        """End ssh ControlMaster connections (all at once) and remove their sockets."""
+        exits = [
+            subprocess.Popen(
                 ["ssh", "-o", f"ControlPath={path}", "-O", "exit", "volguard-control"],
-                capture_output=True,
-                check=False,
-                timeout=10,
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
             )
+            for path in sorted(
+                os.path.join(self._control_dir, n) for n in os.listdir(self._control_dir)
+            )
+        ]
+        for proc in exits:
+            try:
+                proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
         # ssh removes its own socket on exit, possibly while we look: ignore what is gone
         shutil.rmtree(self._control_dir, ignore_errors=True)
 

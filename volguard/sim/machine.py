@@ -12,6 +12,9 @@ environment, and a real OpenSSH server that `ssh` and the flyctl stand-in reach.
   this Machine's and not its neighbour's, and one SIGKILL of its init ends everything in
   it, including every SSH session, which is what frees its mounts.
 - A UTS namespace gives it its id as hostname, as on Fly.
+- Its SSH server is sshd configured to look like hallpass from outside: sessions run in
+  /bin/sh (root's shell inside the namespace; the host's own dotfiles never run) and it
+  offers the key exchanges of golang.org/x/crypto/ssh (`GO_SSH_KEX`).
 
 Everything that reaches the setup shell script is quoted with shlex.quote; everything
 else is passed as argv.
@@ -39,6 +42,19 @@ from volguard.sim.objects import build_machine
 from volguard.sim.scenario import MachineSpec, Scenario
 
 SSHD = "/usr/sbin/sshd"
+#: The key exchanges a Machine's SSH server offers: golang.org/x/crypto/ssh's defaults, the
+#: library flyctl talks to hallpass with (ssh/common.go; mlkem768x25519 since Go 1.24), less
+#: SHA-1. It has no sntrup761x25519, OpenSSH 9's default, whose key generation costs the
+#: client ~70 ms of CPU per connection here (docs/BENCHMARKS.md, #4).
+GO_SSH_KEX = (
+    "mlkem768x25519-sha256",
+    "curve25519-sha256",
+    "curve25519-sha256@libssh.org",
+    "ecdh-sha2-nistp256",
+    "ecdh-sha2-nistp384",
+    "ecdh-sha2-nistp521",
+    "diffie-hellman-group14-sha256",
+)
 PR_SET_PDEATHSIG = 1
 SSH_PORT = 2222
 APP_PORT = 8000  # where the `app` group's web server listens, on the Machine's address
@@ -270,9 +286,15 @@ def setup_script(plan: MachinePlan) -> str:
     holds the namespace), so every SSH session lives in this namespace."""
     q = shlex.quote
     files = plan.files
+    passwd = q(str(files / "passwd"))
     lines = [
         "set -eu",
         f"echo {q(plan.id)} > /proc/sys/kernel/hostname",
+        # Fly's SSH server (hallpass) runs sessions with /bin/sh, not a login shell
+        # (fly-facts.md, 4.1): root's shell here is /bin/sh too, so no host dotfile (a
+        # ~/.bashrc that runs `pyenv init` costs ~100 ms of CPU) runs in a session.
+        f"sed 's#^\\(root:[^:]*:[^:]*:[^:]*:[^:]*:[^:]*:\\).*#\\1/bin/sh#' /etc/passwd > {passwd}",
+        f"mount --bind {passwd} /etc/passwd",
     ]
     for m in plan.mounts:
         if m.inside:
@@ -332,9 +354,23 @@ def sshd_config(plan: MachinePlan, *, authorized_keys: Path) -> str:
             "MaxSessions 50",  # testinfra multiplexes sessions over one connection
             "PrintMotd no",
             "Subsystem sftp internal-sftp",
+            *([f"KexAlgorithms {','.join(kex)}"] if (kex := machine_kex()) else []),
             "",
         ]
     )
+
+
+@functools.cache
+def machine_kex() -> tuple[str, ...]:
+    """`GO_SSH_KEX` as far as this OpenSSH has them (``ssh -Q kex``); () if it cannot say."""
+    try:
+        done = subprocess.run(
+            ["ssh", "-Q", "kex"], capture_output=True, text=True, timeout=10, check=False
+        )
+    except (OSError, subprocess.TimeoutExpired):
+        return ()
+    known = set(done.stdout.split()) if done.returncode == 0 else set()
+    return tuple(k for k in GO_SSH_KEX if k in known)
 
 
 def config_path(path: Path) -> str:
