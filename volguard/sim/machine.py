@@ -42,10 +42,12 @@ from volguard.sim.objects import build_machine
 from volguard.sim.scenario import MachineSpec, Scenario
 
 SSHD = "/usr/sbin/sshd"
-#: The key exchanges a Machine's SSH server offers: golang.org/x/crypto/ssh's defaults, the
-#: library flyctl talks to hallpass with (ssh/common.go; mlkem768x25519 since Go 1.24), less
-#: SHA-1. It has no sntrup761x25519, OpenSSH 9's default, whose key generation costs the
-#: client ~70 ms of CPU per connection here (docs/BENCHMARKS.md, #4).
+#: The key exchanges a Machine's SSH server offers: golang.org/x/crypto/ssh's defaults
+#: (its ssh/common.go; mlkem768x25519 since Go 1.24) less SHA-1. flyctl talks to hallpass
+#: with that library and sets no KeyExchanges (FLYCTL ssh/client.go, `ssh.ClientConfig`), so
+#: a real `fly ssh console` never negotiates OpenSSH 9's default sntrup761x25519, whose key
+#: generation costs the client ~70 ms of CPU per connection here (docs/BENCHMARKS.md, #4).
+#: Which exchanges hallpass itself offers to a plain OpenSSH client is UNVERIFIED.
 GO_SSH_KEX = (
     "mlkem768x25519-sha256",
     "curve25519-sha256",
