@@ -479,19 +479,22 @@ def _chosen(index: NameIndex, why: str) -> NameIndex:
 
 def _is_dir(path: str) -> bool:
     """``os.path.isdir``, except that only "not there" is False: other errors raise."""
-    try:
-        return stat.S_ISDIR(os.stat(path).st_mode)
-    except (FileNotFoundError, NotADirectoryError):
-        return False
-    except OSError as e:
-        raise StorageIndexError(f"cannot check {path}: {e.strerror or e}") from e
+    mode = _mode(path)
+    return mode is not None and stat.S_ISDIR(mode)
 
 
 def _is_file(path: str) -> bool:
     """``os.path.isfile``, except that only "not there" is False: other errors raise."""
+    mode = _mode(path)
+    return mode is not None and stat.S_ISREG(mode)
+
+
+def _mode(path: str) -> int | None:
+    """``os.stat(path).st_mode``; None when nothing is there (or a file is where a
+    directory should be); any other error (EACCES, EIO, …) is a `StorageIndexError`."""
     try:
-        return stat.S_ISREG(os.stat(path).st_mode)
+        return os.stat(path).st_mode
     except (FileNotFoundError, NotADirectoryError):
-        return False
+        return None
     except OSError as e:
         raise StorageIndexError(f"cannot check {path}: {e.strerror or e}") from e
