@@ -233,6 +233,7 @@ _VARYING = ("target", "before", "after")
 
 
 def _lines(entries: Iterable[dict[str, Any]]) -> bytes:
+    """Entries of any shape as JSON lines, one `_line` each."""
     return "".join(_line(e) for e in entries).encode("utf-8")
 
 
