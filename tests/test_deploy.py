@@ -220,3 +220,69 @@ def test_resume_continues_from_the_step_that_failed(tmp_path: Path) -> None:
     again = _volguard(cwd, None, None, "deploy", "--resume")
     assert again.returncode == 1
     assert "succeeded; nothing to resume" in again.stderr
+
+
+# -- the deploy step in-process: flyctl's output as it comes ----------------------------
+
+FAKE_FLYCTL = """#!/bin/sh
+echo "==> Building image"
+i=0
+while [ ! -e "$VG_SHOWN" ] && [ $i -lt 100 ]; do sleep 0.05; i=$((i+1)); done
+[ -e "$VG_SHOWN" ] || { echo "Error: the first line was not shown while flyctl ran" >&2; exit 3; }
+echo "--> v2 deployed successfully"
+[ -z "$VG_FAIL" ] || { echo "Error: $VG_FAIL" >&2; exit 1; }
+"""
+
+
+def _deploy_step(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, fail: str = "") -> tuple:
+    from types import SimpleNamespace
+
+    from volguard.deploy import deploy_step
+    from volguard.runs import Step
+
+    flyctl = tmp_path / "flyctl"
+    flyctl.write_text(FAKE_FLYCTL)
+    flyctl.chmod(0o755)
+    shown = tmp_path / "shown"
+    monkeypatch.setenv("VG_SHOWN", str(shown))
+    monkeypatch.setenv("VG_FAIL", fail)
+    lines: list[str] = []
+
+    def out(line: str) -> None:
+        lines.append(line)
+        shown.touch()  # flyctl goes on only once its first line has been shown
+
+    ctx = SimpleNamespace(
+        options=SimpleNamespace(deploy=True, fly_toml="fly.toml"),
+        settings=SimpleNamespace(flyctl=str(flyctl)),
+        app="test-app",
+        out=out,
+    )
+    step = Step("deploy")
+    deploy_step(ctx, step)  # type: ignore[arg-type]
+    return step, lines
+
+
+def test_flyctl_deploy_output_is_shown_while_it_runs(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    step, lines = _deploy_step(tmp_path, monkeypatch)
+    assert lines == ["  ==> Building image", "  --> v2 deployed successfully"]
+    assert (step.status, step.summary) == ("changed", "deployed")
+    assert step.detail["command"][1:] == [
+        "deploy",
+        "--config",
+        "fly.toml",
+        "--app",
+        "test-app",
+        "--yes",
+    ]
+
+
+def test_a_failed_flyctl_deploy_is_one_line_from_its_stderr(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    step, lines = _deploy_step(tmp_path, monkeypatch, fail="release command failed")
+    assert lines == ["  ==> Building image", "  --> v2 deployed successfully"]
+    assert step.status == "failed"
+    assert step.summary == "flyctl deploy exited 1: Error: release command failed"

@@ -15,6 +15,7 @@ and reports through its `Step`, so the order in `STEPS` is the whole flow.
 from __future__ import annotations
 
 import subprocess
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -164,19 +165,42 @@ def deploy_step(ctx: DeployContext, step: Step) -> None:
     argv += ["--app", ctx.app, "--yes"]
     step.detail["command"] = argv
     try:
-        done = subprocess.run(
-            argv, stdin=subprocess.DEVNULL, capture_output=True, text=True, check=False
-        )
+        returncode, stdout, stderr = _streamed(argv, lambda line: ctx.out(f"  {line}"))
     except FileNotFoundError:
         step.failed(f"{ctx.settings.flyctl} is not installed or not on PATH")
         return
-    for line in done.stdout.splitlines():
-        ctx.out(f"  {line}")
-    if done.returncode != 0:
-        last = (done.stderr.strip() or done.stdout.strip() or "no output").splitlines()[-1]
-        step.failed(f"flyctl deploy exited {done.returncode}: {last}")
+    if returncode != 0:
+        last = (stderr.strip() or stdout.strip() or "no output").splitlines()[-1]
+        step.failed(f"flyctl deploy exited {returncode}: {last}")
         return
     step.changed("deployed")
+
+
+def _streamed(argv: list[str], out: Callable[[str], None]) -> tuple[int, str, str]:
+    """Run ``argv``, passing each stdout line to ``out`` as it comes (a deploy takes
+    minutes); stderr is kept apart, for the one-line reason of a failure."""
+    with subprocess.Popen(
+        argv,
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        bufsize=1,
+    ) as proc:
+        stdout, stderr = proc.stdout, proc.stderr
+        assert stdout is not None
+        assert stderr is not None
+        errors: list[str] = []
+        reader = threading.Thread(target=lambda: errors.append(stderr.read()), daemon=True)
+        reader.start()
+        lines = []
+        for line in stdout:
+            line = line.rstrip("\n")
+            lines.append(line)
+            out(line)
+        returncode = proc.wait()
+        reader.join()
+    return returncode, "\n".join(lines), "".join(errors)
 
 
 def wait_step(ctx: DeployContext, step: Step) -> None:
