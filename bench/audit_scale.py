@@ -178,12 +178,13 @@ def db_kind(url: str) -> str:
     return "sqlite" if url.startswith("sqlite:") else "postgres"
 
 
-def setup_django(settings: str = "config.settings") -> None:
-    """The example project in this process (DATABASE_URL, MEDIA_ROOT from the environment)."""
+def setup_django() -> None:
+    """The example project in this process (DATABASE_URL, MEDIA_ROOT, BUCKET_NAME, … from
+    the environment: example/config/settings.py)."""
     import django
 
     sys.path.insert(0, str(EXAMPLE))
-    os.environ["DJANGO_SETTINGS_MODULE"] = settings
+    os.environ["DJANGO_SETTINGS_MODULE"] = "config.settings"
     django.setup()
 
 
@@ -241,12 +242,10 @@ def run_child(
     spec: dict[str, Any],
     env: dict[str, str],
     *,
-    pythonpath: tuple[Path, ...] = (),
     timeout: float = 3600,
 ) -> dict[str, Any]:
     """Run ``script --child MODE`` with ``spec``; its result is the line it prints last."""
-    path = os.pathsep.join([*map(str, pythonpath), str(EXAMPLE)])
-    full_env = {**os.environ, **env, "PYTHONPATH": path}
+    full_env = {**os.environ, **env, "PYTHONPATH": str(EXAMPLE)}
     proc = subprocess.run(
         [sys.executable, script, "--child", mode, "--spec", json.dumps(spec)],
         env=full_env,

@@ -63,7 +63,6 @@ from audit_scale import (
 
 BUCKET = "volguard-media"
 LOCATION = "media"
-SETTINGS_MODULE = "vg_s3_bench_settings"
 MIN_FEWER_REQUESTS = 50.0
 MIN_SPEEDUP = 10.0
 #: A request line in the server's log (werkzeug): ``"GET /bucket?list-type=2 HTTP/1.1" 200``,
@@ -71,27 +70,16 @@ MIN_SPEEDUP = 10.0
 _ANSI = r"(?:\x1b\[[0-9;]*m)*"
 REQUEST_LINE = re.compile(rf'"{_ANSI}(?:GET|HEAD|PUT|POST|DELETE) \S+ HTTP/1\.[01]{_ANSI}"')
 
-SETTINGS_PY = f"""\
-import os
-
-from config.settings import *  # noqa: F403
-
-STORAGES = {{
-    "default": {{
-        "BACKEND": "storages.backends.s3.S3Storage",
-        "OPTIONS": {{
-            "bucket_name": {BUCKET!r},
-            "location": {LOCATION!r},
-            "endpoint_url": os.environ["VG_S3_ENDPOINT"],
-            "access_key": "testing",
-            "secret_key": "testing",
-            "region_name": "us-east-1",
-            "querystring_auth": False,
-        }},
-    }},
-    "staticfiles": {{"BACKEND": "django.contrib.staticfiles.storage.StaticFilesStorage"}},
-}}
-"""
+#: The example app's own settings put its uploads on S3 when these are set (as `fly storage
+#: create` sets them on Fly; example/config/settings.py).
+S3_ENVIRONMENT = {
+    "BUCKET_NAME": BUCKET,
+    "MEDIA_LOCATION": LOCATION,
+    "AWS_ACCESS_KEY_ID": "testing",
+    "AWS_SECRET_ACCESS_KEY": "testing",
+    "AWS_REGION": "us-east-1",
+    "AWS_EC2_METADATA_DISABLED": "true",
+}
 
 
 def log(message: str) -> None:
@@ -247,7 +235,7 @@ def child_time(spec: dict[str, Any]) -> dict[str, Any]:
 
 
 def child_main(mode: str, spec: dict[str, Any]) -> None:
-    setup_django(SETTINGS_MODULE)
+    setup_django()
     if mode == "seed":
         child_result(migrate_and_seed(Layout(**spec["layout"])))
     elif mode == "time":
@@ -284,21 +272,20 @@ def main() -> int:
         started = time.perf_counter()
         objects = fill_bucket(endpoint, layout, args.objects)
         log(f"{objects:,} objects in {time.perf_counter() - started:.1f} s")
-        (workdir / f"{SETTINGS_MODULE}.py").write_text(SETTINGS_PY)
         env = {
             "DATABASE_URL": f"sqlite:///{workdir / 'bench.sqlite3'}",
             "MEDIA_ROOT": str(workdir / "unused-media"),
-            "VG_S3_ENDPOINT": endpoint,
-            "AWS_EC2_METADATA_DISABLED": "true",
+            "AWS_ENDPOINT_URL_S3": endpoint,
+            **S3_ENVIRONMENT,
         }
-        run_child(__file__, "seed", {"layout": asdict(layout)}, env, pythonpath=(workdir,))
+        run_child(__file__, "seed", {"layout": asdict(layout)}, env)
         log(f"timing {args.rounds} rounds, then the per-row loop")
         spec = {
             "rounds": args.rounds,
             "expected_missing": len(layout.missing()),
             "server_log": str(server_log),
         }
-        result = run_child(__file__, "time", spec, env, pythonpath=(workdir,))
+        result = run_child(__file__, "time", spec, env)
     except CannotRun as e:
         print(f"s3_audit: cannot run: {e}", file=sys.stderr)
         return 2

@@ -36,27 +36,18 @@ BIG = "user_data/user_1"
 BIG_COUNT = 1500
 
 
-SETTINGS_PY = f"""\
-import os
+def s3_environment(endpoint: str, bucket: str = BUCKET) -> dict[str, str]:
+    """The example app on S3 through its own settings, as `fly storage create` sets them."""
+    return {
+        "BUCKET_NAME": bucket,
+        "MEDIA_LOCATION": LOCATION,
+        "AWS_ENDPOINT_URL_S3": endpoint,
+        "AWS_ACCESS_KEY_ID": "testing",
+        "AWS_SECRET_ACCESS_KEY": "testing",
+        "AWS_REGION": "us-east-1",
+        "AWS_EC2_METADATA_DISABLED": "true",
+    }
 
-from config.settings import *  # noqa: F403
-
-STORAGES = {{
-    "default": {{
-        "BACKEND": "storages.backends.s3.S3Storage",
-        "OPTIONS": {{
-            "bucket_name": {BUCKET!r},
-            "location": {LOCATION!r},
-            "endpoint_url": os.environ["VG_S3_ENDPOINT"],
-            "access_key": "testing",
-            "secret_key": "testing",
-            "region_name": "us-east-1",
-            "querystring_auth": False,
-        }},
-    }},
-    "staticfiles": {{"BACKEND": "django.contrib.staticfiles.storage.StaticFilesStorage"}},
-}}
-"""
 
 SEED = """\
 import datetime, json, os
@@ -167,7 +158,6 @@ def s3site(s3_endpoint: str, tmp_path_factory: pytest.TempPathFactory) -> S3Site
     import boto3
 
     root = tmp_path_factory.mktemp("s3project")
-    (root / "vg_s3_settings.py").write_text(SETTINGS_PY)
     client = boto3.client(
         "s3",
         endpoint_url=s3_endpoint,
@@ -183,15 +173,14 @@ def s3site(s3_endpoint: str, tmp_path_factory: pytest.TempPathFactory) -> S3Site
 
     env = {
         **os.environ,
-        "DJANGO_SETTINGS_MODULE": "vg_s3_settings",
-        "PYTHONPATH": os.pathsep.join([str(root), str(REPO)]),
+        "DJANGO_SETTINGS_MODULE": "config.settings",
+        "PYTHONPATH": str(REPO),
         "DATABASE_URL": f"sqlite:///{root / 'db.sqlite3'}",
         "MEDIA_ROOT": str(root / "unused-media"),
         "CELERY_BROKER_URL": "memory://",
         "PYTHONIOENCODING": "utf-8",
         "PYTHONDONTWRITEBYTECODE": "1",
-        "VG_S3_ENDPOINT": s3_endpoint,
-        "AWS_EC2_METADATA_DISABLED": "true",
+        **s3_environment(s3_endpoint),
     }
     proc = _manage(env, "migrate", "--noinput")
     assert proc.returncode == 0, proc.stdout + proc.stderr
@@ -288,30 +277,9 @@ def test_a_single_row_is_one_head_request(s3site: S3Site) -> None:
 
 # -- the VG404 interlock on S3 ------------------------------------------------------------
 
-OTHER_BUCKET_PY = """\
-import os
 
-from vg_s3_settings import *  # noqa: F403
-
-STORAGES = {
-    **STORAGES,
-    "default": {
-        **STORAGES["default"],
-        "OPTIONS": {**STORAGES["default"]["OPTIONS"], "bucket_name": os.environ["VG_BUCKET"]},
-    },
-}
-"""
-
-
-def _other_bucket(s3site: S3Site, tmp_path: Path, bucket: str) -> dict[str, str]:
-    (tmp_path / "vg_s3_other.py").write_text(OTHER_BUCKET_PY)
-    pythonpath = os.pathsep.join([str(tmp_path), s3site.env["PYTHONPATH"]])
-    return {
-        **s3site.env,
-        "DJANGO_SETTINGS_MODULE": "vg_s3_other",
-        "PYTHONPATH": pythonpath,
-        "VG_BUCKET": bucket,
-    }
+def _other_bucket(s3site: S3Site, bucket: str) -> dict[str, str]:
+    return {**s3site.env, **s3_environment(s3site.endpoint, bucket)}
 
 
 def test_fix_refuses_when_the_bucket_holds_nothing_or_is_missing(
@@ -332,12 +300,12 @@ def test_fix_refuses_when_the_bucket_holds_nothing_or_is_missing(
     fix = ["check_missing_files", "--fix", "--filter", f"pk={pk}", "--older-than", "0"]
     fix += ["--max-missing", "100%", "--audit-log", str(log)]
 
-    proc = _manage(_other_bucket(s3site, tmp_path, "volguard-empty"), *fix)
+    proc = _manage(_other_bucket(s3site, "volguard-empty"), *fix)
     assert proc.returncode == 2, proc.stdout + proc.stderr
     assert "VG404" in proc.stderr
     assert "the bucket 'volguard-empty' holds no objects under 'media/'" in proc.stderr
 
-    proc = _manage(_other_bucket(s3site, tmp_path, "volguard-nonexistent"), *fix)
+    proc = _manage(_other_bucket(s3site, "volguard-nonexistent"), *fix)
     assert proc.returncode == 2, proc.stdout + proc.stderr
     assert "cannot list the bucket 'volguard-nonexistent'" in proc.stderr
     assert "NoSuchBucket" in proc.stderr

@@ -5,6 +5,10 @@
 - ``ALLOWED_HOSTS``: comma-separated (default: localhost and ``.fly.dev``).
 - ``MEDIA_ROOT``: where uploads go (default ``<BASE_DIR>/media``; on Fly ``/data/media``,
   on the volume mounted at ``/data``).
+- ``BUCKET_NAME``: uploads go to this S3 bucket instead (django-storages), under
+  ``MEDIA_LOCATION`` (default ``media``). ``fly storage create`` (Tigris) sets it with
+  ``AWS_ENDPOINT_URL_S3``, ``AWS_ACCESS_KEY_ID`` and ``AWS_SECRET_ACCESS_KEY``
+  (https://fly.io/docs/python/do-more/add-object-storage/); ``AWS_REGION`` is optional.
 - ``DATABASE_URL``: ``sqlite:///relative.db``, ``sqlite:////absolute.db`` or
   ``postgres://user:password@host:port/name?sslmode=…`` (default: ``db.sqlite3`` here).
 - ``CELERY_BROKER_URL``: default ``memory://`` (in-process only, so tasks then run eagerly).
@@ -128,6 +132,19 @@ STATIC_URL = "static/"
 STATIC_ROOT = BASE_DIR / "staticfiles"
 MEDIA_URL = "media/"
 MEDIA_ROOT = os.environ.get("MEDIA_ROOT") or str(BASE_DIR / "media")
+if os.environ.get("BUCKET_NAME"):  # object storage every Machine reaches (credentials: boto3's)
+    STORAGES = {
+        "default": {
+            "BACKEND": "storages.backends.s3.S3Storage",
+            "OPTIONS": {
+                "bucket_name": os.environ["BUCKET_NAME"],
+                "location": os.environ.get("MEDIA_LOCATION", "media"),
+                "endpoint_url": os.environ.get("AWS_ENDPOINT_URL_S3") or None,
+                "region_name": os.environ.get("AWS_REGION") or None,
+            },
+        },
+        "staticfiles": {"BACKEND": "django.contrib.staticfiles.storage.StaticFilesStorage"},
+    }
 
 CELERY_BROKER_URL = os.environ.get("CELERY_BROKER_URL", "memory://")
 CELERY_TASK_ALWAYS_EAGER = env_bool(
