@@ -11,6 +11,7 @@ fail under CI, which is root and must run them. The scenario-key tests run every
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import json
 import os
@@ -225,6 +226,29 @@ def test_each_scenario_starts_and_stops_cleanly(name: str, tmp_path: Path) -> No
     assert leftovers(tmp_path) == []
     assert not any(path.exists() for path in rootfs)
     assert Path("/proc/self/mountinfo").read_text() == mounts_before
+
+
+def _held_namespaces() -> set[int]:
+    """Inodes of the mount namespaces this process holds open (``mnt:[…]`` fds)."""
+    held = set()
+    for fd in os.listdir("/proc/self/fd"):
+        with contextlib.suppress(OSError):
+            target = os.readlink(f"/proc/self/fd/{fd}")
+            if target.startswith("mnt:["):
+                held.add(int(target[5:-1]))
+    return held
+
+
+@needs_fleet
+def test_a_running_machines_namespace_is_held_until_it_stops(tmp_path: Path) -> None:
+    """Held, so its inode is never reused while stop() may still kill by it: with worlds
+    running in parallel, another fleet's new Machine once got a stopping Machine's freed
+    inode and was killed as its leftover (exit -9, no log output)."""
+    with LocalFleet("incident", workdir=tmp_path) as fleet:
+        namespaces = {fleet.mount_namespace(m) for m in fleet.machines}
+        assert namespaces <= _held_namespaces()
+    assert not namespaces & _held_namespaces()
+    assert all(processes_in_namespace(ns) == [] for ns in namespaces)
 
 
 @needs_fleet

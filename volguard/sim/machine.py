@@ -391,6 +391,10 @@ class MachineProcess:
     proc: subprocess.Popen[bytes] | None = None
     init_pid: int | None = None  # the namespace's init, in the host's PID namespace
     mnt_ns: int | None = None  # inode of its mount namespace, to find anything left in it
+    # An open fd on that namespace, held until stop() is done: while it is open the
+    # namespace lives, so its inode cannot be given to a namespace made since (another
+    # fleet's new Machine), whose processes stop() would otherwise kill as its own.
+    _ns_fd: int | None = field(default=None, repr=False)
     _log: Any = field(default=None, repr=False)
 
     def start(self) -> None:
@@ -446,7 +450,14 @@ class MachineProcess:
         if not pids:
             raise MachineError(self._failure("lost its init process"))
         self.init_pid = pids[0]
-        self.mnt_ns = os.stat(f"/proc/{self.init_pid}/ns/mnt").st_ino
+        fd = os.open(f"/proc/{self.init_pid}/ns/mnt", os.O_RDONLY | os.O_CLOEXEC)
+        self._release_namespace()
+        self._ns_fd, self.mnt_ns = fd, os.fstat(fd).st_ino
+
+    def _release_namespace(self) -> None:
+        if self._ns_fd is not None:
+            os.close(self._ns_fd)
+        self._ns_fd = self.mnt_ns = None
 
     def _check_alive(self) -> None:
         if self.proc is not None and self.proc.poll() is not None:
@@ -522,7 +533,7 @@ class MachineProcess:
             if self.init_pid is None and self.proc.poll() is None:
                 with contextlib.suppress(OSError, MachineError):
                     self._find_init()
-            for pid in [self.init_pid, *self.pids()]:
+            for pid in self.pids():  # the init among them (not its pid alone: reusable)
                 _kill(pid)
             _kill(self.proc.pid)
             with contextlib.suppress(subprocess.TimeoutExpired):
@@ -530,10 +541,11 @@ class MachineProcess:
             for pid in self.pids():  # e.g. an `nsenter --mount` without --pid
                 _kill(pid)
             # SIGKILL is delivered at once but processes exit asynchronously: wait until
-            # the namespace is empty, so "stopped" means its mounts are really gone.
+            # the namespace is empty, then let it go, so "stopped" means its mounts are gone.
             deadline = time.monotonic() + 10
             while self.pids() and time.monotonic() < deadline:
                 time.sleep(0.01)
+            self._release_namespace()
             self.proc = None
         if self._log is not None:
             self._log.close()
