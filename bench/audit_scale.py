@@ -15,7 +15,7 @@ rounds (default 3) of, interleaved:
 - **floor**: streaming ``values_list("pk", "file").iterator(chunk_size=2000)`` (with the
   model's default ordering cleared, as the audit does) plus one ``os.scandir`` walk of
   the media tree keeping each directory's set of file names;
-- **engine**: ``volguard.django.audit.audit(discover(["services.UserDataFile"]))``, what
+- **engine**: ``volguard.django.missing_files.audit(discover(["services.UserDataFile"]))``, what
   the command calls;
 - **command**: ``call_command("check_missing_files", "--json")`` in-process with stdout
   to /dev/null (what a user runs, less Python and Django start-up);
@@ -326,7 +326,7 @@ def floor_fs(root: str) -> int:
 
 
 def engine() -> dict[str, Any]:
-    from volguard.django.audit import audit, discover
+    from volguard.django.missing_files import audit, discover
 
     result = audit(discover([MODEL]))
     return {

@@ -195,7 +195,7 @@ class DelayProxies:
 
 def write_bench_ssh(fleet: Any, ports: dict[str, int], directory: Path) -> Path:
     """ssh_config and known_hosts reaching each Machine through its proxy, keys checked."""
-    from volguard.sim.machine import config_path
+    from volguard.sim.local_machine import config_path
 
     real_keys = {}
     for line in fleet.known_hosts.read_text().splitlines():
@@ -392,7 +392,7 @@ def measure(
 ) -> dict[str, Any]:
     from volguard.fly.models import Machine
     from volguard.flytoml import parse_fly_toml
-    from volguard.sim.fleet import LocalFleet
+    from volguard.sim.local_fleet import LocalFleet
     from volguard.sim.scenario import make_fleet_scenario
 
     scenario = make_fleet_scenario(machines=machines, groups=("app",))
@@ -494,7 +494,7 @@ def main() -> int:
     args = parser.parse_args()
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # so that cleanup runs
 
-    from volguard.sim.fleet import fleet_unavailable
+    from volguard.sim.local_fleet import fleet_unavailable
 
     why = fleet_unavailable()
     if why is not None:

@@ -8,11 +8,11 @@ The bucket holds ``--objects`` objects (default 20,000): the files of ``--rows``
 (default 20,000, the example app's ``user_data/user_<id>/YYYY/MM/DD/`` names, 20 to a
 "directory") less ``--missing-pct`` (default 1%) never uploaded, plus unrelated keys under
 ``media/cache/`` to make up the count. The database is SQLite (the S3 side is what is
-measured; tests/test_audit.py covers PostgreSQL).
+measured; tests/test_missing_files.py covers PostgreSQL).
 
 In one child process, ``--rounds`` rounds (default 3, after one discarded) of:
 
-- **engine**: ``volguard.django.audit.audit(discover(["services.UserDataFile"]))``;
+- **engine**: ``volguard.django.missing_files.audit(discover(["services.UserDataFile"]))``;
 - **command**: ``call_command("check_missing_files", "--json")``, stdout to /dev/null;
 
 then once **per-row**: the seed guide's loop, ``for df in UserDataFile.objects.all(): if
@@ -177,7 +177,7 @@ class Requests:
 
 
 def engine() -> dict[str, Any]:
-    from volguard.django.audit import audit, discover
+    from volguard.django.missing_files import audit, discover
 
     result = audit(discover([MODEL]))
     field = result.fields[0]

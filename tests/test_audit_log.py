@@ -1,4 +1,4 @@
-"""volguard.audit: the JSONL audit log and its journal, on real files (no Django).
+"""volguard.audit_log: the JSONL audit log and its journal, on real files (no Django).
 
 The remediation tests (test_remediation*.py) check the log end to end; these pin the
 format (one JSON object per line, fields sorted, then target, before, after), that a batch
@@ -13,7 +13,7 @@ import json
 import os
 from pathlib import Path
 
-from volguard.audit import PENDING_INFIX, AuditLog, _batch_lines, _lines
+from volguard.audit_log import PENDING_INFIX, AuditLog, _batch_lines, _lines
 
 
 def _read(path: Path) -> list[dict]:

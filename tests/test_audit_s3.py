@@ -3,7 +3,7 @@
 The server is moto's standalone one (``python -m moto.server``, from ``moto[server]`` in
 the dev extra), started by this module on loopback on a free port; the example project
 talks to it over HTTP through django-storages and boto3, as it would to S3 or Tigris. The
-database is SQLite (the database side is covered on PostgreSQL too by test_audit.py).
+database is SQLite (the database side is covered on PostgreSQL too by test_missing_files.py).
 
 Without moto or django-storages the module skips, except under CI, where they must be
 installed.

@@ -17,7 +17,7 @@ import pytest
 
 from volguard.runs import RunLock
 from volguard.sim.api import SimServer, load_scenario
-from volguard.sim.fleet import LocalFleet, fleet_unavailable
+from volguard.sim.local_fleet import LocalFleet, fleet_unavailable
 
 WHY = fleet_unavailable()
 if WHY and os.environ.get("CI"):

@@ -16,7 +16,7 @@ import pytest
 from volguard.config import Settings
 from volguard.fly.client import MachinesClient, Token
 from volguard.sim.api import SimServer, load_scenario
-from volguard.sim.fleet import LocalFleet, fleet_unavailable
+from volguard.sim.local_fleet import LocalFleet, fleet_unavailable
 from volguard.verify import verify
 
 WHY = fleet_unavailable()

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from volguard.audit import AuditLog
+from volguard.audit_log import AuditLog
 from volguard.config import Settings
 from volguard.fly.client import MachinesClient, Token
 from volguard.fly.volumes import ensure_volumes, snapshot_media_volumes

@@ -51,7 +51,7 @@ from volguard.remote.probe import ManageRun, ProbeError
 from volguard.report import Report
 from volguard.sim import example_app
 from volguard.sim.api import SimServer
-from volguard.sim.fleet import LocalFleet, fleet_unavailable
+from volguard.sim.local_fleet import LocalFleet, fleet_unavailable
 from volguard.sim.scenario import scenario_path
 
 REPO = Path(__file__).resolve().parents[1]

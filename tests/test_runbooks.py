@@ -55,7 +55,7 @@ from invoke.vendor import yaml
 
 from volguard.sim import example_app
 from volguard.sim.api import SimServer, load_scenario
-from volguard.sim.fleet import LocalFleet, fleet_unavailable
+from volguard.sim.local_fleet import LocalFleet, fleet_unavailable
 from volguard.sim.scenario import DEFAULT_TOKENS, scenario_path
 
 REPO = Path(__file__).resolve().parents[1]

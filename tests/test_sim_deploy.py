@@ -7,7 +7,7 @@ the new config, a new instance and a restart, on the SAME volume; a refused or f
 deploy changes nothing. The local fleet follows: its Machines restart with the new plan
 and the volume's files survive the restart.
 
-The API-level tests run anywhere; the fleet tests need root (as in test_fleet.py).
+The API-level tests run anywhere; the fleet tests need root (as in test_local_fleet.py).
 """
 
 from __future__ import annotations
@@ -28,9 +28,9 @@ import pytest
 from volguard.config import Settings
 from volguard.fly.client import MachinesClient, Token
 from volguard.sim.api import SimServer, load_scenario, parse_scenario
-from volguard.sim.deploy import validate_config
-from volguard.sim.fleet import LocalFleet, fleet_unavailable
-from volguard.sim.machine import processes_in_namespace
+from volguard.sim.deployment import validate_config
+from volguard.sim.local_fleet import LocalFleet, fleet_unavailable
+from volguard.sim.local_machine import processes_in_namespace
 from volguard.sim.state import ApiError
 from volguard.verify import verify
 

@@ -6,7 +6,7 @@ app saved are not where the worker looks, and some files are simply gone — out
 real parts volguard is tested against:
 
 - the Fly Machines API simulator (`volguard.sim.api.SimServer`) on loopback;
-- the local fleet (`volguard.sim.fleet.LocalFleet`): each Machine a Linux namespace with
+- the local fleet (`volguard.sim.local_fleet.LocalFleet`): each Machine a Linux namespace with
   its own sshd and a tmpfs volume, reached through the ``flyctl`` stand-in;
 - the example Django app (example/), its database a SQLite file the app user owns, its
   uploads on the app Machine's volume.
@@ -41,7 +41,7 @@ from volguard.errors import VolguardError
 
 if TYPE_CHECKING:
     from volguard.sim.api import SimServer
-    from volguard.sim.fleet import LocalFleet
+    from volguard.sim.local_fleet import LocalFleet
     from volguard.sim.scenario import Scenario
 
 REPO = Path(__file__).resolve().parents[1]
@@ -127,7 +127,7 @@ class Demo:
 
 def prerequisites() -> str | None:
     """Why the demo cannot run here, or None."""
-    from volguard.sim.fleet import fleet_unavailable
+    from volguard.sim.local_fleet import fleet_unavailable
 
     why = fleet_unavailable()
     if why:
@@ -177,7 +177,7 @@ def run_demo(out: Out = print, workdir: Path | None = None) -> int:
         raise DemoError(f"the demo cannot run here: {why}")
     from volguard.sim.api import SimServer, load_scenario
     from volguard.sim.example_app import ExampleAppError, app_python, world_can
-    from volguard.sim.fleet import LocalFleet
+    from volguard.sim.local_fleet import LocalFleet
 
     root = Path(tempfile.mkdtemp(prefix="volguard-demo-")) if workdir is None else workdir
     if not world_can(root.parent, execute=True):

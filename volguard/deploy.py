@@ -21,7 +21,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from volguard.audit import DEFAULT_PATH, AuditLog
+from volguard.audit_log import DEFAULT_PATH, AuditLog
 from volguard.config import Settings
 from volguard.fly.client import MachinesClient, Token
 from volguard.fly.fleet import load_fleet

@@ -33,7 +33,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from volguard.audit import AuditLog
+from volguard.audit_log import AuditLog
 from volguard.config import Settings
 from volguard.errors import UsageError, VolguardError
 from volguard.findings import Severity
@@ -63,11 +63,11 @@ FIX, DELETE = "fix", "delete"
 ACTIONS = (FIX, DELETE)
 DEFAULT_MANAGE_PY = "python3 manage.py"
 STEPS = ("gate", "audit", "confirm", "snapshot", "remediate", "re-audit")
-#: The reasons of `volguard.django.audit` (not imported: that module needs Django).
+#: The reasons of `volguard.django.missing_files` (not imported: that module needs Django).
 MISSING, EMPTY, INVALID_NAME, SHARED = "missing", "empty", "invalid_name", "shared"
 REASONS = (MISSING, EMPTY, INVALID_NAME, SHARED)
 PROBLEM_REASONS = (MISSING, EMPTY, INVALID_NAME)
-#: What --fix and --delete act on (`volguard.django.remediation.CANDIDATE_REASONS`).
+#: What --fix and --delete act on (`volguard.django.repair.CANDIDATE_REASONS`).
 CANDIDATE_REASONS = (MISSING, EMPTY)
 #: The status --fix gives a row (the default ``failed_value`` of the model configuration).
 FAILED_STATUS = "failed"

@@ -248,7 +248,7 @@ def create_volume(
     audit_log: str | None = None,
 ) -> None:
     """Plan, then (--apply) create the volumes the app's Machines need; safe to repeat."""
-    from volguard.audit import DEFAULT_PATH, AuditLog
+    from volguard.audit_log import DEFAULT_PATH, AuditLog
     from volguard.fly.volumes import ensure_volumes
 
     count_n = _whole_number("--count", count, 1, 1000)
@@ -297,7 +297,7 @@ def snapshot_volumes(
     audit_log: str | None = None,
 ) -> None:
     """Take an on-demand snapshot of each media volume and wait until Fly lists it."""
-    from volguard.audit import DEFAULT_PATH, AuditLog
+    from volguard.audit_log import DEFAULT_PATH, AuditLog
     from volguard.fly.volumes import snapshot_media_volumes
 
     settings, config, app_name, token = _platform_inputs(c, path, app)
@@ -355,7 +355,7 @@ def remediate(
     """Audit the app's rows whose file is missing, on one Machine; --fix/--delete repair them."""
     import json as json_module
 
-    from volguard.audit import AuditLog
+    from volguard.audit_log import AuditLog
     from volguard.config import Settings
     from volguard.remediate import check_max_missing, render_text
     from volguard.remediate import remediate as run_remediate

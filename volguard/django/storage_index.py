@@ -244,7 +244,7 @@ class S3PrefixIndex(NameIndex):
     """django-storages S3: the keys under one prefix, from a paginated ``list_objects_v2``.
 
     A name whose key does not start with the listed prefix (the prefix is a hint computed
-    from the database, see `volguard.django.audit`) is checked with a ``HEAD`` instead, so
+    from the database, see `volguard.django.missing_files`) is checked with a ``HEAD`` instead, so
     an inexact hint costs requests, never correctness.
     """
 

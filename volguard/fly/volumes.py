@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from volguard.audit import AuditLog
+from volguard.audit_log import AuditLog
 from volguard.config import Settings
 from volguard.errors import VolguardError
 from volguard.fly.client import FlyUnavailable, MachinesClient, Token

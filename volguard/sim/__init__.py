@@ -10,7 +10,7 @@ snapshots that show up late. A scenario (scenarios/*.toml) describes the app; fa
 Run it: ``python -m volguard.sim --scenario incident --port 0``. From Python:
 ``with SimServer(load_scenario("incident")) as sim: ...`` (see `volguard.sim.api`).
 
-Deploys are simulated too (`volguard.sim.deploy`): the simulator-only POST /__sim/deploy
+Deploys are simulated too (`volguard.sim.deployment`): the simulator-only POST /__sim/deploy
 applies a fly.toml as `fly deploy` would, the flyctl stand-in's `flyctl deploy` calls it,
-and the local fleet (`volguard.sim.fleet`) restarts its Machines to match, volumes kept.
+and the local fleet (`volguard.sim.local_fleet`) restarts its Machines to match, volumes kept.
 """

@@ -16,7 +16,7 @@ import sys
 import sysconfig
 from pathlib import Path
 
-from volguard.sim.fleet import system_python
+from volguard.sim.local_fleet import system_python
 
 REPO = Path(__file__).resolve().parents[2]
 MANAGE = REPO / "example" / "manage.py"

@@ -22,7 +22,7 @@ on). The fleet writes a `flyctl` script that runs
 ./fly.toml; a file that is not there is no config, and then the app's deployed config is
 used; a TOML error is `Error: failed loading app config from …`), validates it, and
 sends it to the API simulator — FLY_FLAPS_BASE_URL, with FLY_API_TOKEN — at the
-simulator-only POST /__sim/deploy (see volguard.sim.deploy for what that does), printing
+simulator-only POST /__sim/deploy (see volguard.sim.deployment for what that does), printing
 flyctl's progress lines on stdout. Then it asks the local fleet (state.json's `control`
 socket) to follow, and waits for it (not with --detach), so the simulated Machines run
 the new config before it prints `✔ Machine <id> [<group>] update succeeded`. Without
@@ -51,7 +51,7 @@ from typing import Any, NoReturn
 
 from volguard.sim import ids
 from volguard.sim.auth import authorization_header
-from volguard.sim.deploy import REQUIRE_APP_NAME, release_command, validate_config
+from volguard.sim.deployment import REQUIRE_APP_NAME, release_command, validate_config
 from volguard.sim.objects import FLYCTL_VERSION
 from volguard.sim.scenario import CONSOLE_GROUP, RELEASE_GROUP
 

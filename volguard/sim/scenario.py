@@ -96,7 +96,7 @@ class MachineSpec:
     incomplete_config: bool | None = None  # None: only when the host is not ok (FLYGO GetConfig)
     created_at: datetime | None = None
     # What is true inside the Machine, which the API cannot show; the local fleet
-    # (volguard.sim.fleet) builds it. The defaults are a healthy Machine.
+    # (volguard.sim.local_fleet) builds it. The defaults are a healthy Machine.
     reachable: bool = True  # False: started, but no sshd answers (connection refused)
     mounted: bool = True  # False: the API says attached, but the mount path is on the rootfs
     mount_options: str = "rw"  # "ro": the volume is mounted read-only

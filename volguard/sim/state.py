@@ -16,7 +16,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from volguard.sim import ids
-from volguard.sim.deploy import FIRST_RELEASE_VERSION, DeployError, Deployment, DeployOptions
+from volguard.sim.deployment import FIRST_RELEASE_VERSION, DeployError, Deployment, DeployOptions
 from volguard.sim.objects import Snapshot, Volume, backup_json, build_machine, machine_metadata
 from volguard.sim.scenario import Scenario
 
@@ -166,7 +166,7 @@ class SimState:
             return backup_json(self.scenario.app, volume, snapshot)
 
     def deploy(self, body: Any) -> dict[str, Any]:
-        """`fly deploy` (simulator only: POST /__sim/deploy), see `volguard.sim.deploy`.
+        """`fly deploy` (simulator only: POST /__sim/deploy), see `volguard.sim.deployment`.
 
         body: {"app", "fly_toml" (text; null: the config deployed last), and the
         DeployOptions keys}. Answers what changed, plus every Machine as GET /machines

@@ -3,7 +3,7 @@
 Keeps the seed guide's output — ``Total file records in database: N``, then ``✗ Found N
 missing files:`` grouped by user, each ``ID n: name (status=…, reason=…)`` and its ``Path:``
 line, or ``✓ All N files are present in storage.`` — over every model with a FileField or
-ImageField, each field with its own storage. The work is `volguard.django.audit.audit`'s.
+ImageField, each field with its own storage. The work is `volguard.django.missing_files.audit`'s.
 
 Exit codes, as every volguard command: ``0`` nothing missing (shared files alone are a
 warning), ``2`` rows missing, empty or with an invalid name, ``1`` bad input (an unknown
@@ -11,7 +11,7 @@ model, a bad filter or flag, a broken setting) or an unreadable storage, as one
 ``CommandError:`` line on stderr, never a traceback.
 
 Without ``--fix`` or ``--delete`` it changes nothing. With one of them it prints the plan
-(rows per reason), then hands the rows to `volguard.django.remediation`, which holds the
+(rows per reason), then hands the rows to `volguard.django.repair`, which holds the
 safety rules: the VG404 interlock (refused with exit ``2`` and one line unless ``--force``),
 a re-check of each row just before it changes, batched bulk updates, the JSONL audit log,
 and for ``--delete`` a confirmation (``yes`` typed at a terminal, or ``--yes``) and a
@@ -28,10 +28,10 @@ from typing import Any
 
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
-from volguard.audit import DEFAULT_PATH as DEFAULT_AUDIT_LOG
-from volguard.audit import AuditLog
-from volguard.django import remediation
-from volguard.django.audit import (
+from volguard.audit_log import DEFAULT_PATH as DEFAULT_AUDIT_LOG
+from volguard.audit_log import AuditLog
+from volguard.django import repair
+from volguard.django.missing_files import (
     EMPTY,
     INVALID_NAME,
     PROBLEM_REASONS,
@@ -132,7 +132,7 @@ class Command(BaseCommand):
         )
         parser.add_argument(
             "--max-missing",
-            default=remediation.DEFAULT_MAX_MISSING,
+            default=repair.DEFAULT_MAX_MISSING,
             metavar="N|P%",
             help="refuse --fix/--delete (VG404) when more audited rows than this are "
             "missing: a count (50) or a percentage (default 10%%)",
@@ -169,8 +169,8 @@ class Command(BaseCommand):
     def handle(self, *args: Any, **options: Any) -> None:
         action = "fix" if options["fix"] else "delete" if options["delete"] else None
         try:
-            max_missing = remediation.parse_max_missing(options["max_missing"])
-        except remediation.RemediationError as e:
+            max_missing = repair.parse_max_missing(options["max_missing"])
+        except repair.RemediationError as e:
             raise CommandError(str(e)) from None
         if action is None:
             for flag in ("yes", "force", "export"):
@@ -208,16 +208,16 @@ class Command(BaseCommand):
         self,
         action: str,
         result: AuditResult,
-        max_missing: remediation.MaxMissing,
+        max_missing: repair.MaxMissing,
         options: dict[str, Any],
-    ) -> remediation.Remediation:
+    ) -> repair.Remediation:
         """Plan, interlock, confirm, then act; the plan and the outcome in text mode."""
         text = not options["json"]
         # The plan goes to stderr under --json, so stdout stays one JSON document.
         say = self.stdout.write if text else self.stderr.write
         log = AuditLog(options["audit_log"], command=_command_line())
         try:
-            logged, dropped = remediation.recover(log)
+            logged, dropped = repair.recover(log)
         except (OSError, ValueError) as e:
             raise CommandError(f"cannot settle the journal of {log.path}: {e}") from None
         if logged or dropped:
@@ -225,7 +225,7 @@ class Command(BaseCommand):
                 f"note: settled an interrupted run's journal: {logged} change(s) logged, "
                 f"{dropped} rolled back"
             )
-        report, rows = remediation.plan(result, action)
+        report, rows = repair.plan(result, action)
         report.audit_log = options["audit_log"]
         say("")
         say(f"Plan (--{action}): {_counts(report.planned) or 'nothing to do'}")
@@ -233,7 +233,7 @@ class Command(BaseCommand):
             say(f"  left alone: {_counts(report.left_alone)}")
         if not rows:
             return report
-        reasons = remediation.interlock(result, rows, max_missing)
+        reasons = repair.interlock(result, rows, max_missing)
         if reasons:
             why = "; ".join(reasons)
             if not options["force"]:
@@ -248,15 +248,15 @@ class Command(BaseCommand):
         try:
             if action == "fix":
                 if options["export"]:
-                    remediation.export_rows(report, rows, options["export"])
-                remediation.fix(report, rows, log=log, batch_size=options["batch_size"])
+                    repair.export_rows(report, rows, options["export"])
+                repair.fix(report, rows, log=log, batch_size=options["batch_size"])
             else:
                 self._confirm(rows, options)
-                export = options["export"] or remediation.default_export_path(rows)
-                remediation.delete(
+                export = options["export"] or repair.default_export_path(rows)
+                repair.delete(
                     report, rows, log=log, batch_size=options["batch_size"], export=export
                 )
-        except (AuditError, remediation.RemediationError, OSError) as e:
+        except (AuditError, repair.RemediationError, OSError) as e:
             raise CommandError(str(e)) from None
         for note in report.notes:
             self.stderr.write(f"note: {note}")

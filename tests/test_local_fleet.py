@@ -29,9 +29,9 @@ from typing import Any
 
 import pytest
 
-from volguard.sim import fleet as fleet_module
-from volguard.sim.fleet import FleetError, LocalFleet, fleet_unavailable
-from volguard.sim.machine import mount_destination, processes_in_namespace
+from volguard.sim import local_fleet as fleet_module
+from volguard.sim.local_fleet import FleetError, LocalFleet, fleet_unavailable
+from volguard.sim.local_machine import mount_destination, processes_in_namespace
 from volguard.sim.objects import build_machine
 from volguard.sim.scenario import (
     ScenarioError,

@@ -1,6 +1,6 @@
-"""Remediation: ``check_missing_files --fix`` / ``--delete`` (`volguard.django.remediation`).
+"""Remediation: ``check_missing_files --fix`` / ``--delete`` (`volguard.django.repair`).
 
-End to end like tests/test_audit.py, whose project, databases (SQLite always, PostgreSQL
+End to end like tests/test_missing_files.py, whose project, databases (SQLite always, PostgreSQL
 when reachable and always under CI), seeding and ``manage.py`` helpers are reused here, so
 both modules exercise one test project. The command runs with stdin closed (no TTY), and
 always with ``--audit-log``/``--export`` under the test's tmp_path, never the defaults.
@@ -17,9 +17,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import test_audit as ta
+import test_missing_files as ta
 
-# The fixtures of tests/test_audit.py, registered in this module too.
+# The fixtures of tests/test_missing_files.py, registered in this module too.
 project = ta.project
 database = ta.database
 site = ta.site
@@ -281,16 +281,16 @@ def test_a_file_that_arrives_before_the_fix_is_not_marked(site: ta.Site, tmp_pat
         import json
         from pathlib import Path
         from apps.services.models import UserDataFile
-        from volguard.audit import AuditLog
-        from volguard.django import remediation
-        from volguard.django.audit import audit
+        from volguard.audit_log import AuditLog
+        from volguard.django import repair
+        from volguard.django.missing_files import audit
 
         result = audit()
-        report, rows = remediation.plan(result, "fix")
+        report, rows = repair.plan(result, "fix")
         Path({str(site.media / "late.csv")!r}).write_text("arrived")
         UserDataFile.objects.filter(pk={pks["renamed"]}).update(file="new.csv")
         UserDataFile.objects.filter(pk={pks["deleted"]}).delete()
-        remediation.fix(report, rows, log=AuditLog({str(log)!r}), batch_size=2)
+        repair.fix(report, rows, log=AuditLog({str(log)!r}), batch_size=2)
         print("VG_OUT=" + json.dumps(report.as_dict()))
     """)
     out = site.shell(code)

@@ -120,7 +120,7 @@ class MachinePlan:
     python: str
     port: int = SSH_PORT
     #: The volume's saved files (host side), copied into its fresh tmpfs at setup: what
-    #: makes a volume outlive a restart (see volguard.sim.fleet). None: an empty volume.
+    #: makes a volume outlive a restart (see volguard.sim.local_fleet). None: an empty volume.
     volume_store: Path | None = None
 
     @property

@@ -17,7 +17,7 @@ simulator and makes the fleet follow through its control socket: restarted Machi
 the new config on the same volume, with the volume's files kept. In-process:
 ``sim.deploy(fly_toml, yes=True); fleet.sync(sim)`` (see `LocalFleet.sync`).
 
-Each Machine is described in `volguard.sim.machine`; this module does what concerns the
+Each Machine is described in `volguard.sim.local_machine`; this module does what concerns the
 host and the fleet as a whole: SSH keys, ssh_config and known_hosts (host-key checking
 stays on), addresses on loopback, the flyctl stand-in, and sharing the host safely with
 other fleets running at the same time (other test sessions): address slots and
@@ -51,7 +51,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any, TextIO
 
-from volguard.sim.machine import (
+from volguard.sim.local_machine import (
     APP_PORT,
     SSH_PORT,
     SSHD,

@@ -1,10 +1,10 @@
 """``--fix`` killed with SIGKILL, then re-run: one end state, every change logged once.
 
-Two kinds of kill, on SQLite and PostgreSQL (the fixtures of tests/test_audit.py):
+Two kinds of kill, on SQLite and PostgreSQL (the fixtures of tests/test_missing_files.py):
 
 - at named points of a batch (journal written but not committed; committed but not
   logged; half the batch's lines appended; all appended but the journal not yet removed),
-  by a driver that wraps `volguard.audit.Pending` to SIGKILL its own process there — the
+  by a driver that wraps `volguard.audit_log.Pending` to SIGKILL its own process there — the
   only way to land a kill inside a window of microseconds;
 - at random moments of a real ``manage.py check_missing_files --fix`` subprocess, started
   once its log appears, several times in a row.
@@ -25,8 +25,8 @@ import time
 from pathlib import Path
 
 import pytest
-import test_audit as ta
-import test_remediation as tr
+import test_missing_files as ta
+import test_repair as tr
 
 project = ta.project
 database = ta.database
@@ -40,7 +40,7 @@ FIX_ARGS = ("--fix", "--max-missing", "100%", "--batch-size", BATCH, "--audit-lo
 DRIVER = textwrap.dedent("""
     import os, signal
     from django.core.management import call_command
-    from volguard import audit as A
+    from volguard import audit_log as A
 
     point, at = os.environ["VG_KILL_AT"], int(os.environ["VG_KILL_BATCH"])
     seen = {"batches": 0}

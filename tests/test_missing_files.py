@@ -1,4 +1,4 @@
-"""The missing-file audit (`volguard.django.audit`, `manage.py check_missing_files`).
+"""The missing-file audit (`volguard.django.missing_files`, `manage.py check_missing_files`).
 
 End to end, the way an operator meets it: rows are seeded with ``manage.py shell -c`` and
 audited with ``manage.py check_missing_files`` in subprocesses of the example project
@@ -30,7 +30,7 @@ from typing import Any
 import pytest
 from conftest import manage_example, require, throwaway_postgres
 
-from volguard.django.audit import (
+from volguard.django.missing_files import (
     AuditError,
     format_duration,
     invalid_name_reason,
@@ -395,7 +395,7 @@ def test_adversarial_names_are_invalid_and_never_looked_up(site: Site, tmp_path:
     code = textwrap.dedent("""
         import json, os
         from datetime import timedelta
-        from volguard.django import audit, storage_index
+        from volguard.django import missing_files as audit, storage_index
 
         seen = []
         real_scandir, real_stat = os.scandir, os.stat
@@ -712,7 +712,7 @@ def test_findings_and_recheck(site: Site) -> None:
         from datetime import timedelta
         from pathlib import Path
         from django.db import transaction
-        from volguard.django.audit import audit, recheck
+        from volguard.django.missing_files import audit, recheck
 
         result = audit(older_than=timedelta(0))
         with transaction.atomic():  # shared files found without the worker thread

@@ -1,6 +1,6 @@
 """Remediation for ``check_missing_files --fix`` / ``--delete``: acting on an audit's rows.
 
-The audit (`volguard.django.audit`) is read-only; this module is the only part that writes,
+The audit (`volguard.django.missing_files`) is read-only; this module is the only part that writes,
 so every safety rule of issue #5 lives here:
 
 - **Candidates.** Only rows without a file: reason ``missing``, and ``empty`` (reported only
@@ -21,7 +21,7 @@ so every safety rule of issue #5 lives here:
   is already failed with the message as its last line is not touched: a second run changes
   nothing and logs nothing.
 - **Every change logged once, kill-safe.** Each batch's entries are journaled inside its
-  transaction and appended to the JSONL log right after it commits (`volguard.audit`:
+  transaction and appended to the JSONL log right after it commits (`volguard.audit_log`:
   ``Pending``). A run killed at any point leaves at most a journal, which the next run
   settles first (`recover`): entries whose change is in place are logged (unless already
   logged), the others dropped. The re-run then finds the changed rows done and leaves
@@ -44,9 +44,9 @@ from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from volguard.audit import AuditLog, Pending
+from volguard.audit_log import AuditLog, Pending
 from volguard.django import storage_index
-from volguard.django.audit import (
+from volguard.django.missing_files import (
     EMPTY,
     MISSING,
     SHARED,
@@ -527,7 +527,7 @@ def _journal(
 ) -> Pending:
     """Journal the batch's log lines now, inside its transaction; log them once it commits.
 
-    See `volguard.audit`: a kill anywhere leaves a journal that `recover` settles; the
+    See `volguard.audit_log`: a kill anywhere leaves a journal that `recover` settles; the
     caller abandons the journal when the transaction rolls back (on_commit never runs).
     """
     from django.db import transaction
