@@ -32,11 +32,19 @@ CUSTOM_ID = "CUSTOM"
 
 
 def builtin_checks_dir() -> Path:
-    """checks/ shipped with volguard (inside the package when installed, beside it in a clone)."""
-    here = Path(__file__).resolve().parent.parent
-    for candidate in (here / "checks", here.parent / "checks"):
-        if candidate.is_dir():
-            return candidate
+    """volguard's own check modules: the repository's checks/, wherever volguard runs from.
+
+    An installed wheel carries them as ``volguard/_checks`` (pyproject.toml's force-include);
+    a clone or an editable install has them at the top of the repository, beside the package.
+    """
+    package = Path(__file__).resolve().parent.parent
+    installed = package / "_checks"
+    if installed.is_dir():
+        return installed
+    # only beside a volguard source tree: a site-packages may hold someone else's checks/
+    clone = package.parent / "checks"
+    if clone.is_dir() and (package.parent / "pyproject.toml").is_file():
+        return clone
     raise FileNotFoundError("volguard's checks/ directory is missing from this installation")
 
 
