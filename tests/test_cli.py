@@ -514,3 +514,78 @@ def test_version(tmp_path: Path, flag: str) -> None:
     proc = run_cli([flag], tmp_path)
     assert proc.returncode == 0
     assert proc.stdout.strip() == f"volguard {volguard.__version__}"
+
+
+# -- core options: only those that mean something to volguard ------------------------------
+
+OFFERED = {"--complete", "--config", "--help", "--list", "--print-completion-script", "--version"}
+#: invoke's options for its own shell commands and internals: volguard's tasks run none
+HIDDEN = [
+    "--command-timeout=5",
+    "--debug",
+    "--dry",
+    "--echo",
+    "--hide=both",
+    "--list-depth=1",
+    "--list-format=json",
+    "--prompt-for-sudo-password",
+    "--pty",
+    "--warn-only",
+    "--write-pyc",
+]
+
+
+def _core_options(help_text: str) -> set[str]:
+    section = help_text.split("Core options:", 1)[1].split("Subcommands:", 1)[0]
+    return set(re.findall(r"(?<![\w-])--[a-z][\w-]*", section))
+
+
+def test_help_offers_only_the_core_options_volguard_uses(tmp_path: Path) -> None:
+    proc = run_cli(["--help"], tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    assert _core_options(proc.stdout) == OFFERED
+    for flag in HIDDEN:
+        assert flag.split("=")[0] not in proc.stdout
+    assert "run()" not in proc.stdout  # invoke's wording about its shell commands
+
+
+@pytest.mark.parametrize("flag", HIDDEN)
+@pytest.mark.parametrize("where", ["before", "after"])
+def test_a_hidden_invoke_option_is_rejected(incident_dir: Path, flag: str, where: str) -> None:
+    args = [flag, "lint"] if where == "before" else ["lint", flag]
+    proc = run_cli(args, incident_dir)
+    assert_one_line_error(proc)  # exit 1, no report: lint did not run
+    assert flag.split("=")[0] in proc.stderr
+
+
+def test_completion_offers_no_hidden_option(tmp_path: Path) -> None:
+    proc = run_cli(["--complete", "--", "volguard", "--"], tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    assert set(proc.stdout.split()) == OFFERED
+    script = run_cli(["--print-completion-script", "bash"], tmp_path)
+    assert script.returncode == 0, script.stderr
+    assert "--complete" in script.stdout
+
+
+def test_config_option_reads_another_configuration_file(incident_dir: Path) -> None:
+    (incident_dir / "fly.toml").rename(incident_dir / "staging.toml")
+    (incident_dir / "ci.yaml").write_text("volguard:\n  fly_toml: staging.toml\n")
+    proc = run_cli(["--config", "ci.yaml", "lint", "--format", "json"], incident_dir)
+    assert proc.returncode == 2, proc.stderr
+    assert json.loads(proc.stdout)["findings"][0]["location"]["file"] == "staging.toml"
+
+
+def test_a_reader_that_stops_early_gets_no_traceback(tmp_path: Path) -> None:
+    with subprocess.Popen(
+        [str(VOLGUARD), "--help"],
+        cwd=tmp_path,
+        env=_env(None, tmp_path),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    ) as proc:
+        proc.stdout.close()  # before volguard has started: its first write breaks the pipe
+        err = proc.stderr.read()
+        code = proc.wait(timeout=60)
+    assert code == 1
+    assert "Traceback" not in err

@@ -1,11 +1,16 @@
 """The `volguard` command: Invoke's Program over the same tasks as tasks.py.
 
-Two differences from plain `invoke`, both small:
+Three differences from plain `invoke`, all small:
 - the project configuration (invoke.yaml) is read from the current directory,
   as `invoke` reads it from the directory of tasks.py;
 - a task's positional argument may be left out (`volguard lint` lints the
   configured fly.toml). Invoke's parser has no optional positionals
-  (pyinvoke/invoke#159), so an empty value is filled in before parsing.
+  (pyinvoke/invoke#159), so an empty value is filled in before parsing;
+- only the core options that mean something to volguard are offered (CORE_OPTIONS).
+  Invoke's options for running shell commands (--pty, --echo, --dry, --warn-only,
+  --hide, --command-timeout, --prompt-for-sudo-password) and its own switches
+  (--debug, --write-pyc, --list-depth, --list-format) are neither shown nor accepted:
+  volguard's tasks run no shell commands through invoke.
 """
 
 from __future__ import annotations
@@ -13,20 +18,57 @@ from __future__ import annotations
 import os
 import sys
 
-from invoke import Program
+from invoke import Argument, Program
+from invoke.config import AmbiguousMergeError
 from invoke.exceptions import AmbiguousEnvVar, UncastableEnvVar
 
 from volguard import __version__
+from volguard.config import InvokeConfig
+from volguard.errors import ConfigError
 from volguard.tasks import OPTIONAL_POSITIONALS, ns
+
+#: Invoke's core options that volguard offers, with volguard's help text where invoke's
+#: speaks of its own concepts (tasks, run()).
+CORE_OPTIONS = {
+    "help": "Show this help, or a subcommand's (volguard --help lint), and exit.",
+    "version": "Show volguard's version and exit.",
+    "list": "List the subcommands and exit.",
+    "config": "Also read this configuration file (YAML, JSON or .py; its values win over "
+    "./invoke.yaml and INVOKE_VOLGUARD_* variables).",
+    "print-completion-script": "Print the tab-completion script for your shell (bash|zsh|fish).",
+    "complete": "Print tab-completion candidates (used by the completion script).",
+}
 
 
 class VolguardProgram(Program):
+    def core_args(self) -> list[Argument]:
+        kept = [a for a in super().core_args() if a.name in CORE_OPTIONS]
+        for argument in kept:
+            argument.help = CORE_OPTIONS[argument.name]
+        return kept
+
+    def parse_core_args(self) -> None:
+        super().parse_core_args()
+        # Program's later steps read every invoke core option by name (update_config,
+        # parse_core); the ones volguard leaves out are added back here, unparsed, so
+        # they keep invoke's defaults and no command line can set them.
+        args = self.core[0].args
+        for argument in super().core_args():
+            if argument.name not in args:
+                args[argument.name] = argument
+
     def run(self, argv: list[str] | None = None, exit: bool = True) -> None:
         try:
             super().run(argv, exit)
         except (UncastableEnvVar, AmbiguousEnvVar) as e:
             # e.g. INVOKE_VOLGUARD_VOLUME_FSTYPES set while invoke.yaml holds a list there
             sys.stderr.write(f"volguard: error: environment: {e}\n")
+            raise SystemExit(1) from None
+        except AmbiguousMergeError as e:  # a mapping in one config file, a list in another
+            sys.stderr.write(f"volguard: error: configuration files disagree: {e}\n")
+            raise SystemExit(1) from None
+        except ConfigError as e:  # invoke.yaml itself cannot be read (load_yaml)
+            sys.stderr.write(f"volguard: error: {e}\n")
             raise SystemExit(1) from None
 
     def parse_collection(self) -> None:
@@ -71,8 +113,16 @@ def _value_flags(task) -> set[str]:
     return {"--" + p.name.replace("_", "-") for p in params if not isinstance(p.default, bool)}
 
 
-program = VolguardProgram(name="volguard", binary="volguard", namespace=ns, version=__version__)
+program = VolguardProgram(
+    name="volguard", binary="volguard", namespace=ns, version=__version__, config_class=InvokeConfig
+)
 
 
 def main() -> None:
-    program.run()
+    try:
+        program.run()
+    except BrokenPipeError:
+        # the reader stopped early (`volguard --help | head`): no traceback; Python would
+        # report the pipe again while flushing stdout at exit, so point stdout at devnull
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        raise SystemExit(1) from None
