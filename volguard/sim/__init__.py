@@ -13,4 +13,15 @@ Run it: ``python -m volguard.sim --scenario incident --port 0``. From Python:
 Deploys are simulated too (`volguard.sim.deployment`): the simulator-only POST /__sim/deploy
 applies a fly.toml as `fly deploy` would, the flyctl stand-in's `flyctl deploy` calls it,
 and the local fleet (`volguard.sim.local_fleet`) restarts its Machines to match, volumes kept.
+
+**The boundary.** The simulator is a tool of the tests and the demo, not part of the
+product: no product module imports it except `volguard.demo` (tests/test_sim_boundary.py
+checks the imports). Where it reads fly.toml itself, it is one of two kinds:
+
+- an *independent oracle* for which mounts each process group gets and the default group
+  (`deployment.group_mounts`, `default_group`: written from flyctl's appconfig, not from
+  volguard's `flytoml`), kept honest by a differential test against volguard's reading on
+  the real fly.toml corpus and on generated files;
+- *shared code* for sizes: `deployment.size_gb` calls `volguard.units.parse_size_gb`
+  (flyctl's ParseSize), since a second parser had drifted from the first.
 """

@@ -30,7 +30,6 @@ machines_deploymachinesapp.go, machines_launchinput.go, deploy_first.go) and fly
 from __future__ import annotations
 
 import contextlib
-import re
 import shlex
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -40,6 +39,7 @@ from typing import Any
 from volguard.sim import ids
 from volguard.sim.objects import FLYCTL_VERSION, Volume, _go_string, _guest
 from volguard.sim.scenario import CONSOLE_GROUP, RELEASE_GROUP
+from volguard.units import parse_size_gb
 
 DEFAULT_GROUP = "app"
 STRATEGIES = ("canary", "rolling", "bluegreen", "immediate")
@@ -257,20 +257,17 @@ def _mount_problems(mount: Mapping[str, Any]) -> list[str]:
 
 
 def size_gb(value: Any) -> int:
-    """A fly.toml size in GB (helpers/units.go ParseSize): a bare integer is GB, anything
-    else is a decimal human size ("30gb" -> 30, "15Mb" -> 0)."""
+    """A fly.toml size in GB, by volguard's own port of flyctl's ParseSize (`volguard.units`).
+
+    Shared, not re-derived: a size is one of flyctl's plain rules, and two parsers had drifted
+    apart (``+5``, ``-1``, a 25-digit number, ``' 7 '``). A TOML number is taken as patchMounts
+    casts it (its Go string form). Raises ValueError (`SizeError` is one) for an invalid size.
+    """
     if isinstance(value, bool):
         raise ValueError(f"invalid size: '{value}'")
-    if isinstance(value, int):
-        return value
-    text = str(value).strip()
-    if text.isdigit():
-        return int(text)
-    match = re.fullmatch(r"(\d+(?:\.\d+)?) ?([kKmMgGtTpP])?[iI]?[bB]?", text)
-    if not match:
-        raise ValueError(f"invalid size: '{text}'")
-    power = " kmgtp".index((match[2] or " ").lower())
-    return int(float(match[1]) * 1000**power / 1e9)
+    if isinstance(value, int | float):
+        value = _go_string(value)
+    return parse_size_gb(str(value))
 
 
 def _names(value: Any) -> list[str]:
