@@ -11,5 +11,5 @@ def test_media_root_inside_the_mount(observation, machine_context, volguard_repo
     volguard_report(rules.media_root_outside_mount(observation, machine_context))
 
 
-def test_media_root_same_in_every_group(observations, volguard_report):
-    volguard_report(rules.media_root_differs(observations))
+def test_media_root_same_in_every_group(observations, machine_context, volguard_report):
+    volguard_report(rules.media_root_differs(observations, machine_context))

@@ -11,5 +11,7 @@ from volguard.rules import machine as rules
 pytestmark = pytest.mark.volguard("VG306")
 
 
-def test_a_file_written_by_the_app_is_seen_by_the_worker(observations, volguard_report):
-    volguard_report(rules.not_visible_across(observations))
+def test_a_file_written_by_the_app_is_seen_by_the_worker(
+    observations, machine_context, volguard_report
+):
+    volguard_report(rules.not_visible_across(observations, machine_context))

@@ -237,12 +237,12 @@ def test_empty_file_is_not_vg100(
     assert config.group_names == ["app"]
     report = lint(Settings(), "fly.toml")
     # An empty configuration: nothing to verify, said once at info level.
-    assert [(f.id, f.severity) for f in report.findings] == [("VG102", Severity.INFO)]
+    assert [(f.id, f.severity) for f in report.findings] == [("VG114", Severity.INFO)]
     assert report.exit_code(Severity.ERROR) == 0
     proc = run_cli(["lint", "fly.toml"], tmp_path)
     assert proc.returncode == 0, proc.stdout
     assert "VG100" not in proc.stdout
-    assert "VG102" in proc.stdout
+    assert "VG114" in proc.stdout
     assert run_cli(["lint", "fly.toml", "--fail-on", "info"], tmp_path).returncode == 2
 
 

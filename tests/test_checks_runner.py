@@ -18,6 +18,7 @@ from volguard.findings import Finding, Severity
 from volguard.fly.models import Machine
 from volguard.remote.checks_runner import CUSTOM_ID, builtin_checks_dir, run_checks
 from volguard.remote.probe import AppProcess, MachineFacts, MountEntry
+from volguard.rules import RULES
 from volguard.rules.machine import MachineContext, Observation, run_machine_rules
 
 VOLUME, ROOT = "253:16", "254:0"
@@ -79,7 +80,8 @@ def user_checks(tmp_path: Path, name: str, source: str) -> Path:
 
 # A fleet where most checks have something to say: the web Machine is healthy and wrote the
 # visibility probe; one worker has no volume, MEDIA_ROOT elsewhere and cannot see the probe;
-# another worker is read-only, nearly full, root-owned and not writable.
+# another worker is read-only, nearly full, root-owned and not writable; on a third worker
+# volguard found no app process (VG308), on a fourth the app has no MEDIA_ROOT (VG309).
 FLEET = [
     observe("web1", "app", visibility_probe=PROBE),
     observe(
@@ -101,16 +103,38 @@ FLEET = [
         write_test={"ok": False, "user": "app", "error": "PermissionError: denied"},
         visible={PROBE: True},
     ),
+    observe("work3", "worker", processes=(), media_root=None, write_test=None),
+    observe("work4", "worker", media_root=None, write_test=None),
 ]
 
 
 def test_builtin_checks_match_the_rules() -> None:
     context = MachineContext()
     expected = pairs(run_machine_rules(FLEET, context))
-    # the fleet exercises every built-in check, so the comparison means something
-    assert {i for i, _ in expected} == {f"VG30{n}" for n in range(1, 8)}
+    # the fleet exercises every registered Machine rule, so the comparison means something
+    assert {i for i, _ in expected} == set(RULES["machine"]) | set(RULES["fleet"])
+    assert {i for i, _ in expected} == {f"VG30{n}" for n in range(1, 10)}
     found = run_checks(FLEET, context, FakeTransport())
     assert pairs(found) == expected
+    # exactly the same findings, not only the same ids: severity, message, evidence
+    assert sorted(map(repr, found)) == sorted(map(repr, run_machine_rules(FLEET, context)))
+
+
+def test_a_user_check_under_a_catalogued_id_keeps_the_catalogue_severity(tmp_path: Path) -> None:
+    directory = user_checks(
+        tmp_path,
+        "test_acme_relabelled.py",
+        """
+        import pytest
+
+        @pytest.mark.volguard("VG301", severity="info")
+        def test_fails(observation):
+            assert False
+        """,
+    )
+    fleet = [observe("web1", "app")]
+    found = run_checks(fleet, MachineContext(), FakeTransport(), [str(directory)])
+    assert [(f.id, f.severity) for f in found] == [("VG301", Severity.ERROR)]
 
 
 def test_builtin_checks_on_a_healthy_fleet_find_nothing() -> None:

@@ -1,6 +1,8 @@
-"""The shared corpus of real fly.toml files: volguard must read all of them like flyctl does.
+"""The corpus of real fly.toml files: volguard must read all of them like flyctl does.
 
-Expectations were checked against each file's contents and fly-facts §0/§1, not against what
+The files live in tests/data/flytoml/, byte-for-byte copies of public repositories' configs;
+its INDEX.md names each file's source (repository, path, commit) and licence. Expectations
+were checked against each file's contents and docs/fly-facts.md §0/§1, not against what
 volguard happens to print. Mount presence and [env] are read with tomllib, independently of
 volguard's own reader.
 """
@@ -8,9 +10,9 @@ volguard's own reader.
 from __future__ import annotations
 
 import tomllib
+from pathlib import Path
 
 import pytest
-from conftest import CORPUS
 
 from volguard.config import Settings
 from volguard.findings import Severity
@@ -18,11 +20,8 @@ from volguard.flytoml import read_fly_toml
 from volguard.lint import lint
 from volguard.report import Report
 
-pytestmark = pytest.mark.skipif(
-    not CORPUS.is_dir(), reason=f"fly.toml corpus not found at {CORPUS} (needs <root>/shared)"
-)
-
-FILES = sorted(p.name for p in CORPUS.glob("*.toml")) if CORPUS.is_dir() else []
+CORPUS = Path(__file__).resolve().parent / "data" / "flytoml"
+FILES = sorted(p.name for p in CORPUS.glob("*.toml"))
 
 
 def _raw(name: str) -> dict:
@@ -48,8 +47,10 @@ def ids(report: Report, check_id: str):
 
 
 def test_corpus_is_complete():
-    # INDEX.md lists 54 files, 23 of them without any mount
-    assert len(FILES) == 54
+    # INDEX.md lists 54 files and carries 53 (not 29, for its licence), 23 without any mount
+    index = (CORPUS / "INDEX.md").read_text(encoding="utf-8")
+    assert len(FILES) == 53
+    assert all(f"`{name}`" in index for name in FILES)
     assert len(NO_MOUNTS) == 23
 
 
@@ -79,17 +80,17 @@ def test_every_corpus_file_models_all_its_mounts(name):
 
 
 @pytest.mark.parametrize("name", NO_MOUNTS)
-def test_files_without_mounts_and_media_root_get_vg102_info(name):
+def test_files_without_mounts_and_media_root_get_vg114_info(name):
     report = run(name)
-    found = ids(report, "VG102")
+    found = ids(report, "VG114")
     assert len(found) == 1
     assert found[0].severity is Severity.INFO
     assert report.exit_code(Severity.ERROR) == 0
 
 
 @pytest.mark.parametrize("name", WITH_MOUNTS)
-def test_files_with_mounts_but_no_media_root_get_vg101_info(name):
-    found = ids(run(name), "VG101")
+def test_files_with_mounts_but_no_media_root_get_vg113_info(name):
+    found = ids(run(name), "VG113")
     assert len(found) == 1
     assert found[0].severity is Severity.INFO
 
@@ -193,7 +194,7 @@ def test_43_services_ports_only_file_loads():
     assert len(config.services) == 2  # [http_service] + the [[services.ports]]-only service
     report = run(name)
     assert ids(report, "VG100") == []
-    assert [f.severity for f in ids(report, "VG102")] == [Severity.INFO]
+    assert [f.severity for f in ids(report, "VG114")] == [Severity.INFO]
 
 
 def test_51_nftbk_one_day_retention_is_vg110():
@@ -217,7 +218,7 @@ def test_25_changelog_bluegreen_without_mounts_is_fine():
 def test_31_django_formset_media_root_flag_on_the_volume():
     name = "31_jrief_django-formset.toml"
     assert _raw(name)["env"]["DJANGO_MEDIA_ROOT"] == "/web/workdir/media"
-    assert [f.severity for f in ids(run(name), "VG101")] == [Severity.INFO]
+    assert [f.severity for f in ids(run(name), "VG113")] == [Severity.INFO]
     report = run(name, media_root="/web/workdir/media")
     assert ids(report, "VG101") == []
     assert report.exit_code(Severity.ERROR) == 0

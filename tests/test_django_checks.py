@@ -30,6 +30,7 @@ from django.core.management import call_command  # noqa: E402
 from django.core.management.base import SystemCheckError  # noqa: E402
 from django.test import override_settings  # noqa: E402
 
+from volguard.catalogue import CHECKS  # noqa: E402
 from volguard.django import checks  # noqa: E402
 from volguard.findings import Finding, Location, Severity  # noqa: E402
 
@@ -128,7 +129,8 @@ def test_app_config():
     [
         (Severity.ERROR, "VG101", Error, "volguard.E101"),
         (Severity.WARNING, "VG110", Warning, "volguard.W110"),
-        (Severity.INFO, "VG101", Info, "volguard.I101"),
+        (Severity.INFO, "VG113", Info, "volguard.I113"),
+        (Severity.INFO, "VG114", Info, "volguard.I114"),
         (Severity.ERROR, "VG100", Error, "volguard.E100"),
     ],
 )
@@ -137,6 +139,19 @@ def test_level_and_id_follow_the_severity(severity, vg_id, cls, django_id):
     message = checks.to_check_message(finding, "/srv/fly.toml")
     assert type(message) is cls
     assert message.id == django_id
+
+
+def test_one_django_id_per_vg_id_at_the_catalogued_level():
+    # a Finding built by hand with another severity still maps to the id's one Django id
+    message = checks.to_check_message(Finding("VG101", Severity.INFO, "x"), "fly.toml")
+    assert (type(message), message.id) == (Error, "volguard.E101")
+    static = [c for c in CHECKS.values() if c.layer == "static"]
+    django_ids = {checks.django_check_id(c.id) for c in static}
+    assert len(django_ids) == len(static)  # no two VG ids share a Django id
+    assert checks.TOOL_ERROR_ID not in django_ids
+    letters = {Severity.ERROR: "E", Severity.WARNING: "W", Severity.INFO: "I"}
+    for c in static:
+        assert checks.django_check_id(c.id) == f"volguard.{letters[c.severity]}{c.id[2:]}"
 
 
 def test_message_carries_location_hint_and_obj():
@@ -193,7 +208,8 @@ def test_info_level_finding_when_no_media_root_is_known(tmp_path):
     path = write(tmp_path, GOOD_FLY_TOML.replace('  MEDIA_ROOT = "/data/media"\n', ""))
     (message,) = run_check(VOLGUARD_FLY_TOML=path)
     assert isinstance(message, Info)
-    assert message.id == "volguard.I101"
+    assert message.id == "volguard.I113"
+    assert "MEDIA_ROOT is unknown" in message.msg
 
 
 def test_waived_findings_are_not_reported(tmp_path):

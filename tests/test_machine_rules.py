@@ -1,4 +1,4 @@
-"""Machine rules VG301–VG307 over hand-built MachineFacts, and parsing the probe's answer.
+"""Machine rules VG301–VG309 over hand-built MachineFacts, and parsing the probe's answer.
 
 Pure: no probe runs here. A healthy Machine's facts are the baseline (no finding at all); each
 test changes one fact and asserts exactly which findings the rules yield.
@@ -25,9 +25,12 @@ from volguard.remote.probe import (
     exit_status,
     parse_facts,
 )
+from volguard.rules import RULES
 from volguard.rules.machine import (
     MachineContext,
     Observation,
+    fleet_rule,
+    machine_check_ids,
     media_root_differs,
     media_root_not_writable,
     media_root_outside_mount,
@@ -264,7 +267,7 @@ def test_vg303_silent_when_inside() -> None:
     assert [f.id for f in found] == ["VG303"]
 
 
-def test_vg303_nothing_known_is_info() -> None:
+def test_vg308_no_app_process_and_no_media_root_is_not_verified() -> None:
     o = obs(
         processes=(),
         media_root=None,
@@ -273,9 +276,30 @@ def test_vg303_nothing_known_is_info() -> None:
         write_test=None,
     )
     found = run_machine_rules([o], CTX)
-    assert pairs(found) == [("VG303", o.machine.id)]
+    # "could not verify" has its own id: VG303 (MEDIA_ROOT wrong) says nothing it has not seen
+    assert pairs(found) == [("VG308", o.machine.id)]
     assert found[0].severity is Severity.INFO
+    assert "not verified" in found[0].message
+    assert found[0].hint.startswith("Set volguard.app_user")
     assert_names_machine(found[0], o)
+
+
+def test_vg309_app_process_without_media_root_is_not_verified() -> None:
+    o = obs(media_root=None, media_root_real=None, media_root_source=None, write_test=None)
+    found = run_machine_rules([o], CTX)
+    assert pairs(found) == [("VG309", o.machine.id)]
+    f = found[0]
+    assert f.severity is Severity.INFO
+    assert "pid 512" in f.message
+    assert "user app" in f.message
+    assert f.evidence["pid"] == 512
+    assert_names_machine(f, o)
+
+
+def test_vg308_and_vg309_silent_when_media_root_is_known() -> None:
+    # no app process found, but volguard was given MEDIA_ROOT: VG303/VG304 can judge it
+    o = obs(processes=())
+    assert run_machine_rules([o], CTX) == []
 
 
 def test_vg303_media_root_differs_between_groups() -> None:
@@ -288,7 +312,7 @@ def test_vg303_media_root_differs_between_groups() -> None:
         media_root="/data/uploads",
         media_root_real="/data/uploads",
     )
-    found = media_root_differs([web, worker])
+    found = media_root_differs([web, worker], CTX)
     assert len(found) == 1
     f = found[0]
     assert f.id == "VG303"
@@ -302,7 +326,7 @@ def test_vg303_media_root_differs_between_groups() -> None:
 def test_vg303_same_root_through_a_symlink_is_not_a_difference() -> None:
     web = obs("web1", group="app", media_root="/data/media", media_root_real="/data/media")
     worker = obs("work1", group="worker", media_root="/app/media", media_root_real="/data/media")
-    assert media_root_differs([web, worker]) == []
+    assert media_root_differs([web, worker], CTX) == []
     assert run_machine_rules([web, worker], CTX) == []
 
 
@@ -377,7 +401,7 @@ PROBE = ".volguard-probe-abc123-v-web1"
 def test_vg306_probe_not_visible_on_a_worker() -> None:
     writer = obs("web1", group="app", visibility_probe=PROBE)
     reader = obs("work1", group="worker", region="ams", visible={PROBE: False})
-    found = not_visible_across([writer, reader])
+    found = not_visible_across([writer, reader], CTX)
     assert len(found) == 1
     f = found[0]
     assert f.id == "VG306"
@@ -393,7 +417,7 @@ def test_vg306_probe_not_visible_on_a_worker() -> None:
 def test_vg306_several_blind_workers_are_one_finding() -> None:
     writer = obs("web1", group="app", visibility_probe=PROBE)
     readers = [obs(f"work{i}", group="worker", visible={PROBE: False}) for i in (1, 2)]
-    found = not_visible_across([writer, *readers])
+    found = not_visible_across([writer, *readers], CTX)
     assert len(found) == 1
     assert found[0].evidence["readers"] == ["work1", "work2"]
 
@@ -401,14 +425,14 @@ def test_vg306_several_blind_workers_are_one_finding() -> None:
 def test_vg306_silent_when_visible() -> None:
     writer = obs("web1", group="app", visibility_probe=PROBE)
     reader = obs("work1", group="worker", visible={PROBE: True})
-    assert not_visible_across([writer, reader]) == []
+    assert not_visible_across([writer, reader], CTX) == []
 
 
 def test_vg306_same_group_machines_are_not_judged() -> None:
     # two app Machines have a volume each (Fly volumes are per Machine): not VG306's concern
     writer = obs("web1", group="app", visibility_probe=PROBE)
     other_web = obs("web2", group="app", visible={PROBE: False})
-    assert not_visible_across([writer, other_web]) == []
+    assert not_visible_across([writer, other_web], CTX) == []
 
 
 # -- VG307 -------------------------------------------------------------------------------
@@ -556,3 +580,31 @@ def test_facts_with_no_mount_and_odd_processes() -> None:
     assert parsed.mount is None
     assert parsed.processes == ()
     assert not parsed.separate_filesystem
+
+
+# -- the registries ------------------------------------------------------------------------
+
+
+def test_cross_machine_rules_are_registered_fleet_rules() -> None:
+    assert RULES["fleet"] == {"VG303": media_root_differs, "VG306": not_visible_across}
+    assert machine_check_ids() == (
+        "VG300", "VG301", "VG302", "VG303", "VG304", "VG305", "VG306", "VG307", "VG308", "VG309",
+    )  # fmt: skip
+
+
+def test_a_second_fleet_rule_for_one_id_is_refused() -> None:
+    with pytest.raises(RuntimeError, match="two fleet rules claim VG306"):
+        fleet_rule("VG306")(lambda observations, context: [])
+    assert RULES["fleet"]["VG306"] is not_visible_across
+
+
+def test_run_machine_rules_runs_the_fleet_registry(monkeypatch: pytest.MonkeyPatch) -> None:
+    seen: list[int] = []
+
+    def count(observations: list[Observation], context: MachineContext) -> list[Finding]:
+        seen.append(len(observations))
+        return []
+
+    monkeypatch.setitem(RULES["fleet"], "VG999", count)
+    assert run_machine_rules([obs("a"), obs("b", group="worker")], CTX) == []
+    assert seen == [2]  # called once, with every Machine

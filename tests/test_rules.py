@@ -1,4 +1,4 @@
-"""Static rules VG101–VG112: one bad fly.toml that produces each, one good one that does not."""
+"""Static rules VG101–VG114: one bad fly.toml that produces each, one good one that does not."""
 
 from __future__ import annotations
 
@@ -139,11 +139,14 @@ def test_relative_media_root_without_mounts_is_still_an_error(lint_text):
     assert report.exit_code(Severity.ERROR) == 2
 
 
-def test_vg101_unknown_media_root_is_info(lint_text):
+def test_unknown_media_root_is_vg113_not_vg101(lint_text):
     text = CLEAN.replace('  MEDIA_ROOT = "/data/media"\n', '  PORT = "8000"\n')
     report = lint_text(text)
-    f = one(report, "VG101")
+    assert of(report, "VG101") == []  # VG101 is only ever "MEDIA_ROOT is not on the volume"
+    f = one(report, "VG113")
     assert f.severity is Severity.INFO
+    assert "MEDIA_ROOT is unknown" in f.message
+    assert f.evidence == {"destination": "/data"}
     assert f.location.line == line_of(text, "[[mounts]]")
     assert report.exit_code(Severity.ERROR) == 0
     assert report.exit_code(Severity.INFO) == 2
@@ -163,9 +166,11 @@ def test_vg101_media_root_flag_overrides_env(lint_text):
 
 def test_vg101_media_root_flag_when_env_has_none(lint_text):
     text = CLEAN.replace('  MEDIA_ROOT = "/data/media"\n', "")
-    assert one(lint_text(text), "VG101").severity is Severity.INFO
-    assert of(lint_text(text, media_root="/data/media"), "VG101") == []
-    assert one(lint_text(text, media_root="/tmp/media"), "VG101").severity is Severity.ERROR
+    assert [f.id for f in lint_text(text).findings] == ["VG113"]
+    assert lint_text(text, media_root="/data/media").findings == []
+    assert [(f.id, f.severity) for f in lint_text(text, media_root="/tmp/media").findings] == [
+        ("VG101", Severity.ERROR)
+    ]
 
 
 def test_vg101_each_group_mount_is_checked(lint_text):
@@ -233,11 +238,21 @@ def test_vg102_mount_listing_another_group(lint_text):
     assert f.location.line == line_of(text, "processes = [")
 
 
-def test_vg102_info_without_mounts_and_media_root(lint_text):
+def test_no_mounts_and_no_media_root_is_vg114_not_vg102(lint_text):
     report = lint_text('app = "x"\nprimary_region = "ams"\n')
-    f = one(report, "VG102")
+    assert of(report, "VG102") == []  # VG102 is only ever "a media group gets no volume"
+    f = one(report, "VG114")
     assert f.severity is Severity.INFO
+    assert "nothing to verify" in f.message
     assert report.exit_code(Severity.ERROR) == 0
+    assert report.exit_code(Severity.INFO) == 2
+
+
+def test_vg114_not_when_mounts_are_declared_but_unreadable(lint_text):
+    # a [mounts] that could not be read is VG100's business, not "nothing to verify"
+    report = lint_text('app = "x"\nmounts = "oops"\n')
+    assert of(report, "VG100")
+    assert of(report, "VG114") == []
 
 
 def test_vg102_error_when_media_root_set_but_no_mounts(lint_text):

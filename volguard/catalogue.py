@@ -1,7 +1,12 @@
-"""The check catalogue: every id volguard can report.
+"""The check catalogue: every id volguard can report, with its one severity.
 
 The ids are a public contract (CI waivers, SARIF rules, Django check ids refer
-to them): never reuse or renumber one. docs/checks.md has a section per id.
+to them): never reuse or renumber one. As in Django's check framework, an id
+means one condition at one level: "could not verify" is a condition of its own,
+with an id of its own, never a lower severity of the id it could not verify.
+`finding()` therefore takes no severity. docs/checks.md has a section per id;
+tests/test_catalogue.py holds the catalogue, the docs, the producers and the
+tests together (CONTRIBUTING.md lists the steps for a new id).
 """
 
 from __future__ import annotations
@@ -10,13 +15,13 @@ from typing import Any, NamedTuple
 
 from volguard.findings import Finding, Location, Severity
 
-E, W = Severity.ERROR, Severity.WARNING
+E, W, INFO = Severity.ERROR, Severity.WARNING, Severity.INFO
 
 
 class Check(NamedTuple):
     id: str
     layer: str  # static | platform | machine | data
-    severity: Severity  # default severity
+    severity: Severity  # the only severity this id is ever reported at
     title: str
     hint: str
 
@@ -122,6 +127,21 @@ CHECKS: dict[str, Check] = {
             "a media group runs several Machines: uploads split",
             "Each Machine gets its own volume; run one Machine per media group or use "
             "object storage.",
+        ),
+        _c(
+            "VG113",
+            "static",
+            INFO,
+            "MEDIA_ROOT is unknown: VG101 could not be checked",
+            "Set MEDIA_ROOT in fly.toml [env], or pass --media-root / set "
+            "volguard.media_root in invoke.yaml.",
+        ),
+        _c(
+            "VG114",
+            "static",
+            INFO,
+            "no [mounts] and MEDIA_ROOT unknown: nothing to verify",
+            "If uploads are stored on local disk, add a [[mounts]] section and set MEDIA_ROOT.",
         ),
         # -- platform: the Machines API -------------------------------------------
         _c(
@@ -239,6 +259,20 @@ CHECKS: dict[str, Check] = {
             "MEDIA_ROOT owner or mode does not match the app user",
             "chown/chmod MEDIA_ROOT for the app user.",
         ),
+        _c(
+            "VG308",
+            "machine",
+            INFO,
+            "no app process and MEDIA_ROOT unknown: MEDIA_ROOT not verified",
+            "Set volguard.app_user (the user the app runs as) or MEDIA_ROOT.",
+        ),
+        _c(
+            "VG309",
+            "machine",
+            INFO,
+            "the app process has no MEDIA_ROOT: MEDIA_ROOT not verified",
+            "Set MEDIA_ROOT in [env], or configure volguard.media_root.",
+        ),
         # -- data: database and storage ---------------------------------------------
         _c(
             "VG401",
@@ -278,16 +312,24 @@ def finding(
     location: Location,
     *,
     hint: str | None = None,
-    severity: Severity | None = None,
     evidence: dict[str, Any] | None = None,
 ) -> Finding:
-    """Build a `Finding` for a catalogued check, filling severity and hint from the catalogue."""
+    """Build a `Finding` for a catalogued check, with the catalogue's severity and hint.
+
+    There is no severity argument on purpose: an id is reported at its one catalogued
+    severity (a different outcome is a different id).
+    """
     check = CHECKS[check_id]
     return Finding(
         id=check_id,
-        severity=severity or check.severity,
+        severity=check.severity,
         message=message,
         hint=check.hint if hint is None else hint,
         location=location,
         evidence=evidence or {},
     )
+
+
+def ids_of(layer: str) -> tuple[str, ...]:
+    """The catalogued ids of one layer (static, platform, machine, data), in order."""
+    return tuple(sorted(c.id for c in CHECKS.values() if c.layer == layer))

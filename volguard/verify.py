@@ -68,10 +68,10 @@ def check_machine_layer(
     machine_ids: tuple[str, ...] = (),
     groups: tuple[str, ...] = (),
 ) -> list[Finding]:
-    """The Machine layer: probe each started Machine of the media groups (VG300–VG307)."""
+    """The Machine layer: probe each started Machine of the media groups (VG300–VG309)."""
     from volguard.remote.layer import check_machines, targets_of
     from volguard.remote.transports import TransportOptions
-    from volguard.rules.machine import MachineContext
+    from volguard.rules.machine import MachineContext, machine_check_ids
 
     context = static_context(config, settings)
     targets = targets_of(fleet, context.media_groups, machine_ids, groups)
@@ -105,7 +105,7 @@ def check_machine_layer(
         checks_dirs=settings.checks_dirs,
         manage_py=settings.manage_py,
     )
-    report.ran("machine", checks=tuple(f"VG30{i}" for i in range(8)))
+    report.ran("machine", checks=machine_check_ids())
     report.stats["machines_checked"] = len(result.checked)
     report.stats["machine_sessions"] = sum(result.sessions.values())
     report.stats["machine_sessions_max"] = max(result.sessions.values(), default=0)

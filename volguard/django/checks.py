@@ -1,13 +1,14 @@
 """volguard's settings-level rules as Django system checks.
 
 `manage.py check --deploy` lints the project's fly.toml against Django's own
-``MEDIA_ROOT`` and reports each unwaived finding as a `CheckMessage`: VG103 at
-error level becomes ``volguard.E103``, VG110 at warning level ``volguard.W110``,
-VG101 at info level ``volguard.I101`` (the letter follows the Django level, the
-digits the VG id). A problem of volguard's own (an unknown media group, a
-malformed waiver comment, a setting of the wrong type) becomes one
-``volguard.E001`` error instead of an exception, so ``check`` still reports
-everything else.
+``MEDIA_ROOT`` and reports each unwaived finding as a `CheckMessage`: VG103
+(an error) becomes ``volguard.E103``, VG110 (a warning) ``volguard.W110``,
+VG113 (info: MEDIA_ROOT unknown) ``volguard.I113`` (the letter is the level of
+the id in the catalogue, the digits the VG id's). Every VG id has one catalogued
+severity, so each Django id means one condition at one level. A problem of
+volguard's own (an unknown media group, a malformed waiver comment, a setting of
+the wrong type) becomes one ``volguard.E001`` error instead of an exception, so
+``check`` still reports everything else.
 
 Settings read:
 
@@ -29,6 +30,7 @@ from typing import Any
 from django.conf import settings
 from django.core.checks import CheckMessage, Error, Info, Tags, Warning, register
 
+from volguard.catalogue import CHECKS
 from volguard.config import Settings
 from volguard.errors import ConfigError, VolguardError
 from volguard.findings import Finding, Severity
@@ -82,14 +84,31 @@ def lint_messages(
 
 
 def to_check_message(finding: Finding, obj: Any) -> CheckMessage:
-    """A volguard `Finding` as a Django `CheckMessage` (``VG103`` error → ``volguard.E103``)."""
-    cls, letter = _LEVELS[finding.severity]
+    """A volguard `Finding` as a Django `CheckMessage` (``VG103`` → ``volguard.E103``)."""
+    cls, _ = _LEVELS[_level(finding.id, finding.severity)]
     return cls(
         _with_location(finding),
         hint=finding.hint or None,
         obj=obj,
-        id=f"volguard.{letter}{finding.id.removeprefix('VG')}",
+        id=django_check_id(finding.id, finding.severity),
     )
+
+
+def django_check_id(check_id: str, severity: Severity | None = None) -> str:
+    """The Django id of a VG id: ``volguard.`` + its catalogued level's letter + its digits.
+
+    The level comes from the catalogue, so one VG id always gives one Django id;
+    ``severity`` only serves an id outside the catalogue.
+    """
+    _, letter = _LEVELS[_level(check_id, severity)]
+    return f"volguard.{letter}{check_id.removeprefix('VG')}"
+
+
+def _level(check_id: str, severity: Severity | None) -> Severity:
+    check = CHECKS.get(check_id)
+    if check is not None:
+        return check.severity
+    return severity or Severity.ERROR
 
 
 # -- reading Django's settings ----------------------------------------------------------

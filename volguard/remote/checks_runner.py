@@ -14,7 +14,8 @@ with its id (`@pytest.mark.volguard("VG301")`). A module gets, per Machine:
 and module-wide `observations` (every Machine) for cross-Machine checks. A test
 of yours that fails without `volguard_report` becomes a finding with its marker's
 id and severity (`@pytest.mark.volguard("ACME1", severity="warning")`), or id
-`CUSTOM`, severity error, when it has no marker.
+`CUSTOM`, severity error, when it has no marker. A catalogued id (VG…) keeps its
+catalogue severity whatever the marker says: an id has one level.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from typing import Any
 
 import pytest
 
+from volguard.catalogue import CHECKS
 from volguard.findings import Finding, Location, Severity
 from volguard.rules.machine import MachineContext, Observation
 
@@ -169,6 +171,8 @@ class _Plugin:
             )
         except ValueError:
             severity = Severity.ERROR
+        if check_id in CHECKS:  # a catalogued id has one severity, whatever the marker says
+            severity = CHECKS[check_id].severity
         observation = getattr(item, "callspec", None) and item.callspec.params.get(
             "_volguard_observation"
         )

@@ -1,7 +1,11 @@
 """Rules: pure functions from a model to findings, in registries keyed by layer and check id.
 
 A rule never does I/O. Static rules take a `FlyConfig` and a `StaticContext`;
-platform rules also take the `Fleet` the Machines API showed.
+platform rules also take the `Fleet` the Machines API showed; Machine rules take
+one Machine's `Observation`, fleet rules every Machine's (rules/machine.py).
+Each registry holds at most one rule per id; an id may have a per-Machine rule
+and a fleet rule (VG303: MEDIA_ROOT outside the mount on one Machine, or
+differing between groups), the one condition seen from two sides.
 """
 
 from __future__ import annotations
@@ -19,7 +23,7 @@ if TYPE_CHECKING:
 
 Rule = Callable[..., Iterable[Finding]]
 
-RULES: dict[str, dict[str, Rule]] = {"static": {}, "platform": {}, "machine": {}}
+RULES: dict[str, dict[str, Rule]] = {"static": {}, "platform": {}, "machine": {}, "fleet": {}}
 STATIC_RULES = RULES["static"]
 PLATFORM_RULES = RULES["platform"]
 

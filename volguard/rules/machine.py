@@ -1,21 +1,24 @@
-"""Machine rules VG301–VG307: what the probe saw on each Machine, judged.
+"""Machine rules VG301–VG309: what the probe saw on each Machine, judged.
 
-Per-Machine rules take an `Observation` (the Machine, what fly.toml expects of
-it, and its `MachineFacts`); the cross-Machine rules (MEDIA_ROOT differing
-between groups, VG306 visibility) take all of them. VG300 (unreachable) is not
-a rule: the layer reports it when a Machine cannot be probed at all.
+Per-Machine rules (`@machine_rule`) take an `Observation` (the Machine, what
+fly.toml expects of it, and its `MachineFacts`); fleet rules (`@fleet_rule`:
+MEDIA_ROOT differing between groups, VG306 visibility) take every Machine's.
+Both are registries like the static and platform ones, and `run_machine_rules`
+runs them from there, as the check modules in checks/ do one by one. VG300
+(unreachable) is not a rule: the layer reports it when a Machine cannot be
+probed at all.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 from volguard.catalogue import finding
-from volguard.findings import Finding, Location, Severity
+from volguard.findings import Finding, Location
 from volguard.fly.models import Machine
 from volguard.remote.probe import MachineFacts
-from volguard.rules import _register
+from volguard.rules import RULES, Rule, _register
 from volguard.rules.static import inside, normalise
 
 
@@ -33,9 +36,29 @@ class MachineContext:
     app_user: str | None = None  # expected app user; default: whoever runs the app process
 
 
-def machine_rule(check_id: str):
+def machine_rule(check_id: str) -> Callable[[Rule], Rule]:
     """Register a per-Machine rule ``(Observation, MachineContext) -> findings``."""
     return _register("machine", check_id)
+
+
+def fleet_rule(check_id: str) -> Callable[[Rule], Rule]:
+    """Register a rule across Machines ``(list[Observation], MachineContext) -> findings``."""
+    return _register("fleet", check_id)
+
+
+def run_machine_rules(observations: list[Observation], context: MachineContext) -> list[Finding]:
+    """Every registered rule: the per-Machine rules on each Machine, then the fleet rules."""
+    findings = [
+        f for o in observations for rule in RULES["machine"].values() for f in rule(o, context)
+    ]
+    for rule in RULES["fleet"].values():
+        findings.extend(rule(observations, context))
+    return findings
+
+
+def machine_check_ids() -> tuple[str, ...]:
+    """The ids the Machine layer checks: VG300 (the layer's own) and every registered rule's."""
+    return ("VG300", *sorted(set(RULES["machine"]) | set(RULES["fleet"])))
 
 
 def _who(o: Observation) -> str:
@@ -93,28 +116,8 @@ def read_only_or_odd_filesystem(o: Observation, context: MachineContext) -> Iter
 @machine_rule("VG303")
 def media_root_outside_mount(o: Observation, context: MachineContext) -> Iterator[Finding]:
     f = o.facts
-    if not f.processes and not f.media_root:
-        yield finding(
-            "VG303",
-            f"{_who(o)}: no app process found and MEDIA_ROOT unknown: MEDIA_ROOT and "
-            "writability were not verified",
-            _at(o),
-            severity=Severity.INFO,
-            hint="Set volguard.app_user (the user the app runs as) or MEDIA_ROOT.",
-            evidence=_ev(o),
-        )
-        return
     if not f.media_root:
-        yield finding(
-            "VG303",
-            f"{_who(o)}: the app process (pid {f.processes[0].pid}, user {f.processes[0].user}) "
-            "has no MEDIA_ROOT in its environment",
-            _at(o),
-            severity=Severity.INFO,
-            hint="Set MEDIA_ROOT in [env], or configure volguard.media_root.",
-            evidence=_ev(o),
-        )
-        return
+        return  # VG308 or VG309: not verified
     real = f.media_root_real or f.media_root
     covered = (
         inside(real, o.destination)
@@ -207,18 +210,39 @@ def owner_or_mode(o: Observation, context: MachineContext) -> Iterator[Finding]:
         )
 
 
-def run_machine_rules(observations: list[Observation], context: MachineContext) -> list[Finding]:
-    from volguard.rules import RULES
+@machine_rule("VG308")
+def no_app_process_nor_media_root(o: Observation, context: MachineContext) -> Iterator[Finding]:
+    """VG303 and VG304 could not be checked: no app process, and no MEDIA_ROOT configured."""
+    f = o.facts
+    if f.processes or f.media_root:
+        return
+    yield finding(
+        "VG308",
+        f"{_who(o)}: no app process found and MEDIA_ROOT unknown: MEDIA_ROOT and "
+        "writability were not verified",
+        _at(o),
+        evidence=_ev(o),
+    )
 
-    findings = [
-        f for o in observations for rule in RULES["machine"].values() for f in rule(o, context)
-    ]
-    findings += media_root_differs(observations)
-    findings += not_visible_across(observations)
-    return findings
+
+@machine_rule("VG309")
+def app_process_without_media_root(o: Observation, context: MachineContext) -> Iterator[Finding]:
+    """VG303 and VG304 could not be checked: the app process has no MEDIA_ROOT, nor has volguard."""
+    f = o.facts
+    if not f.processes or f.media_root:
+        return
+    app = f.processes[0]
+    yield finding(
+        "VG309",
+        f"{_who(o)}: the app process (pid {app.pid}, user {app.user}) has no MEDIA_ROOT in its "
+        "environment: MEDIA_ROOT and writability were not verified",
+        _at(o),
+        evidence=_ev(o, pid=app.pid, user=app.user),
+    )
 
 
-def media_root_differs(observations: list[Observation]) -> list[Finding]:
+@fleet_rule("VG303")
+def media_root_differs(observations: list[Observation], context: MachineContext) -> list[Finding]:
     """VG303 across groups: the groups' running apps disagree on MEDIA_ROOT."""
     roots: dict[str, set[str]] = {}
     for o in observations:
@@ -242,7 +266,8 @@ def media_root_differs(observations: list[Observation]) -> list[Finding]:
     ]
 
 
-def not_visible_across(observations: list[Observation]) -> list[Finding]:
+@fleet_rule("VG306")
+def not_visible_across(observations: list[Observation], context: MachineContext) -> list[Finding]:
     """VG306: the probe one app Machine wrote is missing on another group's Machine."""
     writers = [o for o in observations if o.facts.visibility_probe]
     if not writers:

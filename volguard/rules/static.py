@@ -1,4 +1,4 @@
-"""Static rules VG101–VG112: fly.toml and settings, no network.
+"""Static rules VG101–VG114: fly.toml and settings, no network.
 
 Each rule states the flyctl or platform behaviour it relies on (fly-facts §);
 docs/checks.md has the user-facing explanation for every id.
@@ -11,7 +11,7 @@ import re
 from collections.abc import Iterator
 
 from volguard.catalogue import finding
-from volguard.findings import Finding, Severity
+from volguard.findings import Finding
 from volguard.flytoml import FlyConfig, Mount
 from volguard.rules import StaticContext, static_rule
 from volguard.units import SizeError, parse_size_gb
@@ -74,20 +74,8 @@ def media_root_inside_mount(config: FlyConfig, context: StaticContext) -> Iterat
             evidence={"media_root": media_root},
         )
         return
-    if not mounted:
-        return  # VG102 speaks
-    if media_root is None:
-        first = next(iter(mounted.values()))
-        yield finding(
-            "VG101",
-            "MEDIA_ROOT is unknown, so volguard cannot check that uploads land on the volume "
-            f"(mounted at {first.destination})",
-            config.locate(*first.key),
-            severity=Severity.INFO,
-            hint="Set MEDIA_ROOT in fly.toml [env], or pass --media-root / set "
-            "volguard.media_root in invoke.yaml.",
-        )
-        return
+    if not mounted or media_root is None:
+        return  # VG102 speaks for no mount, VG113 for an unknown MEDIA_ROOT
     by_mount: dict[Mount, list[str]] = {}
     for group, mount in mounted.items():
         if mount.destination and not inside(media_root, mount.destination):
@@ -125,17 +113,7 @@ def media_group_without_mount(config: FlyConfig, context: StaticContext) -> Iter
                 "below it, or store media in object storage.",
                 evidence={"media_root": context.media_root, "groups": list(context.media_groups)},
             )
-        else:
-            yield finding(
-                "VG102",
-                f"{config.path} has no [mounts] and MEDIA_ROOT is unknown: nothing to verify "
-                "(volguard assumes media is not kept on a volume)",
-                config.locate(),
-                severity=Severity.INFO,
-                hint="If uploads are stored on local disk, add a [[mounts]] section and set "
-                "MEDIA_ROOT.",
-            )
-        return
+        return  # without MEDIA_ROOT either, VG114 says there is nothing to verify
     for group in context.media_groups:
         if config.mounts_of(group):
             continue
@@ -431,3 +409,32 @@ def media_group_scaled_out(config: FlyConfig, context: StaticContext) -> Iterato
                 at,
                 evidence={"group": group, "machines": count},
             )
+
+
+@static_rule("VG113")
+def media_root_unknown(config: FlyConfig, context: StaticContext) -> Iterator[Finding]:
+    """VG101 could not be checked: media groups have a mount, but MEDIA_ROOT is unknown."""
+    mounted = _media_mounts(config, context)
+    if not mounted or context.media_root is not None:
+        return
+    first = next(iter(mounted.values()))
+    yield finding(
+        "VG113",
+        "MEDIA_ROOT is unknown, so volguard cannot check that uploads land on the volume "
+        f"(mounted at {first.destination})",
+        config.locate(*first.key),
+        evidence={"destination": first.destination},
+    )
+
+
+@static_rule("VG114")
+def nothing_to_verify(config: FlyConfig, context: StaticContext) -> Iterator[Finding]:
+    """No [mounts] (none declared, so none unreadable) and no MEDIA_ROOT: said once, at info."""
+    if config.mounts or config.mounts_declared or context.media_root:
+        return
+    yield finding(
+        "VG114",
+        f"{config.path} has no [mounts] and MEDIA_ROOT is unknown: nothing to verify "
+        "(volguard assumes media is not kept on a volume)",
+        config.locate(),
+    )
