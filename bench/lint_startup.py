@@ -124,9 +124,10 @@ def main() -> int:
         }
         print(json.dumps(result, indent=2))
     else:
-        print(f"python {sys.version.split()[0]} ({PYTHON}); volguard bytecode precompiled")
+        shown = Path(PYTHON).relative_to(REPO) if Path(PYTHON).is_relative_to(REPO) else PYTHON
+        print(f"python {sys.version.split()[0]} ({shown}); volguard bytecode precompiled")
         runs = len(times[SUBJECT])
-        print(f"{runs} interleaved runs each, {args.warmup} warm-up rounds, cwd {REPO}")
+        print(f"{runs} interleaved runs each, {args.warmup} warm-up rounds, cwd the repository")
         print()
         print(f"{'command':<16} {'min ms':>8} {'median ms':>10} {'p90 ms':>8}")
         for name, s in stats.items():

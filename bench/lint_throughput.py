@@ -1,6 +1,6 @@
 """Lint throughput over the fly.toml corpus (issue #2).
 
-Lints every file in the corpus (default /work/shared/corpus/flytoml/*.toml) in
+Lints every file in the corpus (default tests/data/flytoml/*.toml) in
 one process with `volguard.lint.lint(Settings.load(None), path)`, for several
 rounds. Reports the first round (which pays for importing volguard, tomlkit and
 the rules) and the best round, as files/s and ms per file.
@@ -24,7 +24,7 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
-CORPUS = Path("/work/shared/corpus/flytoml")
+CORPUS = REPO / "tests" / "data" / "flytoml"
 
 
 def lint_all(paths: list[str]) -> tuple[float, int]:
@@ -49,7 +49,7 @@ def row(label: str, seconds: float, n: int) -> None:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rounds", type=int, default=5, help="rounds over the corpus (5)")
-    parser.add_argument("--corpus", type=Path, default=CORPUS, help=f"directory ({CORPUS})")
+    parser.add_argument("--corpus", type=Path, default=CORPUS, help="tests/data/flytoml")
     parser.add_argument("--json", action="store_true", help="machine-readable output")
     args = parser.parse_args()
     paths = sorted(str(p) for p in args.corpus.glob("*.toml"))
@@ -89,7 +89,9 @@ def main() -> int:
         print(json.dumps(result, indent=2))
         return 0
     print(f"python {result['python_version']}; volguard bytecode precompiled")
-    print(f"{n} files from {args.corpus}, {len(rounds)} rounds, findings/round {sorted(findings)}")
+    shown = args.corpus.resolve()
+    shown = shown.relative_to(REPO) if shown.is_relative_to(REPO) else shown
+    print(f"{n} files from {shown}, {len(rounds)} rounds, findings/round {sorted(findings)}")
     print()
     print(f"{'':<28} {'ms':>8} {'files/s':>8} {'ms/file':>8}")
     row("first round (incl. imports)", first, n)
