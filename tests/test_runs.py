@@ -155,3 +155,66 @@ def test_markdown_summary_goes_to_github_step_summary(tmp_path: Path) -> None:
     assert "| two | ❌ failed |" in text
     assert "| three | … pending |  |  |" in text
     assert write_step_summary(record, {}) is None
+
+
+# -- #8 item 19: --resume picks exactly this app's record; a corrupt one is one line -----------
+
+
+def _failed_run(app: str, runs: str, toml: str) -> RunRecord:
+    record = RunRecord.new("deploy", app, STEPS, fly_toml=toml, runs_dir=runs)
+    with record.step("one") as step:
+        step.ok(f"done for {app}")
+    record.get("two").failed("stopped")
+    record.finish()
+    return record
+
+
+def test_resume_of_shop_never_picks_a_later_run_of_shop_staging(tmp_path: Path) -> None:
+    runs, toml = str(tmp_path / "runs"), _toml(tmp_path)
+    shop = _failed_run("shop", runs, toml)
+    _failed_run("shop-staging", runs, toml)  # later, and its file name starts with "deploy-shop-"
+    assert latest("deploy", "shop", runs).id == shop.id
+    resumed = RunRecord.resume("deploy", "shop", STEPS, fly_toml=toml, runs_dir=runs)
+    assert resumed.resumed_from == shop.id
+    assert resumed.get("one").summary == "done for shop"
+
+
+def test_resume_of_shop_staging_alone_finds_no_run_of_shop(tmp_path: Path) -> None:
+    runs, toml = str(tmp_path / "runs"), _toml(tmp_path)
+    _failed_run("shop-staging", runs, toml)
+    assert latest("deploy", "shop", runs) is None
+
+
+def test_a_record_whose_inside_names_another_app_is_not_resumed(tmp_path: Path) -> None:
+    runs, toml = str(tmp_path / "runs"), _toml(tmp_path)
+    other = _failed_run("shop", runs, toml)
+    data = json.loads(Path(other.path).read_text())
+    data["app"] = "shop-staging"
+    Path(other.path).write_text(json.dumps(data))
+    assert latest("deploy", "shop", runs) is None
+
+
+@pytest.mark.parametrize(
+    "content",
+    [
+        "[]",
+        '"a string"',
+        '{"kind": "deploy"}',
+        '{"kind": "deploy", "app": "a", "id": "x", "started": 5, "steps": []}',
+        '{"kind": "deploy", "app": "a", "id": "x", "started": "", "steps": [1, 2]}',
+        '{"kind": "deploy", "app": "a", "id": "x", "started": "", "steps": {}}',
+        '{"kind": "deploy", "app": "a", "id": "x", "started": "", "steps": [{"nam": 1}]}',
+        '{"kind": "deploy", "app": "a", "id": "x", "started": "", "steps": [{"name": 1}]}',
+        "\udcff".encode("utf-8", "surrogateescape").decode("latin-1"),
+    ],
+)
+def test_a_corrupt_record_is_one_line_naming_the_file(tmp_path: Path, content: str) -> None:
+    good = RunRecord.new("deploy", "a", STEPS, runs_dir=str(tmp_path))
+    good.finish()
+    bad = tmp_path / "deploy-a-20990101T000000000000-1.json"
+    bad.write_bytes(content.encode("latin-1", "replace"))
+    with pytest.raises(UsageError) as raised:
+        latest("deploy", "a", str(tmp_path))
+    message = str(raised.value)
+    assert str(bad) in message
+    assert "\n" not in message

@@ -16,6 +16,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
+from invoke import Config
+
 from volguard.errors import ConfigError
 
 DEFAULTS: dict[str, Any] = {
@@ -24,7 +26,6 @@ DEFAULTS: dict[str, Any] = {
     "media_root": None,  # default: fly.toml [env] MEDIA_ROOT
     "media_groups": None,  # default: every process group
     "min_snapshot_retention": 5,
-    "machine_counts": None,  # VG112: Machines you intend to run per group
     "snapshot_max_age_hours": 48,  # VG207: daily snapshots, a day of slack
     "volume_full_percent": 90,  # VG208
     # the Machine layer (issue #4)
@@ -41,6 +42,13 @@ DEFAULTS: dict[str, Any] = {
     "machine_parallel": 8,
     "checks_dirs": None,  # your own testinfra modules, besides volguard's; default checks/
     "waivers": None,
+}
+#: Every key Settings accepts. `machine_counts` is left out of DEFAULTS (what Invoke is given):
+#: Invoke refuses to merge a file's mapping over a default that is not one (None), and an
+#: empty mapping would refuse a file's `null` instead.
+KNOWN: dict[str, Any] = {
+    **DEFAULTS,
+    "machine_counts": None,  # VG112: Machines you intend to run per group
 }
 
 
@@ -85,14 +93,13 @@ class Settings:
     @classmethod
     def load(cls, section: Mapping[str, Any] | None, **flags: Any) -> Settings:
         """Validate the `volguard:` config section, with non-None ``flags`` on top."""
-        merged = dict(DEFAULTS)
+        merged = dict(KNOWN)
         merged.update({k: v for k, v in dict(section or {}).items()})
         merged.update({k: v for k, v in flags.items() if v is not None})
-        unknown = sorted(set(merged) - set(DEFAULTS))
+        unknown = sorted(set(merged) - set(KNOWN), key=str)
         if unknown:
             raise ConfigError(
-                f"volguard config: unknown key {unknown[0]!r} "
-                f"(known: {', '.join(sorted(DEFAULTS))})"
+                f"volguard config: unknown key {unknown[0]!r} (known: {', '.join(sorted(KNOWN))})"
             )
         return cls(
             fly_toml=_str(merged, "fly_toml") or "fly.toml",
@@ -209,6 +216,8 @@ def _counts(value: Any) -> dict[str, int]:
 
 def _waiver(raw: Any, index: int) -> Waiver:
     origin = f"volguard config: waivers[{index}]"
+    if isinstance(raw, LocatedDict):  # read from a file: name it and the line
+        origin = f"{raw.where()}: waivers[{index}]"
     if not isinstance(raw, Mapping):
         raise ConfigError(f"{origin} must be a mapping with id and reason, not {raw!r}")
     unknown = sorted(set(raw) - {"id", "reason", "until", "file"})
@@ -221,7 +230,10 @@ def _waiver(raw: Any, index: int) -> Waiver:
     return Waiver(
         ids=tuple(check_id_or_error(i, origin) for i in ids),
         reason=reason_or_error(raw.get("reason"), origin),
-        until=date_or_error(raw.get("until"), origin),
+        until=date_or_error(
+            raw.get("until"),
+            f"{raw.where('until')}: waivers[{index}]" if isinstance(raw, LocatedDict) else origin,
+        ),
         file=raw.get("file"),
         origin=origin,
     )
@@ -253,3 +265,76 @@ def date_or_error(value: Any, origin: str) -> dt.date | None:
         return dt.date.fromisoformat(str(value))
     except ValueError:
         raise ConfigError(f"{origin}: until={value!r} is not a date like 2027-03-01") from None
+
+
+# -- reading invoke.yaml --------------------------------------------------------------------
+
+
+class InvokeConfig(Config):
+    """Invoke's configuration, with YAML files (invoke.yaml, -f/--config) read by `load_yaml`."""
+
+    def _load_yaml(self, path: Any) -> Any:
+        return load_yaml(str(path))
+
+    _load_yml = _load_yaml
+
+
+class LocatedDict(dict):
+    """A mapping read from a YAML file that remembers where it and each of its keys were."""
+
+    path: str = ""
+    line: int = 0
+    key_lines: dict[Any, int]
+
+    def where(self, key: Any = None) -> str:
+        """``file:line`` of ``key`` (or of the mapping itself) for messages."""
+        lines = getattr(self, "key_lines", {})
+        return f"{self.path}:{lines.get(key, self.line) if key is not None else self.line}"
+
+
+def load_yaml(path: str) -> Any:
+    """``path`` as YAML, the way volguard reads invoke.yaml; ConfigError naming file and line.
+
+    Unlike PyYAML's safe_load, a value that looks like a date stays a string (``until:
+    2027-02-30`` would otherwise crash inside the YAML reader, before volguard can say which
+    file and line), a key given twice is refused, and mappings remember their lines.
+    """
+    import yaml
+
+    class Loader(yaml.SafeLoader):
+        pass
+
+    Loader.yaml_implicit_resolvers = {
+        first: [(tag, rx) for tag, rx in resolvers if tag != "tag:yaml.org,2002:timestamp"]
+        for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
+    }
+
+    def mapping(loader: Loader, node: yaml.MappingNode) -> LocatedDict:
+        out = LocatedDict()
+        out.path, out.line, out.key_lines = path, node.start_mark.line + 1, {}
+        loader.flatten_mapping(node)
+        for key_node, value_node in node.value:
+            key = loader.construct_object(key_node, deep=True)
+            try:
+                duplicate = key in out
+            except TypeError:  # an unhashable key, e.g. a list
+                raise ConfigError(
+                    f"{path}:{key_node.start_mark.line + 1}: a key must be a name"
+                ) from None
+            if duplicate:
+                raise ConfigError(f"{path}:{key_node.start_mark.line + 1}: {key!r} given twice")
+            out[key] = loader.construct_object(value_node, deep=True)
+            out.key_lines[key] = key_node.start_mark.line + 1
+        return out
+
+    Loader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, mapping)
+    try:
+        with open(path, encoding="utf-8") as fh:
+            return yaml.load(fh, Loader=Loader)  # noqa: S506 - a SafeLoader subclass
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f"{path}:{mark.line + 1}" if mark is not None else path
+        problem = getattr(e, "problem", None) or str(e)
+        raise ConfigError(f"{where}: not valid YAML ({' '.join(str(problem).split())})") from None
+    except UnicodeDecodeError as e:
+        raise ConfigError(f"{path}: not UTF-8 text ({e.reason})") from None

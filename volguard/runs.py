@@ -216,11 +216,26 @@ class RunRecord:
 
     @classmethod
     def load(cls, path: str) -> RunRecord:
+        """The record in ``path``; a one-line UsageError naming the file when it is not one."""
         try:
             with open(path, encoding="utf-8") as fh:
                 data = json.load(fh)
-            steps = [Step(**s) for s in data.pop("steps")]
-            return cls(**data, steps=steps, path=path)
+            if not isinstance(data, dict):
+                raise ValueError("not a JSON object")
+            steps = data.pop("steps", None)
+            if not isinstance(steps, list) or not all(isinstance(s, dict) for s in steps):
+                raise ValueError("steps is not a list of objects")
+            record = cls(**data, steps=[Step(**s) for s in steps], path=path)
+            # Everything later code compares, sorts or prints must have its declared type.
+            for name in ("kind", "app", "id", "started", "status"):
+                if not isinstance(getattr(record, name), str):
+                    raise ValueError(f"{name} is not a string")
+            for step in record.steps:
+                if not isinstance(step.name, str) or not isinstance(step.status, str):
+                    raise ValueError("a step's name or status is not a string")
+                if not isinstance(step.summary, str) or not isinstance(step.detail, dict):
+                    raise ValueError("a step's summary or detail has the wrong type")
+            return record
         except (OSError, ValueError, TypeError, KeyError) as e:
             raise UsageError(f"{path}: not a volguard run record ({_one_line(e)})") from None
 
@@ -260,13 +275,19 @@ class RunRecord:
 
 
 def latest(kind: str, app: str, runs_dir: str = RUNS_DIR) -> RunRecord | None:
-    """The most recent record of ``kind`` for ``app`` (by start time, then name)."""
-    prefix = f"{kind}-{_safe(app)}-"
+    """The most recent record of ``kind`` for exactly ``app`` (by start time, then name).
+
+    The file name must be ``<kind>-<app>-<stamp>-<pid>.json`` in full, not merely start with
+    ``<kind>-<app>-``: an app called ``shop`` must never pick up ``shop-staging``'s run. The
+    record's own kind and app must agree with its name too.
+    """
+    pattern = re.compile(rf"{re.escape(kind)}-{re.escape(_safe(app))}-\d{{8}}T\d+-\d+\.json")
     try:
-        names = [n for n in os.listdir(runs_dir) if n.startswith(prefix) and n.endswith(".json")]
+        names = [n for n in os.listdir(runs_dir) if pattern.fullmatch(n)]
     except FileNotFoundError:
         return None
     records = [RunRecord.load(os.path.join(runs_dir, n)) for n in names]
+    records = [r for r in records if r.kind == kind and r.app == app]
     records.sort(key=lambda r: (r.started, r.id))
     return records[-1] if records else None
 
