@@ -256,6 +256,7 @@ def _deploy_step(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, fail: str = ""
         options=SimpleNamespace(deploy=True, fly_toml="fly.toml"),
         settings=SimpleNamespace(flyctl=str(flyctl)),
         app="test-app",
+        token=None,
         out=out,
     )
     step = Step("deploy")

@@ -216,3 +216,70 @@ def test_rate_zero_disables_limiting(fake, rate):
     for _ in range(50):
         rl.wait("GET", "/p")
     assert fake.sleeps == []
+
+
+# -- #8 item 18: a token that cannot be sent is refused without being shown ------------------
+
+SECRET = "Xq3tH1s1sAn0AuthT0ken"
+BAD_TOKENS = [
+    f"{SECRET}\nV4lue0fF1yAuthT0ken",  # pasted over two lines
+    f"{SECRET}\rV4lue0fF1yAuthT0ken",
+    f"{SECRET}\x1b[2JV4lue0fF1yAuthT0ken",
+    f"{SECRET}éV4lue0fF1yAuthT0ken",  # non-ASCII
+    f"{SECRET}\u202eV4lue0fF1yAuthT0ken",
+    f"{SECRET}\x00V4lue0fF1yAuthT0ken",
+]
+
+
+def _pieces(raw: str) -> list[str]:
+    """Every run of 6+ token characters: none of them may appear in a message."""
+    import re
+
+    return [p for p in re.split(r"[^A-Za-z0-9_]", raw) if len(p) >= 6]
+
+
+@pytest.mark.parametrize("raw", BAD_TOKENS)
+def test_a_token_with_a_line_break_or_non_ascii_is_one_line_without_the_token(raw):
+    with pytest.raises(VolguardError) as raised:
+        Token(raw)
+    message = str(raised.value)
+    assert "FLY_API_TOKEN" in message
+    assert "\n" not in message
+    for piece in [*_pieces(raw), SECRET[:8], "V4lue0fF1y"]:
+        assert piece not in message
+        assert piece not in repr(raised.value)
+    assert raised.value.__cause__ is None
+    assert raised.value.__suppress_context__ or raised.value.__context__ is None
+
+
+@pytest.mark.parametrize("raw", BAD_TOKENS)
+def test_from_env_refuses_it_the_same_way(raw):
+    with pytest.raises(VolguardError) as raised:
+        Token.from_env({"FLY_API_TOKEN": raw})
+    assert SECRET[:8] not in str(raised.value)
+
+
+@pytest.mark.parametrize("raw", BAD_TOKENS[:4])
+def test_the_cli_refuses_it_in_one_line_and_never_prints_it(raw, tmp_path):
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    (tmp_path / "fly.toml").write_text('app = "a"\n[mounts]\nsource = "d"\ndestination = "/data"\n')
+    env = {**os.environ, "FLY_API_TOKEN": raw, "FLY_FLAPS_BASE_URL": "http://127.0.0.1:9"}
+    for fmt in ("text", "json", "sarif"):
+        done = subprocess.run(
+            [str(Path(sys.executable).with_name("volguard")), "verify-volume", "--format", fmt],
+            cwd=tmp_path,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+        assert done.returncode == 1, (fmt, done.stdout, done.stderr)
+        assert len(done.stderr.strip().splitlines()) == 1, done.stderr
+        assert "FLY_API_TOKEN" in done.stderr
+        for piece in _pieces(raw):
+            assert piece not in done.stdout + done.stderr

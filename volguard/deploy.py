@@ -28,8 +28,10 @@ from volguard.fly.fleet import load_fleet
 from volguard.fly.planning import plan_volumes
 from volguard.flytoml import FlyConfig
 from volguard.lint import static_context
+from volguard.masking import Masker
 from volguard.report import Report
 from volguard.runs import RUNS_DIR, RunLock, RunRecord, Step
+from volguard.terminal import printable
 
 if TYPE_CHECKING:
     from volguard.remediate import AuditSummary
@@ -79,6 +81,11 @@ class DeployContext:
 
 def run_deploy(ctx: DeployContext) -> RunRecord:
     """Run (or resume) the runbook under the app's lock; the finished record."""
+    mask = Masker.from_environment(ctx.token)
+    # Steps quote output volguard did not write (flyctl's, a Machine's, the API's): whatever
+    # they print goes out masked and with control characters escaped.
+    shown = ctx.out
+    ctx.out = lambda line: shown(printable(mask(line), newlines=True))
     with RunLock(ctx.app, ctx.runs_dir):
         start = RunRecord.resume if ctx.options.resume else RunRecord.new
         record = start(
@@ -88,6 +95,7 @@ def run_deploy(ctx: DeployContext) -> RunRecord:
             fly_toml=ctx.options.fly_toml,
             runs_dir=ctx.runs_dir,
             options=ctx.options.as_dict(),
+            mask=mask,
         )
         if record.resumed_from:
             ctx.out(f"volguard: resuming run {record.resumed_from} as {record.id}")
@@ -164,14 +172,19 @@ def deploy_step(ctx: DeployContext, step: Step) -> None:
     argv = [ctx.settings.flyctl, "deploy", "--config", ctx.options.fly_toml]
     argv += ["--app", ctx.app, "--yes"]
     step.detail["command"] = argv
+    # flyctl prints what it is given (a release command's environment, a failing URL): mask
+    # the token and database passwords before a line reaches the screen or the record.
+    mask = Masker.from_environment(ctx.token)
     try:
-        returncode, stdout, stderr = _streamed(argv, lambda line: ctx.out(f"  {line}"))
+        returncode, stdout, stderr = _streamed(
+            argv, lambda line: ctx.out(f"  {printable(mask(line))}")
+        )
     except FileNotFoundError:
         step.failed(f"{ctx.settings.flyctl} is not installed or not on PATH")
         return
     if returncode != 0:
         last = (stderr.strip() or stdout.strip() or "no output").splitlines()[-1]
-        step.failed(f"flyctl deploy exited {returncode}: {last}")
+        step.failed(f"flyctl deploy exited {returncode}: {printable(mask(last))}")
         return
     step.changed("deployed")
 

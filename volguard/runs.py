@@ -27,12 +27,14 @@ import os
 import re
 import tempfile
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any, ClassVar
 
 from volguard import __version__
 from volguard.errors import UsageError, VolguardError
+from volguard.masking import mask_url_passwords
+from volguard.terminal import printable
 
 RUNS_DIR = os.path.join(".volguard", "runs")
 OK, CHANGED, FAILED, SKIPPED, PENDING = "ok", "changed", "failed", "skipped", "pending"
@@ -104,6 +106,7 @@ class RunRecord:
         fly_toml: str | None = None,
         runs_dir: str = RUNS_DIR,
         options: dict[str, Any] | None = None,
+        mask: Callable[[str], str] | None = None,
     ) -> RunRecord:
         now = _now()
         # Microseconds and the pid: unique per run, and in start order when sorted.
@@ -119,6 +122,8 @@ class RunRecord:
             steps=[Step(name) for name in steps],
             options=dict(options or {}),
         )
+        if mask is not None:
+            record.mask = mask
         record.save()
         return record
 
@@ -132,6 +137,7 @@ class RunRecord:
         fly_toml: str | None = None,
         runs_dir: str = RUNS_DIR,
         options: dict[str, Any] | None = None,
+        mask: Callable[[str], str] | None = None,
     ) -> RunRecord:
         """A new record that carries over the done steps of the latest ``kind`` run of ``app``."""
         previous = latest(kind, app, runs_dir)
@@ -147,7 +153,9 @@ class RunRecord:
             raise UsageError(
                 f"--resume: {fly_toml} changed since run {previous.id}; start a fresh run"
             )
-        record = cls.new(kind, app, steps, fly_toml=fly_toml, runs_dir=runs_dir, options=options)
+        record = cls.new(
+            kind, app, steps, fly_toml=fly_toml, runs_dir=runs_dir, options=options, mask=mask
+        )
         record.resumed_from = previous.id
         earlier = {s.name: s for s in previous.steps}
         for step in record.steps:
@@ -209,10 +217,14 @@ class RunRecord:
                 os.unlink(tmp)
             raise
 
+    #: Applied to every string the record writes or shows (steps quote output volguard did not
+    #: write). By default it masks passwords in URLs; a runbook adds the token (`Masker`).
+    mask: ClassVar[Callable[[str], str]] = staticmethod(mask_url_passwords)
+
     def as_dict(self) -> dict[str, Any]:
         data = asdict(self)
         data.pop("path")
-        return data
+        return _masked(data, self.mask)
 
     @classmethod
     def load(cls, path: str) -> RunRecord:
@@ -242,7 +254,10 @@ class RunRecord:
     # -- summaries ------------------------------------------------------------------------
 
     def markdown(self) -> str:
-        """The run as Markdown, for ``$GITHUB_STEP_SUMMARY``."""
+        """The run as Markdown for ``$GITHUB_STEP_SUMMARY``, masked, control characters escaped."""
+        return printable(self.mask(self._markdown()), newlines=True)
+
+    def _markdown(self) -> str:
         icon = {OK: "✅", CHANGED: "🔧", FAILED: "❌", SKIPPED: "⏭️", PENDING: "…"}
         lines = [
             f"### volguard {self.kind}: {self.app} — {self.status}",
@@ -264,13 +279,17 @@ class RunRecord:
         return "\n".join(lines) + "\n"
 
     def text(self) -> str:
-        """One line per step, for the terminal."""
+        """One line per step, for the terminal (masked, control characters escaped)."""
+        return printable(self.mask(self._text()), newlines=True)
+
+    def _text(self) -> str:
         width = max((len(s.name) for s in self.steps), default=0)
         lines = []
         for s in self.steps:
             took = f"{s.seconds:6.1f}s" if s.seconds is not None else "       "
             note = " (earlier run)" if s.carried_over else ""
-            lines.append(f"  {s.name:<{width}}  {s.status:<8} {took}  {s.summary}{note}")
+            summary = printable(self.mask(s.summary))  # one line, whatever it quotes
+            lines.append(f"  {s.name:<{width}}  {s.status:<8} {took}  {summary}{note}")
         return "\n".join(lines)
 
 
@@ -339,6 +358,16 @@ class RunLock:
         if self._fd >= 0:
             os.close(self._fd)  # closing releases the flock; the file stays (harmless)
             self._fd = -1
+
+
+def _masked(value: Any, mask: Callable[[str], str]) -> Any:
+    if isinstance(value, str):
+        return mask(value)
+    if isinstance(value, dict):
+        return {k: _masked(v, mask) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_masked(v, mask) for v in value]
+    return value
 
 
 def file_sha256(path: str) -> str | None:

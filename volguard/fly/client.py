@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import random
+import re
 import threading
 import time
 from collections import Counter
@@ -24,6 +25,8 @@ from volguard.fly.models import Machine, Snapshot, Volume
 
 DEFAULT_BASE_URL = "https://api.machines.dev"
 _MACAROON_PREFIXES = ("fm1r_", "fm1a_", "fm2_")
+#: What a token may hold: visible ASCII and the space of `FlyV1 fm2_…,fm2_…`.
+_TOKEN_CHARS = re.compile(r"[\x20-\x7e]+")
 
 
 # -- errors ------------------------------------------------------------------------------
@@ -62,6 +65,17 @@ class Token:
         raw = raw.strip()
         if not raw:
             raise VolguardError("FLY_API_TOKEN is empty")
+        # An HTTP header carries visible ASCII and spaces only; anything else would fail later
+        # inside httpx with the value in the message. Say what is wrong, never what is there.
+        if not _TOKEN_CHARS.fullmatch(raw):
+            kind = "a line break" if any(c in raw for c in "\r\n") else (
+                "a control character" if any(ord(c) < 32 or ord(c) == 127 for c in raw)
+                else "a non-ASCII character"
+            )  # fmt: skip
+            raise VolguardError(
+                f"FLY_API_TOKEN contains {kind}, which no Fly token has; set it again "
+                "from `fly tokens create` (the value is not shown)"
+            )
         self._raw = raw
 
     @classmethod
