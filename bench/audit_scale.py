@@ -1,4 +1,4 @@
-"""The missing-file audit at scale on a volume, against the seed guide's loop and the I/O floor.
+"""The missing-file audit at scale on a volume, against the usual per-row loop and the I/O floor.
 
 Issue #5's first figure. N rows (default 1,000,000) of the example app's
 ``apps.services.UserDataFile`` on a local FileSystemStorage: a temporary MEDIA_ROOT whose
@@ -20,7 +20,7 @@ rounds (default 3) of, interleaved:
 - **command**: ``call_command("check_missing_files", "--json")`` in-process with stdout
   to /dev/null (what a user runs, less Python and Django start-up);
 
-then once, **seed loop**: the seed guide's
+then once, **per-row loop**: the usual check,
 ``for df in UserDataFile.objects.all(): if df.file and not default_storage.exists(df.file.name)``
 over all rows (``--seed-rows`` to time a subset). Each run's missing count is checked
 against the seeded one.
@@ -346,7 +346,7 @@ def command() -> dict[str, Any]:
 
 
 def seed_loop(limit: int | None) -> dict[str, Any]:
-    """The seed guide's loop, as written there (model instances, one exists() per row)."""
+    """The usual per-row loop, as commonly written (model instances, one exists() per row)."""
     from apps.services.models import UserDataFile
     from django.core.files.storage import default_storage
 
@@ -401,7 +401,7 @@ def child_time(spec: dict[str, Any]) -> dict[str, Any]:
                 cpu[name].append(cpu_seconds)
     seconds, loop = timed(lambda: seed_loop(spec.get("seed_rows")))
     if spec.get("seed_rows") is None and loop["missing"] != expected:
-        raise CannotRun(f"seed loop found {loop['missing']} missing, not {expected}")
+        raise CannotRun(f"per-row loop found {loop['missing']} missing, not {expected}")
     return {"times": times, "cpu": cpu, "engine": info, "seed_loop": {"seconds": seconds, **loop}}
 
 
@@ -517,14 +517,14 @@ def print_report(
         loop = result["seed_loop"]
         what = "all rows" if args.seed_rows is None else f"first {loop['checked']:,} rows"
         print(
-            f"{result['db']:8} {'seed guide loop (1 run, ' + what + ')':34} "
+            f"{result['db']:8} {'per-row loop (1 run, ' + what + ')':34} "
             f"{loop['seconds']:8.3f} {'':9} {'':7} {loop['checked'] / loop['seconds']:11,.0f} "
             f"{loop['seconds'] / loop['checked'] * layout.rows / floor:6.2f}x"
         )
         per_row_loop = loop["seconds"] / loop["checked"]
         per_row_engine = s["engine"]["best"] / layout.rows
         print(
-            f"   seed loop / engine (per row): {per_row_loop / per_row_engine:.1f}x; "
+            f"   per-row loop / engine (per row): {per_row_loop / per_row_engine:.1f}x; "
             f"engine: strategy {result['engine']['strategy']}, "
             f"{result['engine']['requests']:,} storage requests; seeding took "
             f"{result['seed_seconds']:.1f} s"
@@ -572,7 +572,7 @@ def main() -> int:
     parser.add_argument("--rows-per-user", type=int, default=1000)
     parser.add_argument("--missing-pct", type=float, default=1.0)
     parser.add_argument(
-        "--seed-rows", type=int, default=None, help="time the seed loop on the first N rows"
+        "--seed-rows", type=int, default=None, help="time the per-row loop on the first N rows"
     )
     parser.add_argument("--quick", action="store_true", help="smoke run: 5,000 rows, 1 round")
     add_child_arguments(parser)

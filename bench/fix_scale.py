@@ -10,7 +10,7 @@ one-line processing log. Per database, in one child process, warm:
   PATH)`` in-process, text output to /dev/null: the audit, the plan, the VG404 interlock,
   the re-check of each batch, the batched bulk updates and the JSONL audit log (journal
   and log lines, fsync'd per batch), as a user runs it;
-- **per-row loop** (the seed guide's ``--fix``): ``for df in UserDataFile.objects.all():
+- **per-row loop** (the usual ``--fix``): ``for df in UserDataFile.objects.all():
   if df.file and not default_storage.exists(df.file.name): df.processing_status =
   "failed"; df.processing_log += "\\n" + msg; df.save()``, and, to be fair, the same JSONL
   entry per changed row with ``AuditLog.record`` (one line and one fsync each, which is
@@ -84,14 +84,14 @@ def run_command(audit_log: str) -> dict[str, Any]:
 
 
 def run_baseline(audit_log: str, limit: int | None) -> dict[str, Any]:
-    """The seed guide's --fix: one exists() and one save() per row, and a log line each."""
+    """The usual per-row --fix: one exists() and one save() per row, and a log line each."""
     from apps.services.models import UserDataFile
     from django.core.files.storage import default_storage
 
     from volguard.audit_log import AuditLog
     from volguard.django.missing_files import DEFAULT_MESSAGE
 
-    audit = AuditLog(audit_log, command="seed guide loop")
+    audit = AuditLog(audit_log, command="per-row loop")
     files = UserDataFile.objects.all()
     if limit:
         files = files[:limit]

@@ -15,7 +15,7 @@ In one child process, ``--rounds`` rounds (default 3, after one discarded) of:
 - **engine**: ``volguard.django.missing_files.audit(discover(["services.UserDataFile"]))``;
 - **command**: ``call_command("check_missing_files", "--json")``, stdout to /dev/null;
 
-then once **per-row**: the seed guide's loop, ``for df in UserDataFile.objects.all(): if
+then once **per-row**: the usual loop, ``for df in UserDataFile.objects.all(): if
 df.file and not default_storage.exists(df.file.name)`` (one ``HEAD`` per row).
 
 HTTP requests are counted twice: by the client (a boto3 ``before-send`` hook on the

@@ -245,7 +245,7 @@ def _field(document: dict, label: str) -> dict:
     return next(f for f in document["fields"] if f"{f['model']}.{f['field']}" == label)
 
 
-# -- the seed guide's interface and output ------------------------------------------------
+# -- the familiar command's interface and output ----------------------------------------------
 
 
 def test_all_present_prints_the_all_good_line(site: Site) -> None:

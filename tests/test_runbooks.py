@@ -246,7 +246,7 @@ CLEAN = "fly.toml, test-blue-smoke-97: no findings - ok"
 # fmt: off
 #: The table: (where, command, how). The rows of one world run in this order.
 TABLE: tuple[tuple[str, str, Run | NotRun | Same], ...] = (
-    # -- incident-missing-files.md: the seed guide's incident, end to end ------------------------
+    # -- incident-missing-files.md: the incident, end to end ------------------------------------
     (INCIDENT, 'export FLY_API_TOKEN="$(flyctl tokens create deploy -a test-blue-smoke-97)"',
      NotRun(WHY_TOKEN)),
     (INCIDENT, "volguard verify-volume", Run("incident", 2, (SPLIT_ERRORS,))),
@@ -566,7 +566,7 @@ def _worker_file(world: World) -> None:
 
 #: The worlds, the longest first: they run side by side, `Worlds.PARALLEL` at a time.
 WORLDS: dict[str, SimWorld | DjangoWorld | WebWorld | InstallWorld] = {
-    # the seed guide's incident, with the example app on the web and worker Machines
+    # the incident, with the example app on the web and worker Machines
     "incident": SimWorld("incident", example_app=LOST, setup=_worker_file),
     # ...after its step 5: one media group; the worker's file is back, two are gone for good
     "repair": SimWorld("healthy", example_app=LOST - {"trial-2.csv"}),

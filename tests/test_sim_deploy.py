@@ -1,6 +1,6 @@
 """`flyctl deploy` in the simulation: the stand-in, the API simulator, the local fleet.
 
-A deploy is how the seed incident gets fixed, so the simulator must deploy as Fly does,
+A deploy is how the incident gets fixed, so the simulator must deploy as Fly does,
 traps included (FLYCTL internal/command/deploy, fly-facts §0, §2.2): Machines of groups
 that left [processes] are destroyed and their volumes kept, unattached; the others get
 the new config, a new instance and a restart, on the SAME volume; a refused or failed

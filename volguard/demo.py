@@ -1,6 +1,6 @@
-"""`invoke demo`: the seed guide's incident, end to end, in a local simulation.
+"""`invoke demo`: the missing-uploads incident, end to end, in a local simulation.
 
-It builds the deployment the guide describes — the web app and the Celery worker each on
+It builds the deployment the common advice gives — the web app and the Celery worker each on
 their OWN "data" volume (``[mounts] processes = ["app", "worker"]``), so uploads the web
 app saved are not where the worker looks, and some files are simply gone — out of the
 real parts volguard is tested against:
@@ -15,7 +15,7 @@ Then it runs the runbook with the ``volguard`` command, as a user would, and sho
 command and its output: the lint gate, the diagnosis (verify-volume), the damage
 (remediate), the interlock refusing to fix a split fleet, the fixed fly.toml deployed
 with ``volguard deploy --fix`` (flyctl deploy, verify, audit, fix), and a clean re-verify.
-It needs Linux, root and the packages ``.ci/run`` installs (openssh-server, util-linux,
+It needs Linux, root and the packages ``.ci/system-packages`` installs (openssh-server, util-linux,
 iproute2); it says so in one line when they are missing. Nothing outside its work
 directory (a temporary one unless ``--workdir``) is changed, and the simulation is torn
 down at the end.
@@ -200,7 +200,7 @@ def run_demo(out: Out = print, workdir: Path | None = None) -> int:
         f"  manage_py: {shlex.join([python, str(EXAMPLE / 'manage.py')])!r}\n",
         encoding="utf-8",
     )
-    out(f"volguard demo: the seed guide's incident in a local simulation ({root})")
+    out(f"volguard demo: uploads missing for the worker, in a local simulation ({root})")
     with SimServer(scenario) as sim, LocalFleet(scenario) as fleet:
         demo = Demo(root, out, _environ(sim, fleet))
         demo.app_machine = _machine_of(scenario, "app")

@@ -550,7 +550,7 @@ OPTIONAL_POSITIONALS["deploy"] = "path"
 )
 @_edge
 def demo(c: Context, workdir: str = "") -> None:
-    """The seed's incident end to end in a local simulation: diagnosis, fix, clean re-verify.
+    """The incident (uploads missing for the worker), end to end in a local simulation.
 
     Builds the Fly API simulator, a local fleet of simulated Machines (Linux namespaces with
     sshd; needs root) and the example Django app with uploads, some lost; then runs lint,

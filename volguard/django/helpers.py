@@ -1,4 +1,4 @@
-"""Storage-safe helpers for an app's own code: the seed guide's "Prevention", as functions.
+"""Storage-safe helpers for an app's own code: check files exist, work on copies, say so.
 
 The incident's worker failed with ``[Errno 2] No such file or directory`` because it read
 ``data_file.file.path`` (a local path that only exists on FileSystemStorage, and only on

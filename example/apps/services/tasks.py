@@ -1,4 +1,4 @@
-"""Celery tasks that process uploads, written the way the seed guide's "Prevention" asks.
+"""Celery tasks that process uploads, checking their files first instead of crashing on them.
 
 The incident's version opened ``data_file.file.path`` directly and died with ``[Errno 2]
 No such file or directory`` halfway through a batch, leaving rows stuck in "processing"

@@ -1,6 +1,6 @@
-"""``manage.py check_missing_files``: the seed guide's command, made fast, and read-only.
+"""``manage.py check_missing_files``: the widely copied command, made fast, and read-only.
 
-Keeps the seed guide's output — ``Total file records in database: N``, then ``✗ Found N
+Keeps that command's familiar output — ``Total file records in database: N``, then ``✗ Found N
 missing files:`` grouped by user, each ``ID n: name (status=…, reason=…)`` and its ``Path:``
 line, or ``✓ All N files are present in storage.`` — over every model with a FileField or
 ImageField, each field with its own storage. The work is `volguard.django.missing_files.audit`'s.
@@ -295,7 +295,7 @@ class Command(BaseCommand):
 
 
 class _Text:
-    """The seed guide's human output."""
+    """The human output, in the familiar command's format."""
 
     def __init__(self, command: Command, result: AuditResult, verbosity: int) -> None:
         self.out = command.stdout
