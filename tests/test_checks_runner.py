@@ -81,7 +81,8 @@ def user_checks(tmp_path: Path, name: str, source: str) -> Path:
 # A fleet where most checks have something to say: the web Machine is healthy and wrote the
 # visibility probe; one worker has no volume, MEDIA_ROOT elsewhere and cannot see the probe;
 # another worker is read-only, nearly full, root-owned and not writable; on a third worker
-# volguard found no app process (VG308), on a fourth the app has no MEDIA_ROOT (VG309).
+# volguard found no app process (VG308), on a fourth the app has no MEDIA_ROOT (VG309); the
+# last three have facts that cannot be judged (VG310) or a MEDIA_ROOT that does not exist (VG311).
 FLEET = [
     observe("web1", "app", visibility_probe=PROBE),
     observe(
@@ -105,6 +106,11 @@ FLEET = [
     ),
     observe("work3", "worker", processes=(), media_root=None, write_test=None),
     observe("work4", "worker", media_root=None, write_test=None),
+    observe("work5", "worker", mount=None),  # a separate device, no mount entry: VG310
+    observe(
+        "work6", "worker", processes=(), app_user=None, media_root_exists=False, write_test=None
+    ),  # VG311
+    observe("work7", "worker", bytes_free="lots", visible={PROBE: "no"}),  # wrong types: VG310
 ]
 
 
@@ -113,7 +119,7 @@ def test_builtin_checks_match_the_rules() -> None:
     expected = pairs(run_machine_rules(FLEET, context))
     # the fleet exercises every registered Machine rule, so the comparison means something
     assert {i for i, _ in expected} == set(RULES["machine"]) | set(RULES["fleet"])
-    assert {i for i, _ in expected} == {f"VG30{n}" for n in range(1, 10)}
+    assert {i for i, _ in expected} == {f"VG3{n:02}" for n in range(1, 12)}
     found = run_checks(FLEET, context, FakeTransport())
     assert pairs(found) == expected
     # exactly the same findings, not only the same ids: severity, message, evidence

@@ -609,3 +609,72 @@ def test_run_machine_rules_runs_the_fleet_registry(monkeypatch: pytest.MonkeyPat
     monkeypatch.setitem(RULES["fleet"], "VG999", count)
     assert run_machine_rules([obs("a"), obs("b", group="worker")], CTX) == []
     assert seen == [2]  # called once, with every Machine
+
+
+# -- VG310, VG311: missing facts never pass ----------------------------------------------------
+
+
+def test_vg310_separate_device_without_a_mount_entry() -> None:
+    # the mount table could not be read (or lacks the entry): VG302 cannot judge, so no "ok"
+    o = obs(mount=None, errors=("mountinfo: [Errno 13] Permission denied",))
+    found = run_machine_rules([o], CTX)
+    assert pairs(found) == [("VG310", o.machine.id)]
+    f = found[0]
+    assert f.severity is Severity.ERROR
+    assert "no entry" in f.message
+    assert "mountinfo: [Errno 13] Permission denied" in f.message
+    assert_names_machine(f, o)
+
+
+def test_vg310_covering_mount_is_the_root_filesystems() -> None:
+    o = obs(mount=MountEntry("/", "overlay", ("rw",), ("rw",), "overlay"))
+    assert pairs(run_machine_rules([o], CTX)) == [("VG310", o.machine.id)]
+
+
+@pytest.mark.parametrize("field", ["destination_device", "root_device"])
+def test_vg310_unreadable_device_is_not_vg301(field: str) -> None:
+    # VG301 would claim "on the root filesystem (device None, same as /)": it has not seen that
+    o = obs(**{field: None})
+    found = run_machine_rules([o], CTX)
+    assert pairs(found) == [("VG310", o.machine.id)]
+    assert "could not be read" in found[0].message
+
+
+@pytest.mark.parametrize(
+    "over",
+    [
+        {"bytes_free": "600"},
+        {"destination_exists": "yes"},
+        {"media_root": ["/data/media"]},
+        {"media_root_mode": "rwx"},
+        {"processes": ({"pid": 1},)},
+        {"mount": MountEntry("/data", "ext4", "rw", (), "/dev/vdc")},
+        {"visible": {PROBE: "yes"}},
+        {"write_test": "ok"},
+    ],
+    ids=lambda over: next(iter(over)),
+)
+def test_vg310_facts_of_the_wrong_type_never_pass_nor_crash(over: dict[str, Any]) -> None:
+    o = obs(**over)
+    found = run_machine_rules([o, obs("work1", group="worker")], CTX)
+    assert pairs(found) == [("VG310", o.machine.id)]  # and no other rule judged them
+    assert f"{next(iter(over))} has the wrong type" in found[0].message
+
+
+def test_vg311_media_root_missing_with_no_app_process() -> None:
+    o = obs(processes=(), app_user=None, media_root_exists=False, write_test=None)
+    found = run_machine_rules([o], CTX)
+    assert pairs(found) == [("VG311", o.machine.id)]
+    f = found[0]
+    assert f.severity is Severity.ERROR
+    assert "/data/media does not exist" in f.message
+    assert_names_machine(f, o)
+
+
+def test_vg311_silent_when_the_app_users_write_test_speaks() -> None:
+    # with an app user the write test runs; its failure is VG304, not VG311
+    o = obs(
+        media_root_exists=False,
+        write_test={"ok": False, "user": "app", "error": "FileNotFoundError"},
+    )
+    assert pairs(run_machine_rules([o], CTX)) == [("VG304", o.machine.id)]

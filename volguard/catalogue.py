@@ -273,6 +273,21 @@ CHECKS: dict[str, Check] = {
             "the app process has no MEDIA_ROOT: MEDIA_ROOT not verified",
             "Set MEDIA_ROOT in [env], or configure volguard.media_root.",
         ),
+        _c(
+            "VG310",
+            "machine",
+            E,
+            "the probe's facts are incomplete: the volume checks could not be made",
+            "Check the Machine by hand (`findmnt`, `stat`); a Machine that hides its mount "
+            "table or devices cannot be verified.",
+        ),
+        _c(
+            "VG311",
+            "machine",
+            E,
+            "MEDIA_ROOT does not exist, and no app process could test it",
+            "Create MEDIA_ROOT on the volume for the app user, or set volguard.app_user.",
+        ),
         # -- data: database and storage ---------------------------------------------
         _c(
             "VG401",

@@ -1,4 +1,4 @@
-"""Machine rules VG301–VG309: what the probe saw on each Machine, judged.
+"""Machine rules VG301–VG311: what the probe saw on each Machine, judged.
 
 Per-Machine rules (`@machine_rule`) take an `Observation` (the Machine, what
 fly.toml expects of it, and its `MachineFacts`); fleet rules (`@fleet_rule`:
@@ -7,17 +7,24 @@ Both are registries like the static and platform ones, and `run_machine_rules`
 runs them from there, as the check modules in checks/ do one by one. VG300
 (unreachable) is not a rule: the layer reports it when a Machine cannot be
 probed at all.
+
+Missing facts never pass: facts of the wrong type, a device that could not be
+read, or a separate device without its mount entry are VG310 (an error), and
+every other rule stays silent on that Machine rather than judge what it cannot
+read (the registration wraps each rule so, for checks/ and `run_machine_rules`
+alike).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+import functools
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 
 from volguard.catalogue import finding
 from volguard.findings import Finding, Location
 from volguard.fly.models import Machine
-from volguard.remote.probe import MachineFacts
+from volguard.remote.probe import AppProcess, MachineFacts, MountEntry
 from volguard.rules import RULES, Rule, _register
 from volguard.rules.static import inside, normalise
 
@@ -37,13 +44,35 @@ class MachineContext:
 
 
 def machine_rule(check_id: str) -> Callable[[Rule], Rule]:
-    """Register a per-Machine rule ``(Observation, MachineContext) -> findings``."""
-    return _register("machine", check_id)
+    """Register a per-Machine rule ``(Observation, MachineContext) -> findings``.
+
+    The rule is not asked about a Machine whose facts are malformed (VG310 speaks).
+    """
+
+    def register(fn: Rule) -> Rule:
+        @functools.wraps(fn)
+        def rule(o: Observation, context: MachineContext) -> Iterable[Finding]:
+            return fn(o, context) if not malformed(o.facts) else ()
+
+        return _register("machine", check_id)(rule)
+
+    return register
 
 
 def fleet_rule(check_id: str) -> Callable[[Rule], Rule]:
-    """Register a rule across Machines ``(list[Observation], MachineContext) -> findings``."""
-    return _register("fleet", check_id)
+    """Register a rule across Machines ``(list[Observation], MachineContext) -> findings``.
+
+    The rule sees only the Machines whose facts are well-formed (VG310 speaks for the rest).
+    """
+
+    def register(fn: Rule) -> Rule:
+        @functools.wraps(fn)
+        def rule(observations: list[Observation], context: MachineContext) -> Iterable[Finding]:
+            return fn([o for o in observations if not malformed(o.facts)], context)
+
+        return _register("fleet", check_id)(rule)
+
+    return register
 
 
 def run_machine_rules(observations: list[Observation], context: MachineContext) -> list[Finding]:
@@ -76,8 +105,10 @@ def _ev(o: Observation, **more: object) -> dict[str, object]:
 @machine_rule("VG301")
 def not_a_separate_filesystem(o: Observation, context: MachineContext) -> Iterator[Finding]:
     f = o.facts
-    if f.separate_filesystem:
-        return
+    if f.separate_filesystem or (
+        f.destination_exists and None in (f.destination_device, f.root_device)
+    ):
+        return  # mounted; or a device could not be read, and VG310 says so
     why = (
         "does not exist"
         if not f.destination_exists
@@ -97,8 +128,8 @@ def not_a_separate_filesystem(o: Observation, context: MachineContext) -> Iterat
 @machine_rule("VG302")
 def read_only_or_odd_filesystem(o: Observation, context: MachineContext) -> Iterator[Finding]:
     f = o.facts
-    if not f.separate_filesystem or f.mount is None:
-        return  # VG301 speaks
+    if not f.separate_filesystem or _no_mount_entry(f):
+        return  # VG301 or VG310 speaks
     problems = []
     if f.mount.read_only:
         problems.append("it is mounted read-only")
@@ -241,6 +272,49 @@ def app_process_without_media_root(o: Observation, context: MachineContext) -> I
     )
 
 
+@_register("machine", "VG310")  # not machine_rule: this rule is the one that judges bad facts
+def facts_incomplete(o: Observation, context: MachineContext) -> Iterator[Finding]:
+    """The probe's facts are malformed, or too incomplete to judge the mount: never "ok"."""
+    f = o.facts
+    problems = malformed(f)
+    if not problems and f.destination_exists:
+        if f.destination_device is None:
+            problems.append(f"the device of {o.destination} could not be read")
+        if f.root_device is None:
+            problems.append("the device of / could not be read")
+        if f.separate_filesystem and _no_mount_entry(f):
+            problems.append(
+                f"{o.destination} is on its own device ({f.destination_device}) but the mount "
+                "table has no entry for it"
+            )
+    if not problems:
+        return
+    errors = [e for e in f.errors if isinstance(e, str)] if isinstance(f.errors, tuple) else []
+    yield finding(
+        "VG310",
+        f"{_who(o)}: the probe's facts are incomplete: {'; '.join(problems)}"
+        + (f" (probe errors: {'; '.join(errors)})" if errors else "")
+        + ": the volume checks could not be made there",
+        _at(o),
+        evidence=_ev(o, problems=problems, errors=errors),
+    )
+
+
+@machine_rule("VG311")
+def media_root_missing(o: Observation, context: MachineContext) -> Iterator[Finding]:
+    """MEDIA_ROOT does not exist, and no app user wrote to it (VG304 speaks when one tried)."""
+    f = o.facts
+    if not f.media_root or f.media_root_exists is not False or f.write_test is not None:
+        return
+    yield finding(
+        "VG311",
+        f"{_who(o)}: MEDIA_ROOT {f.media_root} does not exist, and with no app process found "
+        "volguard could not test that the app can create and write it",
+        _at(o),
+        evidence=_ev(o, media_root=f.media_root, source=f.media_root_source),
+    )
+
+
 @fleet_rule("VG303")
 def media_root_differs(observations: list[Observation], context: MachineContext) -> list[Finding]:
     """VG303 across groups: the groups' running apps disagree on MEDIA_ROOT."""
@@ -300,3 +374,75 @@ def not_visible_across(observations: list[Observation], context: MachineContext)
             },
         )
     ]
+
+
+def _no_mount_entry(f: MachineFacts) -> bool:
+    """A separate device, but the mount table gave no entry for it (only /'s covers it)."""
+    return f.mount is None or normalise(f.mount.mount_point) == "/"
+
+
+# -- facts of the wrong type ---------------------------------------------------------------
+
+_OPTIONAL_STR = (
+    "destination_device", "root_device", "app_user", "media_root", "media_root_source",
+    "media_root_real", "media_root_owner", "media_root_device", "visibility_probe",
+)  # fmt: skip
+_OPTIONAL_COUNT = ("bytes_total", "bytes_free", "inodes_total", "inodes_free")
+
+
+def malformed(f: MachineFacts) -> list[str]:
+    """What in ``f`` has the wrong type for the rules (the probe's answer is data, not trusted)."""
+    bad = [n for n in _OPTIONAL_STR if not isinstance(getattr(f, n), str | None)]
+    bad += [
+        n
+        for n in _OPTIONAL_COUNT
+        if getattr(f, n) is not None
+        and (isinstance(getattr(f, n), bool) or not isinstance(getattr(f, n), int))
+    ]
+    if not isinstance(f.destination_exists, bool):
+        bad.append("destination_exists")
+    if not isinstance(f.media_root_exists, bool | None):
+        bad.append("media_root_exists")
+    if not _is_mount(f.mount):
+        bad.append("mount")
+    if not isinstance(f.processes, tuple) or not all(map(_is_process, f.processes)):
+        bad.append("processes")
+    if f.media_root_mode is not None and not _is_mode(f.media_root_mode):
+        bad.append("media_root_mode")
+    if f.write_test is not None and not isinstance(f.write_test, dict):
+        bad.append("write_test")
+    if not isinstance(f.visible, dict) or not all(
+        isinstance(k, str) and isinstance(v, bool) for k, v in f.visible.items()
+    ):
+        bad.append("visible")
+    return [f"{name} has the wrong type ({type(getattr(f, name)).__name__})" for name in bad]
+
+
+def _is_mount(mount: object) -> bool:
+    if mount is None:
+        return True
+    return (
+        isinstance(mount, MountEntry)
+        and all(isinstance(v, str) for v in (mount.mount_point, mount.fstype, mount.source))
+        and all(
+            isinstance(options, tuple) and all(isinstance(o, str) for o in options)
+            for options in (mount.options, mount.super_options)
+        )
+    )
+
+
+def _is_process(p: object) -> bool:
+    return (
+        isinstance(p, AppProcess)
+        and isinstance(p.pid, int)
+        and not isinstance(p.pid, bool)
+        and isinstance(p.user, str)
+        and isinstance(p.media_root, str | None)
+    )
+
+
+def _is_mode(mode: object) -> bool:
+    try:
+        return isinstance(mode, str) and int(mode, 8) >= 0
+    except ValueError:
+        return False
