@@ -1,6 +1,6 @@
 """The `volguard` and `invoke` console scripts, run for real in a subprocess.
 
-Exit codes (DESIGN.md, docs/checks.md): 0 nothing at or above --fail-on, 2 findings at or
+Exit codes (docs/architecture.md, docs/checks.md): 0 nothing at or above --fail-on, 2 findings at or
 above it, 1 volguard could not do its job. Machine formats own stdout; notices go to stderr.
 """
 

@@ -1,4 +1,4 @@
-"""The append-only audit log: one JSON line per change volguard makes (DESIGN: safety rules).
+"""The append-only audit log: one JSON line per change volguard makes (docs/architecture.md).
 
 Each entry says when, who (OS user and host), which command, what changed, and the state
 before and after. Lines are appended with O_APPEND and fsync'd, a batch's lines in one

@@ -1,6 +1,6 @@
 """The volume commands' I/O: plan from the live fleet, print the plan, act only when told.
 
-Safety rules (DESIGN.md): the plan is printed in both cases; `--apply` acts;
+Safety rules (docs/architecture.md): the plan is printed in both cases; `--apply` acts;
 the confirmation names the app and the count; every volume or snapshot made
 goes to the audit log; running twice changes nothing the second time.
 """
