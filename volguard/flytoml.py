@@ -176,6 +176,8 @@ def _locate_with_tomllib(text: str, path: str) -> Location:
 
     try:
         tomllib.loads(text)
+    except RecursionError:  # nesting deeper than the parser's stack: no position to give
+        return Location(file=path)
     except tomllib.TOMLDecodeError as e:
         m = re.search(r"line (\d+), column (\d+)", str(e))
         if m:
