@@ -64,6 +64,8 @@ def parse_facts(stdout: str) -> dict[str, Any]:
         data = json.loads(stdout[start + len(BEGIN) : end])
     except ValueError as e:
         raise ProbeError(f"the probe's result is not JSON ({e})") from None
+    except RecursionError:  # nested deeper than the decoder's stack: no probe writes that
+        raise ProbeError("the probe's result is not JSON (nested too deeply)") from None
     if not isinstance(data, dict):
         raise ProbeError("the probe's result is not a JSON object")
     return data
@@ -121,23 +123,33 @@ class MachineFacts:
 
     @classmethod
     def from_probe(cls, data: dict[str, Any]) -> MachineFacts:
+        """The facts as the probe sent them; ProbeError when it says it failed.
+
+        Never raises for a fact of the wrong type: such a value is kept as it came, not
+        coerced, so the rules see it and report VG310 instead of judging it.
+        """
+        errors = _sequence(data.get("errors"))
+        errors = tuple(errors) if isinstance(errors, tuple) else (_one_line(errors),)
         if data.get("fatal"):
-            raise ProbeError("; ".join(data.get("errors") or ["the probe failed"]))
+            why = "; ".join(_one_line(e) for e in errors) if errors else "the probe failed"
+            raise ProbeError(why)
         mount = data.get("mount")
+        processes = _sequence(data.get("processes"))
+        visible = data.get("visible")
         return cls(
             destination=data.get("destination", ""),
-            destination_exists=bool(data.get("destination_exists")),
+            destination_exists=data.get("destination_exists"),  # missing: None, not False
             destination_device=data.get("destination_device"),
             root_device=data.get("root_device"),
             mount=MountEntry(
                 mount_point=mount.get("mount_point", ""),
                 fstype=mount.get("fstype", ""),
-                options=tuple(mount.get("options") or ()),
-                super_options=tuple(mount.get("super_options") or ()),
+                options=_sequence(mount.get("options")),
+                super_options=_sequence(mount.get("super_options")),
                 source=mount.get("source", ""),
             )
             if isinstance(mount, dict)
-            else None,
+            else mount,
             bytes_total=data.get("bytes_total"),
             bytes_free=data.get("bytes_free"),
             inodes_total=data.get("inodes_total"),
@@ -151,9 +163,11 @@ class MachineFacts:
                     media_root=p.get("media_root"),
                     group=p.get("group"),
                 )
-                for p in data.get("processes") or ()
-                if isinstance(p, dict)
-            ),
+                for p in processes
+                if isinstance(p, dict)  # as before: an entry that is not an object is no process
+            )
+            if isinstance(processes, tuple)
+            else processes,
             app_user=data.get("app_user"),
             media_root=data.get("media_root"),
             media_root_source=data.get("media_root_source"),
@@ -164,8 +178,8 @@ class MachineFacts:
             media_root_device=data.get("media_root_device"),
             write_test=data.get("write_test"),
             visibility_probe=data.get("visibility_probe"),
-            visible=dict(data.get("visible") or {}),
-            errors=tuple(data.get("errors") or ()),
+            visible={} if visible is None else visible,
+            errors=errors,
         )
 
     @property
@@ -176,6 +190,17 @@ class MachineFacts:
             and self.destination_device is not None
             and self.destination_device != self.root_device
         )
+
+
+def _sequence(value: Any) -> Any:
+    """A JSON array as a tuple, null as (); anything else as it came (the rules flag it)."""
+    if value is None:
+        return ()
+    return tuple(value) if isinstance(value, list) else value
+
+
+def _one_line(value: Any) -> str:
+    return " ".join(str(value).split())[:500]
 
 
 # -- the manage mode (`volguard remediate`) ------------------------------------------------
