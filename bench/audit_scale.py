@@ -326,7 +326,8 @@ def floor_fs(root: str) -> int:
 
 
 def engine() -> dict[str, Any]:
-    from volguard.django.missing_files import audit, discover
+    from volguard.django.missing_files import audit
+    from volguard.django.targets import discover
 
     result = audit(discover([MODEL]))
     return {

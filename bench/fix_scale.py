@@ -89,7 +89,7 @@ def run_baseline(audit_log: str, limit: int | None) -> dict[str, Any]:
     from django.core.files.storage import default_storage
 
     from volguard.audit_log import AuditLog
-    from volguard.django.missing_files import DEFAULT_MESSAGE
+    from volguard.django.targets import DEFAULT_MESSAGE
 
     audit = AuditLog(audit_log, command="per-row loop")
     files = UserDataFile.objects.all()
@@ -118,7 +118,7 @@ def verify(expected: int, audit_log: str) -> None:
     """Every row failed with the message as its last line, and one log line per row."""
     from apps.services.models import UserDataFile
 
-    from volguard.django.missing_files import DEFAULT_MESSAGE
+    from volguard.django.targets import DEFAULT_MESSAGE
 
     done = UserDataFile.objects.filter(
         processing_status="failed", processing_log=f"{LOG}\n{DEFAULT_MESSAGE}"

@@ -177,7 +177,8 @@ class Requests:
 
 
 def engine() -> dict[str, Any]:
-    from volguard.django.missing_files import audit, discover
+    from volguard.django.missing_files import audit
+    from volguard.django.targets import discover
 
     result = audit(discover([MODEL]))
     field = result.fields[0]

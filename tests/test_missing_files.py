@@ -30,13 +30,13 @@ from typing import Any
 import pytest
 from conftest import manage_example, require, throwaway_postgres
 
-from volguard.django.missing_files import (
-    AuditError,
+from volguard.django.management.commands.check_missing_files import (
     format_duration,
-    invalid_name_reason,
     parse_duration,
     parse_filter,
 )
+from volguard.django.storage_index import invalid_name_reason
+from volguard.errors import UsageError
 
 REPO = Path(__file__).resolve().parents[1]
 EXAMPLE = REPO / "example"
@@ -312,7 +312,7 @@ def test_json_is_one_document_with_totals_reasons_strategy_and_rows(site: Site) 
     assert document["audited_rows"] == 3
     assert document["skipped_recent"] == 0
     assert document["older_than_seconds"] == 600
-    assert document["missing"] == 2
+    assert document["problem_rows"] == 2
     assert document["per_reason"] == {"missing": 1, "empty": 1, "invalid_name": 0, "shared": 0}
     assert document["strategy"] == {UDF: "exists"}
     assert document["storage_requests"] == 2  # one check per row that names a file
@@ -395,7 +395,7 @@ def test_adversarial_names_are_invalid_and_never_looked_up(site: Site, tmp_path:
     code = textwrap.dedent("""
         import json, os
         from datetime import timedelta
-        from volguard.django import missing_files as audit, storage_index
+        from volguard.django import missing_files as audit, storage_index, targets
 
         seen = []
         real_scandir, real_stat = os.scandir, os.stat
@@ -407,8 +407,8 @@ def test_adversarial_names_are_invalid_and_never_looked_up(site: Site, tmp_path:
             return real_stat(path, *args, **kwargs)
         storage_index.os.scandir, storage_index.os.stat = scandir, stat
         for strategy in ("list", "exists"):
-            targets = audit.discover(["services.UserDataFile"])
-            audit.audit(targets, older_than=timedelta(0), strategy=strategy)
+            fields = targets.discover(["services.UserDataFile"])
+            audit.audit(fields, older_than=timedelta(0), strategy=strategy)
         storage_index.os.scandir, storage_index.os.stat = real_scandir, real_stat
         print("VG_SEEN=" + json.dumps(seen))
     """)
@@ -479,7 +479,7 @@ def test_shared_files_are_reported_whether_or_not_they_exist(site: Site) -> None
     }
     shared_with = {r["pk"]: r["shared_with"] for r in document["rows"] if r["reason"] == "shared"}
     assert shared_with == {pks["a"]: 2, pks["b"]: 2, pks["c"]: 3, pks["d"]: 3, pks["e"]: 3}
-    assert document["missing"] == 3
+    assert document["problem_rows"] == 3
 
     # One user's audit still sees that their file is shared with a row outside the filter.
     alice = site.check_json("--user-id", str(pks["user:alice"]))
@@ -670,7 +670,7 @@ def test_one_users_few_rows_are_checked_per_row_without_listing(site: Site) -> N
     udf = _field(everyone, UDF)
     assert (udf["strategy"], udf["storage_requests"], udf["audited_rows"]) == ("listdir", 3, 33)
     assert udf["strategy_detail"] == "3 directories listed"
-    assert everyone["missing"] == 3
+    assert everyone["problem_rows"] == 3
 
     per_row = site.check_json("--strategy", "exists", settings=TEST_SETTINGS)
     assert _field(per_row, UDF)["storage_requests"] == 33
@@ -840,7 +840,7 @@ def test_parse_duration(text: str, seconds: int) -> None:
 
 @pytest.mark.parametrize("text", ["", "10", "m", "-1m", "1w", "1.5h"])
 def test_parse_duration_rejects(text: str) -> None:
-    with pytest.raises(AuditError, match="bad duration"):
+    with pytest.raises(UsageError, match="bad duration"):
         parse_duration(text)
 
 
@@ -850,5 +850,55 @@ def test_parse_filter() -> None:
     assert parse_filter("status__in=a, b") == ("status__in", ["a", "b"])
     assert parse_filter("file__isnull=true") == ("file__isnull", True)
     for bad in ("status", "=x", "a b=1", "x;drop=1", "f__isnull=maybe"):
-        with pytest.raises(AuditError, match="bad filter"):
+        with pytest.raises(UsageError, match="bad filter"):
             parse_filter(bad)
+
+
+def test_the_json_document_has_the_shape_both_sides_share() -> None:
+    from volguard.audit_document import AuditDocumentJSON, AuditRowJSON, candidates
+    from volguard.django.audit_result import AuditResult, AuditRow
+
+    rows = [
+        AuditRow("m.M", 1, "file", "a.csv", "missing"),
+        AuditRow("m.M", 2, "file", "s.csv", "missing"),
+        AuditRow("m.M", 2, "file", "s.csv", "shared", shared_with=2),
+        AuditRow("m.M", 3, "file", "", "empty"),
+        AuditRow("m.M", 4, "file", "/etc/x", "invalid_name"),
+    ]
+    result = AuditResult(rows=rows, audited_rows=9)
+    result.per_reason.update(r.reason for r in rows)
+    document = result.as_dict()
+    assert set(document) == AuditDocumentJSON.__required_keys__
+    assert set(document["rows"][0]) == set(AuditRowJSON.__annotations__)
+    # problem_rows counts rows without a usable file; per_reason.missing only the missing
+    assert document["problem_rows"] == 4
+    assert document["per_reason"] == {"missing": 2, "empty": 1, "invalid_name": 1, "shared": 1}
+
+    # the Fly side applies the same candidate rule to the document's rows
+    def key(r: dict) -> tuple:
+        return (r["model"], r["field"], r["pk"])
+
+    def reason(r: dict) -> str:
+        return r["reason"]
+
+    fix = candidates(document["rows"], reason=reason, key=key)
+    delete = candidates(document["rows"], reason=reason, key=key, for_delete=True)
+    assert [r["pk"] for r in fix] == [1, 2, 3]
+    assert [r["pk"] for r in delete] == [1, 3]  # never a row whose file another row uses
+
+
+@pytest.mark.parametrize(
+    ("text", "limit"), [("10%", 1.0), (" 50 ", 50.0), ("100%", 10.0), ("0", 0.0), ("2.5%", 0.25)]
+)
+def test_max_missing_is_a_count_or_a_percentage(text: str, limit: float) -> None:
+    from volguard.audit_document import parse_max_missing
+
+    assert parse_max_missing(text).limit(10) == pytest.approx(limit)
+
+
+@pytest.mark.parametrize("text", ["lots", "1.5", "101%", "-3", "", "5x"])
+def test_max_missing_rejects(text: str) -> None:
+    from volguard.audit_document import parse_max_missing
+
+    with pytest.raises(UsageError, match="bad --max-missing"):
+        parse_max_missing(text)

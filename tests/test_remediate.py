@@ -31,19 +31,23 @@ from typing import Any
 import pytest
 import tomlkit
 
+from volguard.audit_document import Refusal, parse_max_missing
 from volguard.config import Settings
-from volguard.errors import UsageError
+from volguard.errors import RemoteCommandError, StepFailed, UsageError
 from volguard.findings import Finding, Location, Severity
 from volguard.fly.client import MachinesClient, Token
 from volguard.fly.fleet import Fleet
 from volguard.fly.models import Machine
 from volguard.flytoml import read_fly_toml
 from volguard.remediate import (
+    STEP_FUNCTIONS,
+    STEPS,
     AuditSummary,
-    check_max_missing,
+    RemediateContext,
     choose_machine,
     gate,
     remediate,
+    remediation_section,
     remote_argv,
     render_text,
 )
@@ -71,7 +75,7 @@ DOCUMENT = {
     "total_rows": 9,
     "audited_rows": 8,
     "skipped_recent": 1,
-    "missing": 5,
+    "problem_rows": 5,
     "per_reason": {"missing": 3, "empty": 1, "invalid_name": 1, "shared": 2},
     "fields": [{"model": "services.UserDataFile", "field": "file"}],
     "rows": [
@@ -166,10 +170,10 @@ def test_the_acting_command_line() -> None:
     argv = remote_argv("delete", export="/e", audit_log="/l", max_missing="50%", force=True)
     assert argv[1] == "--delete"
     assert argv[-3:] == ["--max-missing", "50%", "--force"]
-    assert check_max_missing(" 10% ") == "10%"
+    assert parse_max_missing(" 10% ").text == "10%"
     for bad in ("10x", "150%", "1.5", "-3"):
         with pytest.raises(UsageError):
-            check_max_missing(bad)
+            parse_max_missing(bad)
 
 
 def test_a_probe_answer_without_a_result_is_an_error() -> None:
@@ -180,6 +184,28 @@ def test_a_probe_answer_without_a_result_is_an_error() -> None:
                                   "user": "app", "cwd": "/app", "pid": 4}}
     )  # fmt: skip
     assert run.last_error_line() == "CommandError: boom"
+
+
+def test_each_step_of_the_runbook_is_one_function_in_order() -> None:
+    assert tuple(STEP_FUNCTIONS) == STEPS
+    assert STEPS == ("gate", "audit", "confirm", "snapshot", "remediate", "re-audit")
+
+
+def test_a_refusal_is_read_from_the_document_not_from_stderr() -> None:
+    refusal = Refusal(("the storage root /data/media holds no files (volume not mounted?)",))
+    document = {**DOCUMENT, **refusal_document(refusal)}
+    run = ManageRun(2, json.dumps(document), "warning: unrelated\n", "app", "/app", 4)
+    with pytest.raises(StepFailed, match=r"VG404 remediation refused: .* holds no files") as e:
+        remediation_section(run)
+    assert e.value.exit_code == 2
+    # stderr naming VG404 without the structured refusal is not one: volguard could not work
+    run = ManageRun(2, "", "CommandError: VG404 in a project's own message\n", "app", "/", 4)
+    with pytest.raises(RemoteCommandError):
+        remediation_section(run)
+
+
+def refusal_document(refusal: Refusal) -> dict[str, Any]:
+    return {"refused": refusal.as_dict()}
 
 
 @pytest.mark.parametrize(
@@ -414,11 +440,13 @@ def test_the_plan_runs_as_the_app_user_with_the_apps_environment(
     site = healthy
     before = site.rows()
     outcome = remediate(
-        site.settings(transport),
-        _config(site),
-        site.sim.scenario.app,
-        Token(site.sim.token),
-        client_factory=_client(site),
+        RemediateContext(
+            site.settings(transport),
+            _config(site),
+            site.sim.scenario.app,
+            Token(site.sim.token),
+            client_factory=_client(site),
+        )
     )
     assert outcome.exit_code == 2  # rows are missing
     assert outcome.record is None  # a plan changes nothing and records nothing

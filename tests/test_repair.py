@@ -261,6 +261,27 @@ def test_interlock_refuses_more_than_max_missing(site: ta.Site, tmp_path: Path) 
     assert len(_log(log)) == 2  # marked once, by the first run that was allowed
 
 
+def test_a_refusal_under_json_is_a_structured_object_on_stdout(
+    site: ta.Site, tmp_path: Path
+) -> None:
+    names = [f"f{i}.csv" for i in range(4)]
+    site.seed(users=["alice"], rows={n: {"owner": "alice", "name": n} for n in names})
+    site.files("f0.csv", "f1.csv")  # 2 of 4 missing: 50%
+    log = tmp_path / "audit.jsonl"
+    proc = _run(site, "--fix", "--json", "--max-missing", "1", "--audit-log", str(log))
+    assert proc.returncode == 2, proc.stdout + proc.stderr
+    document = json.loads(proc.stdout)
+    refused = document["refused"]
+    assert refused["id"] == "VG404"
+    assert refused["reasons"] == [
+        "2 of 4 audited rows are missing their file, more than --max-missing 1"
+    ]
+    assert refused["message"] in proc.stderr  # the one CommandError line, as in text mode
+    assert "remediation" not in document
+    assert document["problem_rows"] == 2
+    assert not log.exists()
+
+
 def test_a_file_that_arrives_before_the_fix_is_not_marked(site: ta.Site, tmp_path: Path) -> None:
     """In-process: audit, then the upload lands, then fix (the subprocess cannot time it).
 

@@ -226,7 +226,7 @@ def _webhook_got_the_report(world: World, output: str) -> None:
     assert world.webhook is not None
     assert len(world.webhook) == 1, world.webhook
     report = json.loads(world.webhook[0])
-    assert report["missing"] == 3
+    assert report["problem_rows"] == 3
     assert {r["reason"] for r in report["rows"]} == {"missing"}
 
 

@@ -37,7 +37,7 @@ from typing import TYPE_CHECKING
 
 import tomlkit
 
-from volguard.errors import VolguardError
+from volguard.errors import DemoError
 
 if TYPE_CHECKING:
     from volguard.sim.api import SimServer
@@ -79,10 +79,6 @@ old = timezone.now() - datetime.timedelta(hours=3)
 UserDataFile.objects.update(created_at=old, updated_at=old)
 print("seeded", UserDataFile.objects.count())
 """
-
-
-class DemoError(VolguardError):
-    """The demo cannot run here (say what is missing) or a step broke."""
 
 
 @dataclass

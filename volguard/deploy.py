@@ -271,7 +271,9 @@ def audit_step(ctx: DeployContext, step: Step) -> None:
     from volguard import remediate
 
     outcome = remediate.remediate(
-        ctx.settings, ctx.config, ctx.app, ctx.token, client_factory=ctx.client_factory
+        remediate.RemediateContext(
+            ctx.settings, ctx.config, ctx.app, ctx.token, client_factory=ctx.client_factory
+        )
     )
     plan = outcome.plan
     assert plan is not None
@@ -304,16 +306,20 @@ def fix_step(ctx: DeployContext, step: Step) -> None:
     from volguard import remediate
 
     outcome = remediate.remediate(
-        ctx.settings,
-        ctx.config,
-        ctx.app,
-        ctx.token,
-        action=remediate.FIX,
-        fly_toml=ctx.options.fly_toml,
-        max_missing=ctx.options.max_missing,
-        client_factory=ctx.client_factory,
-        runs_dir=ctx.runs_dir,
-        out=lambda line: ctx.out(f"  {line}"),
+        remediate.RemediateContext(
+            ctx.settings,
+            ctx.config,
+            ctx.app,
+            ctx.token,
+            remediate.RemediateOptions(
+                action=remediate.FIX,
+                fly_toml=ctx.options.fly_toml,
+                max_missing=ctx.options.max_missing,
+            ),
+            client_factory=ctx.client_factory,
+            runs_dir=ctx.runs_dir,
+            out=lambda line: ctx.out(f"  {line}"),
+        )
     )
     step.detail["remediation"] = outcome.as_dict()
     if outcome.error is not None or outcome.exit_code not in (0, 2):

@@ -14,6 +14,11 @@ a run record (`volguard.runs`, kind ``remediate``) under a per-app lock:
    with the export and the log beside MEDIA_ROOT, under ``<mount destination>/.volguard/``;
 6. ``re-audit``: what is left.
 
+The steps are small functions over one `RemediateContext` (the options and what the steps
+share), in `STEP_FUNCTIONS`, as `volguard.deploy` has them. The command's document is read
+with `volguard.audit_document`, the definition the Django side writes it with: the
+reasons, the counts, the rows, and a VG404 refusal as a structured object.
+
 How the command runs on the Machine: the probe program's manage mode
 (`volguard.remote.probe_script`), as the app user, in the app process's cwd, with the app
 process's environment, because a ``fly ssh console`` session runs as root and may not see
@@ -24,18 +29,32 @@ masked.
 
 from __future__ import annotations
 
-import json
 import posixpath
-import re
 import sys
 from collections import Counter
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from volguard.audit_document import (
+    PROBLEM_REASONS,
+    REASONS,
+    SHARED,
+    Refusal,
+    candidates,
+    find_document,
+    parse_max_missing,
+)
 from volguard.audit_log import AuditLog
 from volguard.config import Settings
-from volguard.errors import UsageError, VolguardError
+from volguard.errors import (
+    ProbeError,
+    RemoteCommandError,
+    StepFailed,
+    Unreachable,
+    UsageError,
+    VolguardError,
+)
 from volguard.findings import Severity
 from volguard.fly.client import MachinesClient, Token
 from volguard.fly.fleet import Fleet, load_fleet
@@ -45,15 +64,14 @@ from volguard.lint import static_context
 from volguard.remote.probe import (
     MANAGE_MAX_OUTPUT,
     ManageRun,
-    ProbeError,
     exit_status,
     manage_arguments,
     parse_facts,
     probe_script,
 )
-from volguard.remote.transports import Transport, TransportOptions, Unreachable
+from volguard.remote.transports import Transport, TransportOptions
 from volguard.report import RAN, Report
-from volguard.runs import RUNS_DIR, RunLock, RunRecord, StepFailed, write_step_summary
+from volguard.runs import RUNS_DIR, SKIPPED, RunLock, RunRecord, Step, write_step_summary
 
 Out = Callable[[str], None]
 Confirm = Callable[[str], bool]
@@ -63,21 +81,10 @@ FIX, DELETE = "fix", "delete"
 ACTIONS = (FIX, DELETE)
 DEFAULT_MANAGE_PY = "python3 manage.py"
 STEPS = ("gate", "audit", "confirm", "snapshot", "remediate", "re-audit")
-#: The reasons of `volguard.django.missing_files` (not imported: that module needs Django).
-MISSING, EMPTY, INVALID_NAME, SHARED = "missing", "empty", "invalid_name", "shared"
-REASONS = (MISSING, EMPTY, INVALID_NAME, SHARED)
-PROBLEM_REASONS = (MISSING, EMPTY, INVALID_NAME)
-#: What --fix and --delete act on (`volguard.django.repair.CANDIDATE_REASONS`).
-CANDIDATE_REASONS = (MISSING, EMPTY)
 #: The status --fix gives a row (the default ``failed_value`` of the model configuration).
 FAILED_STATUS = "failed"
 #: Where the export and the audit log go on the Machine, under the mount's destination.
 STATE_DIR = ".volguard"
-_MAX_MISSING = re.compile(r"(\d+(?:\.\d+)?)(%?)")
-
-
-class RemoteCommandError(VolguardError):
-    """manage.py could not run on the Machine, or failed (exit 1): volguard could not work."""
 
 
 # -- the public entry ----------------------------------------------------------------------
@@ -126,89 +133,116 @@ class Outcome:
         }
 
 
-def remediate(
-    settings: Settings,
-    config: FlyConfig,
-    app: str,
-    token: Token,
-    *,
-    action: str | None = None,
-    fly_toml: str | None = None,
-    machine_id: str | None = None,
-    confirm: Confirm | None = None,
-    max_missing: str | None = None,
-    force: bool = False,
-    timeout: float = 900.0,
-    samples: int = 3,
-    client_factory: ClientFactory = MachinesClient,
-    audit: AuditLog | None = None,
-    runs_dir: str = RUNS_DIR,
-    out: Out = print,
-    snapshot_timeout: float = 300.0,
-    snapshot_poll: float = 1.0,
-) -> Outcome:
+@dataclass
+class RemediateOptions:
+    """The command's options: what to do, where, and how long to wait."""
+
+    action: str | None = None  # None: plan only; FIX or DELETE: the runbook
+    fly_toml: str | None = None  # for the gate (default: the settings' fly.toml)
+    machine_id: str | None = None  # --machine; default: the first started web Machine
+    max_missing: str | None = None  # passed to check_missing_files (VG404's cap)
+    force: bool = False  # passed to check_missing_files: override VG404
+    timeout: float = 900.0  # seconds manage.py may run on the Machine
+    samples: int = 3  # sample rows shown per reason
+    snapshot_timeout: float = 300.0
+    snapshot_poll: float = 1.0
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass
+class RemediateContext:
+    """What every step reads: the inputs, the options, and the `Outcome` the steps fill."""
+
+    settings: Settings
+    config: FlyConfig
+    app: str
+    token: Token
+    options: RemediateOptions = field(default_factory=RemediateOptions)
+    confirm: Confirm | None = None  # asks the --delete question; None: --yes
+    client_factory: ClientFactory = MachinesClient
+    audit: AuditLog | None = None  # the change log of the snapshot step
+    runs_dir: str = RUNS_DIR
+    out: Out = print
+    outcome: Outcome = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.outcome = Outcome(app=self.app, action=self.options.action)
+
+    @property
+    def action(self) -> str:
+        """The acting run's action (the steps run only for FIX or DELETE)."""
+        assert self.options.action is not None
+        return self.options.action
+
+    @property
+    def media_groups(self) -> tuple[str, ...]:
+        return tuple(static_context(self.config, self.settings).media_groups)
+
+    @property
+    def manage_py(self) -> str:
+        return self.settings.manage_py or DEFAULT_MANAGE_PY
+
+    @property
+    def machine(self) -> Machine:
+        """The Machine the audit step chose."""
+        assert self.outcome.machine is not None
+        return self.outcome.machine
+
+    def audit_on(self, machine: Machine) -> tuple[ManageRun, AuditSummary]:
+        return audit_on(
+            self.settings,
+            self.app,
+            machine,
+            self.manage_py,
+            self.token,
+            self.options.timeout,
+            self.options.samples,
+        )
+
+
+def remediate(ctx: RemediateContext) -> Outcome:
     """Plan (``action`` None) or run the remediation runbook; see the module docstring.
 
-    ``confirm`` asks the ``--delete`` question (None: ``--yes``). Errors before a run record
-    exists raise; a step that fails or refuses ends the run and comes back as
-    ``Outcome.error`` with its exit code (2 refused, 1 could not run).
+    Errors before a run record exists raise; a step that fails or refuses ends the run and
+    comes back as ``Outcome.error`` with its exit code (2 refused, 1 could not run).
     """
-    if action not in (None, *ACTIONS):
-        raise UsageError(f"unknown action {action!r} (choose from {', '.join(ACTIONS)})")
-    if max_missing is not None:
-        check_max_missing(max_missing)
-    groups = static_context(config, settings).media_groups
-    manage_py = settings.manage_py or DEFAULT_MANAGE_PY
-    outcome = Outcome(app=app, action=action)
-    if action is None:
-        with client_factory(token) as client:
-            fleet = load_fleet(client, app)
-        outcome.machine = choose_machine(fleet, groups, machine_id)
-        outcome.run, outcome.plan = audit_on(
-            settings, app, outcome.machine, manage_py, token, timeout, samples
-        )
+    options, outcome = ctx.options, ctx.outcome
+    if options.action not in (None, *ACTIONS):
+        raise UsageError(f"unknown action {options.action!r} (choose from {', '.join(ACTIONS)})")
+    if options.max_missing is not None:
+        parse_max_missing(options.max_missing)
+    if options.action is None:
+        with ctx.client_factory(ctx.token) as client:
+            fleet = load_fleet(client, ctx.app)
+        outcome.machine = choose_machine(fleet, ctx.media_groups, options.machine_id)
+        outcome.run, outcome.plan = ctx.audit_on(outcome.machine)
         outcome.exit_code = 2 if outcome.plan.problems else 0
         return outcome
 
-    with RunLock(app, runs_dir):
-        record = RunRecord.new(
+    with RunLock(ctx.app, ctx.runs_dir):
+        record = outcome.record = RunRecord.new(
             "remediate",
-            app,
+            ctx.app,
             STEPS,
-            fly_toml=fly_toml or settings.fly_toml,
-            runs_dir=runs_dir,
+            fly_toml=options.fly_toml or ctx.settings.fly_toml,
+            runs_dir=ctx.runs_dir,
             options={
-                "action": action,
-                "machine": machine_id,
-                "transport": settings.transport,
-                "manage_py": manage_py,
-                "max_missing": max_missing,
-                "force": force,
+                "action": options.action,
+                "machine": options.machine_id,
+                "transport": ctx.settings.transport,
+                "manage_py": ctx.manage_py,
+                "max_missing": options.max_missing,
+                "force": options.force,
             },
         )
-        outcome.record = record
         try:
-            _run_steps(
-                outcome,
-                record,
-                settings,
-                config,
-                token,
-                groups=groups,
-                manage_py=manage_py,
-                fly_toml=fly_toml,
-                machine_id=machine_id,
-                confirm=confirm,
-                max_missing=max_missing,
-                force=force,
-                timeout=timeout,
-                samples=samples,
-                client_factory=client_factory,
-                audit=audit or AuditLog(command="remediate"),
-                out=out,
-                snapshot_timeout=snapshot_timeout,
-                snapshot_poll=snapshot_poll,
-            )
+            for name in STEPS:
+                if record.get(name).status == SKIPPED:
+                    continue  # an earlier step found nothing to do
+                with record.step(name) as step:
+                    STEP_FUNCTIONS[name](ctx, step)
         except VolguardError as e:
             outcome.error = e
             outcome.exit_code = e.exit_code
@@ -222,130 +256,140 @@ def remediate(
     return outcome
 
 
-def _run_steps(
-    outcome: Outcome,
-    record: RunRecord,
-    settings: Settings,
-    config: FlyConfig,
-    token: Token,
-    *,
-    groups: tuple[str, ...],
-    manage_py: str,
-    fly_toml: str | None,
-    machine_id: str | None,
-    confirm: Confirm | None,
-    max_missing: str | None,
-    force: bool,
-    timeout: float,
-    samples: int,
-    client_factory: ClientFactory,
-    audit: AuditLog,
-    out: Out,
-    snapshot_timeout: float,
-    snapshot_poll: float,
-) -> None:
-    from volguard.fly.volumes import snapshot_media_volumes
+# -- the steps: each ends ok / changed / failed / skipped, or raises to stop the run ----------
+
+
+def gate_step(ctx: RemediateContext, step: Step) -> None:
+    """verify-volume must pass, with its Machine layer run: never act on an unmounted volume."""
     from volguard.verify import verify
 
-    app, action = outcome.app, outcome.action
-    assert action is not None
-    with record.step("gate") as step:
-        verdict = gate(verify(settings, fly_toml, token=token, client_factory=client_factory))
-        step.detail = verdict.as_dict()
-        if not verdict.passed:
-            step.failed(verdict.line())
-            raise StepFailed(verdict.line())
-        step.ok(verdict.line())
+    report = verify(
+        ctx.settings, ctx.options.fly_toml, token=ctx.token, client_factory=ctx.client_factory
+    )
+    verdict = gate(report)
+    step.detail = verdict.as_dict()
+    if not verdict.passed:
+        step.failed(verdict.line())
+        raise StepFailed(verdict.line())
+    step.ok(verdict.line())
 
-    with record.step("audit") as step:
-        with client_factory(token) as client:
-            fleet = load_fleet(client, app)
-        machine = outcome.machine = choose_machine(fleet, groups, machine_id)
-        outcome.run, plan = audit_on(settings, app, machine, manage_py, token, timeout, samples)
-        outcome.plan = plan
-        step.detail = {**_where(machine, outcome.run), "plan": plan.as_dict()}
-        count = plan.actionable(action)
-        if not count:
-            step.ok(f"nothing to {action}: {plan.headline()}")
-            for name in STEPS[STEPS.index("audit") + 1 :]:
-                record.get(name).skipped("nothing to do")
-            return
-        step.ok(f"{_rows(count)} to {_verb(action)}; {plan.headline()}")
 
-    with record.step("confirm") as step:
-        if action == FIX:
-            step.skipped("--fix asks no confirmation")
-        elif confirm is None:
-            step.ok("--yes")
-        elif confirm(f"Delete {_rows(count)} of app {app}?"):
-            step.ok("confirmed at the terminal")
-        else:
-            step.failed("not confirmed")
-            raise VolguardError("not confirmed: nothing was changed")
+def audit_step(ctx: RemediateContext, step: Step) -> None:
+    """The plan, on the chosen Machine; nothing to do skips every later step."""
+    outcome, action = ctx.outcome, ctx.action
+    with ctx.client_factory(ctx.token) as client:
+        fleet = load_fleet(client, ctx.app)
+    machine = outcome.machine = choose_machine(fleet, ctx.media_groups, ctx.options.machine_id)
+    outcome.run, plan = ctx.audit_on(machine)
+    outcome.plan = plan
+    step.detail = {**_where(machine, outcome.run), "plan": plan.as_dict()}
+    count = plan.actionable(action)
+    if not count:
+        step.ok(f"nothing to {action}: {plan.headline()}")
+        assert outcome.record is not None
+        for name in STEPS[STEPS.index("audit") + 1 :]:
+            outcome.record.get(name).skipped("nothing to do")
+        return
+    step.ok(f"{_rows(count)} to {_verb(action)}; {plan.headline()}")
 
-    with record.step("snapshot") as step:
-        outcome.snapshots = snapshot_media_volumes(
-            config,
-            settings,
-            app,
-            token,
-            apply=True,
-            audit=audit,
-            out=out,
-            timeout=snapshot_timeout,
-            poll=snapshot_poll,
-            client_factory=client_factory,
+
+def confirm_step(ctx: RemediateContext, step: Step) -> None:
+    """``--delete`` asks, naming the app and the count; ``--fix`` asks nothing."""
+    plan = ctx.outcome.plan
+    assert plan is not None
+    count = plan.actionable(ctx.action)
+    if ctx.action == FIX:
+        step.skipped("--fix asks no confirmation")
+    elif ctx.confirm is None:
+        step.ok("--yes")
+    elif ctx.confirm(f"Delete {_rows(count)} of app {ctx.app}?"):
+        step.ok("confirmed at the terminal")
+    else:
+        step.failed("not confirmed")
+        raise VolguardError("not confirmed: nothing was changed")
+
+
+def snapshot_step(ctx: RemediateContext, step: Step) -> None:
+    """An on-demand snapshot of every media volume: no row changes without a backup."""
+    from volguard.fly.volumes import snapshot_media_volumes
+
+    outcome = ctx.outcome
+    outcome.snapshots = snapshot_media_volumes(
+        ctx.config,
+        ctx.settings,
+        ctx.app,
+        ctx.token,
+        apply=True,
+        audit=ctx.audit or AuditLog(command="remediate"),
+        out=ctx.out,
+        timeout=ctx.options.snapshot_timeout,
+        poll=ctx.options.snapshot_poll,
+        client_factory=ctx.client_factory,
+    )
+    step.detail = {"snapshots": dict(outcome.snapshots)}
+    if not outcome.snapshots:
+        step.failed("no media volume to snapshot: refusing to change rows without a backup")
+        raise StepFailed(step.summary)
+    step.changed(", ".join(f"{v}: {s}" for v, s in outcome.snapshots.items()))
+
+
+def remediate_step(ctx: RemediateContext, step: Step) -> None:
+    """``check_missing_files --fix|--delete`` on the Machine, export and log on the volume."""
+    outcome, action, machine = ctx.outcome, ctx.action, ctx.machine
+    assert outcome.record is not None
+    state = posixpath.join(media_destination(ctx.config, machine.group), STATE_DIR)
+    argv = remote_argv(
+        action,
+        export=posixpath.join(state, "exports", f"{outcome.record.id}.json"),
+        audit_log=posixpath.join(state, "audit.jsonl"),
+        max_missing=ctx.options.max_missing,
+        force=ctx.options.force,
+    )
+    with _transport(ctx.settings, ctx.app, ctx.options.timeout) as transport:
+        run = run_manage(
+            transport,
+            machine,
+            argv,
+            manage_py=ctx.manage_py,
+            app_user=ctx.settings.app_user,
+            make_dirs=(state, posixpath.join(state, "exports")),
+            timeout=ctx.options.timeout,
+            token=ctx.token,
         )
-        step.detail = {"snapshots": dict(outcome.snapshots)}
-        if not outcome.snapshots:
-            step.failed("no media volume to snapshot: refusing to change rows without a backup")
-            raise StepFailed(step.summary)
-        step.changed(", ".join(f"{v}: {s}" for v, s in outcome.snapshots.items()))
+    outcome.remote = remote_result(run, machine, ctx.token)
+    step.detail = {"export": None, "argv": argv, "result": outcome.remote}
+    section = remediation_section(run, ctx.token)
+    outcome.remote["remediation"] = section
+    outcome.export = step.detail["export"] = section.get("export")
+    changed = int(section.get("changed") or 0)
+    done = "marked failed" if action == FIX else "deleted"
+    summary = f"{_rows(changed)} {done}"
+    if section.get("already_done"):
+        summary += f", {_rows(int(section['already_done']))} already failed"
+    if outcome.export:
+        summary += f"; exported first to {outcome.export} on {machine.id}"
+    if changed:
+        step.changed(summary)
+    else:
+        step.ok(summary)
 
-    with record.step("remediate") as step:
-        destination = media_destination(config, machine.group)
-        state = posixpath.join(destination, STATE_DIR)
-        export = posixpath.join(state, "exports", f"{record.id}.json")
-        argv = remote_argv(
-            action,
-            export=export,
-            audit_log=posixpath.join(state, "audit.jsonl"),
-            max_missing=max_missing,
-            force=force,
-        )
-        with _transport(settings, app, timeout) as transport:
-            run = run_manage(
-                transport,
-                machine,
-                argv,
-                manage_py=manage_py,
-                app_user=settings.app_user,
-                make_dirs=(state, posixpath.join(state, "exports")),
-                timeout=timeout,
-                token=token,
-            )
-        outcome.remote = remote_result(run, machine, token)
-        step.detail = {"export": None, "argv": argv, "result": outcome.remote}
-        section = remediation_section(run, token)
-        outcome.remote["remediation"] = section
-        outcome.export = step.detail["export"] = section.get("export")
-        changed = int(section.get("changed") or 0)
-        done = "marked failed" if action == FIX else "deleted"
-        summary = f"{_rows(changed)} {done}"
-        if section.get("already_done"):
-            summary += f", {_rows(int(section['already_done']))} already failed"
-        if outcome.export:
-            summary += f"; exported first to {outcome.export} on {machine.id}"
-        if changed:
-            step.changed(summary)
-        else:
-            step.ok(summary)
 
-    with record.step("re-audit") as step:
-        _, after = audit_on(settings, app, machine, manage_py, token, timeout, samples)
-        outcome.after = after
-        step.detail = {"after": after.as_dict()}
-        step.ok(after.left_line(action))
+def reaudit_step(ctx: RemediateContext, step: Step) -> None:
+    """The audit again: what is left."""
+    _, after = ctx.audit_on(ctx.machine)
+    ctx.outcome.after = after
+    step.detail = {"after": after.as_dict()}
+    step.ok(after.left_line(ctx.action))
+
+
+STEP_FUNCTIONS: dict[str, Callable[[RemediateContext, Step], None]] = {
+    "gate": gate_step,
+    "audit": audit_step,
+    "confirm": confirm_step,
+    "snapshot": snapshot_step,
+    "remediate": remediate_step,
+    "re-audit": reaudit_step,
+}
 
 
 # -- choosing the Machine, running manage.py there -------------------------------------------
@@ -450,10 +494,10 @@ def audit_on(
             timeout=timeout,
             token=token,
         )
-    return run, AuditSummary.from_document(audit_document(run, token), samples=samples)
+    return run, AuditSummary.from_document(read_audit(run, token), samples=samples)
 
 
-def audit_document(run: ManageRun, token: Token | None = None) -> dict[str, Any]:
+def read_audit(run: ManageRun, token: Token | None = None) -> dict[str, Any]:
     """``check_missing_files --json``'s document (exit 0 or 2); else RemoteCommandError."""
     mask = token.redact if token else _same
     if run.returncode not in (0, 2):
@@ -461,7 +505,7 @@ def audit_document(run: ManageRun, token: Token | None = None) -> dict[str, Any]
             mask(f"manage.py check_missing_files failed (exit {run.returncode}, as {run.user} in "
                  f"{run.cwd}): {run.last_error_line()}")
         )  # fmt: skip
-    document = _json_document(run.stdout)
+    document = find_document(run.stdout)
     if document is None:
         why = (
             f"its output was cut at {MANAGE_MAX_OUTPUT >> 20} MiB"
@@ -477,16 +521,18 @@ def audit_document(run: ManageRun, token: Token | None = None) -> dict[str, Any]
 def remediation_section(run: ManageRun, token: Token | None = None) -> dict[str, Any]:
     """The ``remediation`` section of a ``--fix``/``--delete --json`` run.
 
-    VG404 (the Django-side interlock) is a refusal: StepFailed, exit 2. Anything else that
-    did not produce the section is RemoteCommandError, exit 1.
+    A refusal (VG404, the Django-side interlock: the document's ``refused`` object) is
+    StepFailed, exit 2. Anything else that did not produce the section is
+    RemoteCommandError, exit 1.
     """
     mask = token.redact if token else _same
-    document = _json_document(run.stdout)
+    document = find_document(run.stdout)
     if document is not None and isinstance(document.get("remediation"), dict):
         return document["remediation"]
+    refusal = Refusal.from_document(document) if document is not None else None
+    if refusal is not None:
+        raise StepFailed(mask(refusal.message))
     line = mask(run.last_error_line())
-    if run.returncode == 2 and "VG404" in run.stderr:
-        raise StepFailed(line.removeprefix("CommandError: "))
     raise RemoteCommandError(
         f"manage.py check_missing_files failed (exit {run.returncode}): {line}"
     )
@@ -531,16 +577,6 @@ def media_destination(config: FlyConfig, group: str) -> str:
             "the export and the audit log"
         )
     return posixpath.normpath(mounts[0].destination)
-
-
-def check_max_missing(text: str) -> str:
-    """``--max-missing``: a count (50) or a percentage (10%), checked here before any work."""
-    match = _MAX_MISSING.fullmatch(text.strip())
-    if not match or (not match[2] and "." in match[1]) or (match[2] and float(match[1]) > 100):
-        raise UsageError(
-            f"--max-missing {text!r}: use a count (50) or a percentage up to 100% (10%)"
-        )
-    return text.strip()
 
 
 # -- the gate --------------------------------------------------------------------------------
@@ -616,8 +652,8 @@ class AuditSummary:
     @classmethod
     def from_document(cls, document: dict[str, Any], samples: int = 3) -> AuditSummary:
         rows = [r for r in document.get("rows") or () if isinstance(r, dict)]
-        shared = {_key(r) for r in rows if r.get("reason") == SHARED}
-        candidates = [r for r in rows if r.get("reason") in CANDIDATE_REASONS]
+        fixable = candidates(rows, reason=_reason, key=_key)
+        deletable = candidates(rows, reason=_reason, key=_key, for_delete=True)
         owners: Counter[str] = Counter(
             _owner(r) for r in rows if r.get("reason") in PROBLEM_REASONS
         )
@@ -635,13 +671,13 @@ class AuditSummary:
             total_rows=int(document.get("total_rows") or 0),
             audited_rows=int(document.get("audited_rows") or 0),
             skipped_recent=int(document.get("skipped_recent") or 0),
-            problems=int(document.get("missing") or 0),
+            problems=int(document.get("problem_rows") or 0),
             per_reason=per_reason,
             per_owner=dict(owners.most_common()),
             samples={k: tuple(v) for k, v in picked.items() if v},
-            fixable=len(candidates),
-            deletable=sum(1 for r in candidates if _key(r) not in shared),
-            not_failed=sum(1 for r in candidates if r.get("status") != FAILED_STATUS),
+            fixable=len(fixable),
+            deletable=len(deletable),
+            not_failed=sum(1 for r in fixable if r.get("status") != FAILED_STATUS),
             fields=tuple(
                 f"{f.get('model')}.{f.get('field')}"
                 for f in document.get("fields") or ()
@@ -769,22 +805,12 @@ def _where(machine: Machine, run: ManageRun) -> dict[str, Any]:
     }
 
 
-def _json_document(stdout: str) -> dict[str, Any] | None:
-    """The JSON object a ``--json`` run printed (the last line that is one, if not all is)."""
-    text = stdout.strip()
-    candidates = [text, *reversed([line for line in text.splitlines() if line.startswith("{")])]
-    for candidate in candidates:
-        try:
-            value = json.loads(candidate)
-        except ValueError:
-            continue
-        if isinstance(value, dict):
-            return value
-    return None
-
-
 def _key(row: dict[str, Any]) -> tuple[Any, ...]:
     return (row.get("model"), row.get("field"), row.get("pk"))
+
+
+def _reason(row: dict[str, Any]) -> Any:
+    return row.get("reason")
 
 
 def _owner(row: dict[str, Any]) -> str:

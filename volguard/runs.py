@@ -32,7 +32,10 @@ from dataclasses import asdict, dataclass, field
 from typing import Any, ClassVar
 
 from volguard import __version__
-from volguard.errors import UsageError, VolguardError
+
+# StepFailed is raised by the runbooks after ``step.failed(…)``: importable from here too.
+from volguard.errors import LockedError, UsageError
+from volguard.errors import StepFailed as StepFailed
 from volguard.masking import mask_url_passwords
 from volguard.terminal import printable
 
@@ -41,10 +44,6 @@ OK, CHANGED, FAILED, SKIPPED, PENDING = "ok", "changed", "failed", "skipped", "p
 #: Statuses a resumed run does not repeat.
 DONE = frozenset({OK, CHANGED, SKIPPED})
 _SAFE = re.compile(r"[^A-Za-z0-9_.-]")
-
-
-class LockedError(VolguardError):
-    """Another run of the same app holds the lock."""
 
 
 @dataclass
@@ -70,12 +69,6 @@ class Step:
 
     def failed(self, why: str) -> None:
         self.status, self.summary = FAILED, why
-
-
-class StepFailed(VolguardError):
-    """A step failed on purpose (``step.failed(…)`` then raise): the run stops there."""
-
-    exit_code = 2
 
 
 @dataclass

@@ -355,9 +355,10 @@ def remediate(
     """Audit the app's rows whose file is missing, on one Machine; --fix/--delete repair them."""
     import json as json_module
 
+    from volguard.audit_document import parse_max_missing
     from volguard.audit_log import AuditLog
     from volguard.config import Settings
-    from volguard.remediate import check_max_missing, render_text
+    from volguard.remediate import RemediateContext, RemediateOptions, render_text
     from volguard.remediate import remediate as run_remediate
 
     if fix and delete:
@@ -370,7 +371,7 @@ def remediate(
     seconds = _whole_number("--timeout", timeout, 10, 86400) or 900
     per_reason = _whole_number("--samples", samples, 0, 100)
     if max_missing:
-        check_max_missing(max_missing)
+        parse_max_missing(max_missing)
     _, config, app_name, token = _platform_inputs(c, path, app)
     settings = Settings.load(
         c.config.get("volguard"), app=app, transport=transport, manage_py=manage_py
@@ -379,21 +380,26 @@ def remediate(
     def note(line: str) -> None:
         print(line, file=sys.stderr if json else sys.stdout)
 
-    outcome = run_remediate(
-        settings,
-        config,
-        app_name,
-        token,
+    options = RemediateOptions(
         action=action,
         fly_toml=path or settings.fly_toml,
         machine_id=machine or None,
-        confirm=None if yes else _confirm,
         max_missing=max_missing or None,
         force=force,
         timeout=seconds,
         samples=3 if per_reason is None else per_reason,
-        audit=AuditLog(command="remediate"),
-        out=note,
+    )
+    outcome = run_remediate(
+        RemediateContext(
+            settings,
+            config,
+            app_name,
+            token,
+            options,
+            confirm=None if yes else _confirm,
+            audit=AuditLog(command="remediate"),
+            out=note,
+        )
     )
     if json:
         print(json_module.dumps(outcome.as_dict(), indent=2, default=str))

@@ -4,14 +4,12 @@ from __future__ import annotations
 
 import re
 
+from volguard.errors import SizeError
+
 # docker/go-units sizeRegex, case-insensitive; FromHumanSize uses decimal units.
 _HUMAN_SIZE = r"(?i)(\d+(?:\.\d+)*) ?([kmgtp])?i?b?"  # compiled on first use (re caches)
 _DECIMAL = {"": 1, "k": 10**3, "m": 10**6, "g": 10**9, "t": 10**12, "p": 10**15}
 _GO_INT = r"[+-]?\d+"  # strconv.Atoi
-
-
-class SizeError(ValueError):
-    pass
 
 
 def parse_size_gb(text: str) -> int:

@@ -25,6 +25,9 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+# Public API of this module (raised in the app's own code); defined in the one error tree.
+from volguard.errors import MissingFilesError
+
 if TYPE_CHECKING:
     from django.core.files.storage import Storage
     from django.db.models import QuerySet
@@ -34,37 +37,9 @@ if TYPE_CHECKING:
 #: enough that a multi-gigabyte upload never sits in memory.
 CHUNK_SIZE = 1024 * 1024
 
-#: How many missing rows `MissingFilesError` names in its one-line message.
-SHOWN_MISSING = 5
-
 # A suffix we are willing to put in a temporary file name: tools that sniff the type by
 # extension (pandas, libmagic-less parsers) need it; anything stranger is dropped.
 _SAFE_SUFFIX = re.compile(r"\.[A-Za-z0-9_-]{1,16}")
-
-
-class MissingFilesError(Exception):
-    """Rows whose file is not in storage, found by `require_files` before a job started.
-
-    ``missing`` is the list of ``(pk, name)`` pairs, in queryset order; ``name`` is the
-    stored name (``""`` or ``None`` when the field is empty). ``str()`` is one line, safe
-    for a log or a task result, however many rows are missing.
-    """
-
-    def __init__(self, missing: list[tuple[Any, str | None]], storage: str = "") -> None:
-        self.missing = list(missing)
-        self.storage = storage
-        super().__init__(self._message())
-
-    def _message(self) -> str:
-        count = len(self.missing)
-        where = f" from storage {self.storage}" if self.storage else ""
-        shown = ", ".join(
-            f"id {pk} ({name!r})" if name else f"id {pk} (empty file field)"
-            for pk, name in self.missing[:SHOWN_MISSING]
-        )
-        more = f" and {count - SHOWN_MISSING} more" if count > SHOWN_MISSING else ""
-        noun = "file" if count == 1 else "files"
-        return f"{count} {noun} missing{where}: {shown}{more}"
 
 
 @contextmanager

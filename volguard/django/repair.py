@@ -1,17 +1,19 @@
 """Remediation for ``check_missing_files --fix`` / ``--delete``: acting on an audit's rows.
 
-The audit (`volguard.django.missing_files`) is read-only; this module is the only part that writes,
-so every safety rule of issue #5 lives here:
+The audit (`volguard.django.missing_files`) is read-only; this module is the only part
+that writes, so every safety rule of issue #5 lives here:
 
 - **Candidates.** Only rows without a file: reason ``missing``, and ``empty`` (reported only
   for required fields). Invalid names (VG402) are left alone — the file may well exist under
   a name we refuse to follow — and shared-only rows (VG403) have a file. ``--delete`` also
-  never deletes a row whose name another row still uses.
+  never deletes a row whose name another row still uses. The rule is
+  `volguard.audit_document.candidates`, which the Fly side's plan applies too.
 - **Interlock (VG404).** A failed mount looks exactly like "every file is missing", so
   before changing anything `interlock` refuses when a FileSystemStorage root is missing or
   holds no file at all, or when more than ``--max-missing`` of the audited rows are
-  candidates. ``--force`` overrides, and every log entry of the run then says ``forced``.
-- **Re-check.** Each batch's files are re-checked (`audit.recheck`: still absent) just
+  candidates (`volguard.audit_document.parse_max_missing`). ``--force`` overrides, and
+  every log entry of the run then says ``forced``.
+- **Re-check.** Each batch's files are re-checked (`missing_files.recheck`: still absent) just
   before it is changed, and its rows re-read under a row lock inside the transaction
   (still there, with the same name), so an upload that landed during the audit, or a row
   re-uploaded under a new name, is never marked.
@@ -37,69 +39,28 @@ import contextlib
 import datetime as dt
 import json
 import os
-import re
 import tempfile
 from collections import Counter
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from volguard import audit_document
+from volguard.audit_document import MaxMissing
 from volguard.audit_log import AuditLog, Pending
 from volguard.django import storage_index
-from volguard.django.missing_files import (
-    EMPTY,
-    MISSING,
-    SHARED,
-    AuditResult,
-    AuditRow,
-    model_config,
-    pk_in,
-    recheck,
-)
+from volguard.django.audit_result import AuditResult, AuditRow
+from volguard.django.missing_files import recheck
+from volguard.django.queries import IN_CHUNK, chunks, pk_in
+from volguard.django.targets import model_config
+from volguard.errors import RemediationError
 
 if TYPE_CHECKING:
     from django.db.models import Model
 
-#: Reasons remediation acts on: the row has no file (invalid names and shared rows do).
-CANDIDATE_REASONS = frozenset({MISSING, EMPTY})
-DEFAULT_MAX_MISSING = "10%"
 DEFAULT_EXPORT_DIR = os.path.join(".volguard", "exports")
 #: How much of the log field an entry keeps as ``before.log_tail``.
 LOG_TAIL_CHARS = 200
-_MAX_MISSING = re.compile(r"(\d+(?:\.\d+)?)(%?)")
-
-
-class RemediationError(Exception):
-    """Remediation cannot run: bad input, or a model without the configured fields."""
-
-
-class InterlockError(RemediationError):
-    """VG404: the storage looks unmounted or empty, or too many rows are missing."""
-
-
-@dataclass(frozen=True)
-class MaxMissing:
-    """``--max-missing``: a fraction of the audited rows (``10%``) or a row count (``50``)."""
-
-    text: str
-    fraction: float | None = None
-    count: int | None = None
-
-    def limit(self, audited: int) -> float:
-        return self.fraction * audited if self.fraction is not None else float(self.count or 0)
-
-
-def parse_max_missing(text: str) -> MaxMissing:
-    """``10%`` or ``50`` as a `MaxMissing`; anything else is a `RemediationError`."""
-    match = _MAX_MISSING.fullmatch(text.strip())
-    if not match or (not match[2] and "." in match[1]):
-        raise RemediationError(f"bad --max-missing {text!r}: use a percentage (10%) or a count")
-    if match[2]:
-        value = float(match[1])
-        if value > 100:
-            raise RemediationError(f"bad --max-missing {text!r}: at most 100%")
-        return MaxMissing(text, fraction=value / 100)
-    return MaxMissing(text, count=int(match[1]))
 
 
 @dataclass
@@ -149,11 +110,12 @@ def candidates(result: AuditResult, *, for_delete: bool = False) -> list[AuditRo
     A missing file shared by several rows gives each a ``missing`` and a ``shared`` row: it
     is marked failed (none of them has the file), but never deleted (VG403).
     """
-    rows = [r for r in result.rows if r.reason in CANDIDATE_REASONS]
-    if for_delete:
-        shared = {(r.model, r.field, r.pk) for r in result.rows if r.reason == SHARED}
-        rows = [r for r in rows if (r.model, r.field, r.pk) not in shared]
-    return rows
+    return audit_document.candidates(
+        result.rows,
+        reason=lambda r: r.reason,
+        key=lambda r: (r.model, r.field, r.pk),
+        for_delete=for_delete,
+    )
 
 
 def plan(result: AuditResult, action: str) -> tuple[Remediation, list[AuditRow]]:
@@ -256,7 +218,7 @@ def fix(
         if config.status_field is None:
             report.notes.append(f"left {label} alone: no status field (set status_field)")
             continue
-        for batch in _batches(group, batch_size):
+        for batch in chunks(group, batch_size):
             _fix_batch(report, model, field_name, batch, log)
     return report
 
@@ -388,7 +350,7 @@ def delete(
     export_rows(report, still, export)
     for (label, field_name), group in _by_field(still).items():
         model = _model(label)
-        for batch in _batches(group, batch_size):
+        for batch in chunks(group, batch_size):
             _delete_batch(report, model, field_name, batch, log)
     return report
 
@@ -407,7 +369,7 @@ def write_export(path: str, rows: Iterable[AuditRow]) -> None:
     for (label, _field_name), group in _by_field(rows).items():
         manager = _model(label)._default_manager
         pks = [r.pk for r in group]
-        for chunk in _batches(pks, 500):
+        for chunk in chunks(pks, IN_CHUNK):
             objects.extend(manager.filter(pk__in=chunk).order_by("pk"))
     # Django's "json" format, built from its "python" serializer so that times keep their
     # microseconds: DjangoJSONEncoder cuts them to milliseconds, and a restore would differ.
@@ -582,11 +544,6 @@ def _by_field(rows: Iterable[AuditRow]) -> dict[tuple[str, str], list[AuditRow]]
     for row in rows:
         groups.setdefault((row.model, row.field), []).append(row)
     return groups
-
-
-def _batches(items: Sequence[Any], size: int) -> Iterable[list[Any]]:
-    for start in range(0, len(items), size):
-        yield list(items[start : start + size])
 
 
 def _model(label: str) -> type[Model]:

@@ -59,6 +59,7 @@ from collections.abc import Callable, Container
 from typing import TYPE_CHECKING, Any, Literal
 
 from volguard.django.helpers import describe_storage
+from volguard.errors import StorageIndexError
 
 if TYPE_CHECKING:
     from django.core.files.storage import Storage
@@ -82,10 +83,6 @@ Strategy = Literal["auto", "exists", "list"]
 STRATEGIES: tuple[str, ...] = ("auto", "exists", "list")
 
 StorageKind = Literal["filesystem", "s3", "other"]
-
-
-class StorageIndexError(Exception):
-    """The storage could not be read (not "the file is missing"): the audit cannot go on."""
 
 
 class NameIndex:

@@ -20,7 +20,13 @@ from typing import Any
 import httpx
 
 from volguard import __version__
-from volguard.errors import VolguardError
+from volguard.errors import (
+    FlyAPIError,
+    FlyAuthError,
+    FlyNotFound,
+    FlyUnavailable,
+    VolguardError,
+)
 from volguard.fly.models import Machine, Snapshot, Volume
 
 DEFAULT_BASE_URL = "https://api.machines.dev"
@@ -30,27 +36,6 @@ _TOKEN_CHARS = re.compile(r"[\x20-\x7e]+")
 
 
 # -- errors ------------------------------------------------------------------------------
-
-
-class FlyAPIError(VolguardError):
-    """The Machines API could not give an answer. The message is one line, token-free."""
-
-    def __init__(self, message: str, status: int | None = None, fly_error: str = "") -> None:
-        super().__init__(message)
-        self.status = status
-        self.fly_error = fly_error
-
-
-class FlyAuthError(FlyAPIError):
-    """401/403: the token is missing, wrong, or has the wrong scheme."""
-
-
-class FlyNotFound(FlyAPIError):
-    """404: no such app, Machine or volume."""
-
-
-class FlyUnavailable(FlyAPIError):
-    """No usable answer: connection errors, timeouts, 5xx or garbage after the retries."""
 
 
 # -- the token ---------------------------------------------------------------------------

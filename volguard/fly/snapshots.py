@@ -10,13 +10,9 @@ import time
 from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 
-from volguard.errors import VolguardError
+from volguard.errors import SnapshotTimeout
 from volguard.fly.client import MachinesClient
 from volguard.fly.models import Volume
-
-
-class SnapshotTimeout(VolguardError):
-    pass
 
 
 def snapshot_volumes(

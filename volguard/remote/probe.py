@@ -17,7 +17,7 @@ import shlex
 from dataclasses import dataclass, field
 from typing import Any
 
-from volguard.errors import VolguardError
+from volguard.errors import ProbeError
 from volguard.remote.probe_script import PROBE_SOURCE
 
 BEGIN, END = "__VOLGUARD_FACTS_BEGIN__", "__VOLGUARD_FACTS_END__"
@@ -25,10 +25,6 @@ RC_SENTINEL = "__VOLGUARD_RC="
 #: The image's own interpreters first: the probe needs only the standard library, and a
 #: `python3` found on PATH may be a slow wrapper (pyenv's shim costs ~80 ms).
 _PYTHONS = ("/usr/local/bin/python3", "/usr/bin/python3", "python3", "/app/.venv/bin/python3")
-
-
-class ProbeError(VolguardError):
-    """The probe ran but its answer is unusable (no python3, no markers, bad JSON)."""
 
 
 def probe_script(arguments: dict[str, Any]) -> str:

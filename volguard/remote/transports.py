@@ -24,15 +24,11 @@ from typing import Any
 import testinfra
 from testinfra.backend.base import BaseBackend, CommandResult
 
-from volguard.errors import UsageError
+from volguard.errors import Unreachable, UsageError
 from volguard.fly.models import Machine
 
 TRANSPORTS = ("fly", "ssh", "local")
 DEFAULT_HOST_TEMPLATE = "{id}.vm.{app}.internal"
-
-
-class Unreachable(Exception):
-    """The transport could not run anything on the Machine (VG300)."""
 
 
 @dataclass(frozen=True)

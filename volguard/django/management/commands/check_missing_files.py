@@ -3,7 +3,9 @@
 Keeps that command's familiar output — ``Total file records in database: N``, then ``✗ Found N
 missing files:`` grouped by user, each ``ID n: name (status=…, reason=…)`` and its ``Path:``
 line, or ``✓ All N files are present in storage.`` — over every model with a FileField or
-ImageField, each field with its own storage. The work is `volguard.django.missing_files.audit`'s.
+ImageField, each field with its own storage. The work is `volguard.django.missing_files.audit`'s;
+the ``--json`` document is `volguard.audit_document`'s. The command parses its own values
+(``--filter``, ``--older-than``: `parse_filter`, `parse_duration`).
 
 Exit codes, as every volguard command: ``0`` nothing missing (shared files alone are a
 warning), ``2`` rows missing, empty or with an invalid name, ``1`` bad input (an unknown
@@ -12,7 +14,8 @@ model, a bad filter or flag, a broken setting) or an unreadable storage, as one
 
 Without ``--fix`` or ``--delete`` it changes nothing. With one of them it prints the plan
 (rows per reason), then hands the rows to `volguard.django.repair`, which holds the
-safety rules: the VG404 interlock (refused with exit ``2`` and one line unless ``--force``),
+safety rules: the VG404 interlock (refused with exit ``2`` and one line unless ``--force``;
+under ``--json`` the audit's document with its ``refused`` object goes to stdout too),
 a re-check of each row just before it changes, batched bulk updates, the JSONL audit log,
 and for ``--delete`` a confirmation (``yes`` typed at a terminal, or ``--yes``) and a
 ``loaddata``-compatible export written first.
@@ -21,31 +24,38 @@ and for ``--delete`` a confirmation (``yes`` typed at a terminal, or ``--yes``) 
 from __future__ import annotations
 
 import json
+import re
 import shlex
 import sys
 from collections.abc import Iterable
+from datetime import timedelta
 from typing import Any
 
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
-from volguard.audit_log import DEFAULT_PATH as DEFAULT_AUDIT_LOG
-from volguard.audit_log import AuditLog
-from volguard.django import repair
-from volguard.django.missing_files import (
+from volguard.audit_document import (
+    DEFAULT_MAX_MISSING,
     EMPTY,
     INVALID_NAME,
     PROBLEM_REASONS,
     REASONS,
     SHARED,
-    AuditError,
-    AuditResult,
-    AuditRow,
-    audit,
-    discover,
-    format_duration,
-    parse_duration,
+    MaxMissing,
+    Refusal,
+    parse_max_missing,
 )
+from volguard.audit_log import DEFAULT_PATH as DEFAULT_AUDIT_LOG
+from volguard.audit_log import AuditLog
+from volguard.django import repair
+from volguard.django.audit_result import AuditResult, AuditRow
+from volguard.django.missing_files import audit
 from volguard.django.storage_index import STRATEGIES
+from volguard.django.targets import discover
+from volguard.errors import UsageError, VolguardError
+
+_FILTER_KEY = re.compile(r"[A-Za-z_]\w*(?:__\w+)*")
+_DURATION = re.compile(r"(\d+)([smhd]?)")
+_DURATION_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
 
 
 class Command(BaseCommand):
@@ -132,7 +142,7 @@ class Command(BaseCommand):
         )
         parser.add_argument(
             "--max-missing",
-            default=repair.DEFAULT_MAX_MISSING,
+            default=DEFAULT_MAX_MISSING,
             metavar="N|P%",
             help="refuse --fix/--delete (VG404) when more audited rows than this are "
             "missing: a count (50) or a percentage (default 10%%)",
@@ -169,8 +179,10 @@ class Command(BaseCommand):
     def handle(self, *args: Any, **options: Any) -> None:
         action = "fix" if options["fix"] else "delete" if options["delete"] else None
         try:
-            max_missing = repair.parse_max_missing(options["max_missing"])
-        except repair.RemediationError as e:
+            max_missing = parse_max_missing(options["max_missing"])
+            filters = [parse_filter(text) for text in options["filter"]]
+            older_than = parse_duration(options["older_than"])
+        except UsageError as e:
             raise CommandError(str(e)) from None
         if action is None:
             for flag in ("yes", "force", "export"):
@@ -179,13 +191,13 @@ class Command(BaseCommand):
         try:
             result = audit(
                 discover(options["model"]),
-                filters=options["filter"],
+                filters=filters,
                 user_id=options["user_id"],
-                older_than=parse_duration(options["older_than"]),
+                older_than=older_than,
                 batch_size=options["batch_size"],
                 strategy=options["strategy"],
             )
-        except AuditError as e:
+        except VolguardError as e:
             raise CommandError(str(e)) from None
         self.exit_code = 2 if result.problem_count else 0
         for note in result.notes:
@@ -208,7 +220,7 @@ class Command(BaseCommand):
         self,
         action: str,
         result: AuditResult,
-        max_missing: repair.MaxMissing,
+        max_missing: MaxMissing,
         options: dict[str, Any],
     ) -> repair.Remediation:
         """Plan, interlock, confirm, then act; the plan and the outcome in text mode."""
@@ -237,11 +249,12 @@ class Command(BaseCommand):
         if reasons:
             why = "; ".join(reasons)
             if not options["force"]:
-                raise CommandError(
-                    f"VG404 remediation refused: storage looks unmounted or empty: {why}; "
-                    f"nothing changed (--force overrides)",
-                    returncode=2,
-                )
+                refusal = Refusal(tuple(reasons))
+                if options["json"]:
+                    # The caller reads the refusal from stdout; stderr keeps its one line.
+                    document = {**result.as_dict(), "refused": refusal.as_dict()}
+                    self.stdout.write(json.dumps(document, default=str, ensure_ascii=False))
+                raise CommandError(refusal.message, returncode=2)
             report.forced = True
             report.overridden = reasons
             self.stderr.write(f"warning: --force overrides VG404: {why}")
@@ -256,7 +269,7 @@ class Command(BaseCommand):
                 repair.delete(
                     report, rows, log=log, batch_size=options["batch_size"], export=export
                 )
-        except (AuditError, repair.RemediationError, OSError) as e:
+        except (VolguardError, OSError) as e:
             raise CommandError(str(e)) from None
         for note in report.notes:
             self.stderr.write(f"note: {note}")
@@ -387,6 +400,47 @@ class _Text:
         self.out.write(
             f"{self.result.storage_requests} storage requests in {self.result.duration:.2f} s"
         )
+
+
+# -- the command line's own values: filters and durations ------------------------------
+
+
+def parse_filter(text: str) -> tuple[str, Any]:
+    """``field=value`` (any Django lookup) as a ``(lookup, value)`` pair.
+
+    ``…__in=a,b`` gives a list; ``…__isnull=true|false`` a boolean.
+    """
+    key, sep, value = text.partition("=")
+    key = key.strip()
+    if not sep or not _FILTER_KEY.fullmatch(key):
+        raise UsageError(f"bad filter {text!r}: use field=value, e.g. processing_status=failed")
+    if key.endswith("__in"):
+        return key, [v.strip() for v in value.split(",")]
+    if key.endswith("__isnull"):
+        flag = value.strip().lower()
+        if flag not in ("true", "false", "1", "0"):
+            raise UsageError(f"bad filter {text!r}: __isnull takes true or false")
+        return key, flag in ("true", "1")
+    return key, value
+
+
+def parse_duration(text: str) -> timedelta:
+    """``30s``, ``10m``, ``2h``, ``1d``, or ``0`` (no grace period) as a timedelta."""
+    match = _DURATION.fullmatch(text.strip().lower())
+    if not match or (not match[2] and int(match[1]) != 0):
+        raise UsageError(
+            f"bad duration {text!r}: use a number and a unit (30s, 10m, 2h, 1d), or 0 to disable"
+        )
+    return timedelta(seconds=int(match[1]) * _DURATION_UNITS.get(match[2], 1))
+
+
+def format_duration(value: timedelta) -> str:
+    """The shortest `parse_duration` text for ``value`` (``600 s`` → ``10m``)."""
+    seconds = int(value.total_seconds())
+    for unit in ("d", "h", "m"):
+        if seconds and seconds % _DURATION_UNITS[unit] == 0:
+            return f"{seconds // _DURATION_UNITS[unit]}{unit}"
+    return f"{seconds}s" if seconds else "0"
 
 
 def _owner_names(result: AuditResult) -> dict[tuple[str, Any], str]:

@@ -1,0 +1,220 @@
+"""The one document the Django side and the Fly side exchange: ``check_missing_files --json``.
+
+``manage.py check_missing_files --json`` (`volguard.django`) writes it on a Machine and
+``volguard remediate`` (`volguard.remediate`) reads it back; both take its words from
+here, so the two sides cannot drift apart. Importable without Django on purpose: the Fly
+side never imports Django.
+
+What it defines:
+
+- the reasons a row is reported for (`REASONS`), which of them are problems (no usable
+  file: exit code 2), which rows ``--fix`` and ``--delete`` act on (`candidates`);
+- the document's shape: `AuditDocumentJSON` and its rows, `AuditRowJSON`, built by
+  `audit_document` with every count under a key that says what it counts;
+- the ``--max-missing`` value (`parse_max_missing`), checked by both sides;
+- the VG404 refusal (`Refusal`): under ``--json`` a refused ``--fix``/``--delete`` prints
+  the audit with ``{"refused": {"id": "VG404", "reasons": […], "message": "…"}}`` on stdout
+  and exits 2, so a caller reads the refusal instead of searching stderr for its id.
+
+Documented for users in docs/remediate.md ("The JSON document").
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Callable, Hashable, Iterable, Mapping
+from dataclasses import dataclass
+from typing import Any, TypedDict, TypeVar
+
+from volguard.errors import UsageError
+
+MISSING, EMPTY, INVALID_NAME, SHARED = "missing", "empty", "invalid_name", "shared"
+#: Every reason a row is reported for, in the order reports list them.
+REASONS = (MISSING, EMPTY, INVALID_NAME, SHARED)
+#: Reasons that mean "this row has no usable file": counted in ``problem_rows``, exit code 2.
+#: (A shared file is a warning: the rows have a file, VG403.)
+PROBLEM_REASONS = (MISSING, EMPTY, INVALID_NAME)
+#: Reasons ``--fix`` (and ``--delete``) act on: the row has no file. An invalid name is left
+#: alone: the file may well exist under a name volguard refuses to follow.
+FIX_REASONS = (MISSING, EMPTY)
+#: The interlock's check id: a ``--fix``/``--delete`` refused because storage looks wrong.
+REFUSAL_ID = "VG404"
+DEFAULT_MAX_MISSING = "10%"
+
+_MAX_MISSING = re.compile(r"(\d+(?:\.\d+)?)(%?)")
+
+Row = TypeVar("Row")
+
+
+class AuditRowJSON(TypedDict):
+    """One reported row: ``reason`` is one of `REASONS`; a row missing its file that
+    other rows share appears twice, once per reason."""
+
+    model: str  # app_label.ModelName
+    pk: Any
+    field: str
+    name: str | None  # the stored name
+    reason: str
+    detail: str
+    owner: Any  # the owner field's raw value (a user id), None when not configured
+    status: Any  # the status field's value, None when not configured
+    path: str  # where the file was looked for; empty for a name never looked up
+    shared_with: int | None  # rows sharing the name (reason "shared")
+
+
+class RefusalJSON(TypedDict):
+    id: str  # REFUSAL_ID
+    reasons: list[str]
+    message: str
+
+
+class AuditCountsJSON(TypedDict):
+    """What every document holds: the counts, how each field was audited, the rows."""
+
+    total_rows: int  # rows the filters select
+    audited_rows: int  # of them, not skipped as recent uploads
+    skipped_recent: int
+    older_than_seconds: float
+    files_checked: int  # audited rows that name a file
+    problem_rows: int  # audited rows without a usable file: sum of PROBLEM_REASONS
+    per_reason: dict[str, int]  # every reason of REASONS, 0 included
+    strategy: dict[str, str]  # app.Model.field: how its storage was checked
+    storage_requests: int
+    duration_seconds: float
+    fields: list[dict[str, Any]]
+    notes: list[str]
+    rows: list[AuditRowJSON]
+
+
+class AuditDocumentJSON(AuditCountsJSON, total=False):
+    """The whole document: ``remediation`` only after ``--fix``/``--delete`` acted,
+    ``refused`` only when the interlock refused them."""
+
+    remediation: dict[str, Any]
+    refused: RefusalJSON
+
+
+def audit_document(
+    *,
+    total_rows: int,
+    audited_rows: int,
+    skipped_recent: int,
+    older_than_seconds: float,
+    files_checked: int,
+    per_reason: Mapping[str, int],
+    strategy: dict[str, str],
+    storage_requests: int,
+    duration_seconds: float,
+    fields: list[dict[str, Any]],
+    notes: list[str],
+    rows: list[AuditRowJSON],
+) -> AuditDocumentJSON:
+    """The document, with ``problem_rows`` and the full ``per_reason`` derived here."""
+    return {
+        "total_rows": total_rows,
+        "audited_rows": audited_rows,
+        "skipped_recent": skipped_recent,
+        "older_than_seconds": older_than_seconds,
+        "files_checked": files_checked,
+        "problem_rows": sum(per_reason.get(r, 0) for r in PROBLEM_REASONS),
+        "per_reason": {r: per_reason.get(r, 0) for r in REASONS},
+        "strategy": strategy,
+        "storage_requests": storage_requests,
+        "duration_seconds": duration_seconds,
+        "fields": fields,
+        "notes": notes,
+        "rows": rows,
+    }
+
+
+def candidates(
+    rows: Iterable[Row],
+    *,
+    reason: Callable[[Row], Any],
+    key: Callable[[Row], Hashable],
+    for_delete: bool = False,
+) -> list[Row]:
+    """The rows ``--fix`` acts on (`FIX_REASONS`); for ``--delete``, none whose file
+    another row uses (a row also reported ``shared``: deleting it is never safe, VG403).
+
+    ``reason`` and ``key`` (model, field, pk) read a row, which is an `AuditRowJSON` on the
+    Fly side and the audit's own row object on the Django side.
+    """
+    rows = list(rows)
+    chosen = [r for r in rows if reason(r) in FIX_REASONS]
+    if for_delete:
+        shared = {key(r) for r in rows if reason(r) == SHARED}
+        chosen = [r for r in chosen if key(r) not in shared]
+    return chosen
+
+
+# -- --max-missing ----------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class MaxMissing:
+    """``--max-missing``: a fraction of the audited rows (``10%``) or a row count (``50``)."""
+
+    text: str
+    fraction: float | None = None
+    count: int | None = None
+
+    def limit(self, audited: int) -> float:
+        return self.fraction * audited if self.fraction is not None else float(self.count or 0)
+
+
+def parse_max_missing(text: str) -> MaxMissing:
+    """``10%`` or ``50`` as a `MaxMissing`; anything else is a `UsageError`."""
+    value = text.strip()
+    match = _MAX_MISSING.fullmatch(value)
+    if not match or (not match[2] and "." in match[1]) or (match[2] and float(match[1]) > 100):
+        raise UsageError(
+            f"bad --max-missing {text!r}: use a count (50) or a percentage up to 100% (10%)"
+        )
+    if match[2]:
+        return MaxMissing(value, fraction=float(match[1]) / 100)
+    return MaxMissing(value, count=int(match[1]))
+
+
+# -- the refusal ------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Refusal:
+    """VG404: the interlock refused ``--fix``/``--delete``; nothing was changed."""
+
+    reasons: tuple[str, ...]
+
+    @property
+    def message(self) -> str:
+        return (
+            f"{REFUSAL_ID} remediation refused: storage looks unmounted or empty: "
+            f"{'; '.join(self.reasons)}; nothing changed (--force overrides)"
+        )
+
+    def as_dict(self) -> RefusalJSON:
+        return {"id": REFUSAL_ID, "reasons": list(self.reasons), "message": self.message}
+
+    @classmethod
+    def from_document(cls, document: Mapping[str, Any]) -> Refusal | None:
+        """The document's refusal, or None when it holds none."""
+        refused = document.get("refused")
+        if not isinstance(refused, dict) or refused.get("id") != REFUSAL_ID:
+            return None
+        return cls(tuple(str(r) for r in refused.get("reasons") or ()))
+
+
+def find_document(stdout: str) -> dict[str, Any] | None:
+    """The JSON object a ``--json`` run printed (the last line that is one, if not all is:
+    a project's own code may print before it)."""
+    text = stdout.strip()
+    lines = [text, *reversed([line for line in text.splitlines() if line.startswith("{")])]
+    for candidate in lines:
+        try:
+            value = json.loads(candidate)
+        except ValueError:
+            continue
+        if isinstance(value, dict):
+            return value
+    return None
