@@ -15,11 +15,10 @@ not do yet; they must pass (and lose the mark) when it does.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from conftest import require, throwaway_postgres
+from conftest import require
 from realapps.harness import (
     PNG_HELPER,
     Site,
@@ -150,38 +149,35 @@ def test_fix_hides_exactly_the_photos_whose_picture_is_gone_and_touches_no_file(
     assert files(site.media) == before
 
 
-# -- --delete, export and loaddata on PostgreSQL ------------------------------------------------
+# -- --delete, export and loaddata ---------------------------------------------------------------
 
 
 @pytest.fixture(scope="module")
 def deleted_and_restored(
-    tmp_path_factory: pytest.TempPathFactory,
-) -> Iterator[dict]:
-    """On PostgreSQL: damage, ``--delete --yes --export``, then ``loaddata`` of the export.
+    template: tuple[Site, dict[str, tuple[int, str]]], tmp_path_factory: pytest.TempPathFactory
+) -> dict:
+    """Damage, ``--delete --yes --export``, then ``loaddata`` of the export (on SQLite: the
+    PostgreSQL round trip is tests/test_realapps_polymorphic.py's).
 
     Returns the state before, after the delete, and after the restore, with the files.
     """
-    require("photologue")
-    root = tmp_path_factory.mktemp("photologue-pg")
-    with throwaway_postgres("vg_realapps_photologue") as url:
-        site = Site("photologue", "photologue_site", url, root / "media")
-        photos = _seed(site)
-        gone = _damage(site, photos)
-        before, files_before = site.shell(STATE), files(site.media)
-        export = root / "exports" / "photos.json"
-        run = site.audit("--delete", "--yes", "--max-missing", "50%", "--export", str(export))
-        deleted = site.shell(STATE)
-        restore = site.manage("loaddata", str(export)) if export.exists() else None
-        yield {
-            "gone": gone,
-            "run": run,
-            "before": before,
-            "deleted": deleted,
-            "restore": restore,
-            "restored": site.shell(STATE),
-            "files_before": files_before,
-            "files_after": files(site.media),
-        }
+    site = clone(template[0], tmp_path_factory.mktemp("photologue-delete"))
+    gone = _damage(site, template[1])
+    before, files_before = site.shell(STATE), files(site.media)
+    export = site.media.parent / "exports" / "photos.json"
+    run = site.audit("--delete", "--yes", "--max-missing", "50%", "--export", str(export))
+    deleted = site.shell(STATE)
+    restore = site.manage("loaddata", str(export)) if export.exists() else None
+    return {
+        "gone": gone,
+        "run": run,
+        "before": before,
+        "deleted": deleted,
+        "restore": restore,
+        "restored": site.shell(STATE),
+        "files_before": files_before,
+        "files_after": files(site.media),
+    }
 
 
 def test_delete_removes_only_photos_whose_picture_is_gone_and_loaddata_brings_them_back(
