@@ -131,6 +131,19 @@ def test_volume_empty_attached_machine_id_means_unattached():
     assert not v.attached
 
 
+def test_volume_attached_to_an_allocation_is_attached():
+    """FLYGO volume_types.go `IsAttached`: attached_machine_id OR attached_alloc_id."""
+    v = Volume.from_api({**VOLUME, "attached_machine_id": None, "attached_alloc_id": "a1b2c3"})
+    assert v.attached
+    assert v.attached_alloc_id == "a1b2c3"
+    assert v.attached_machine_id is None
+
+
+def test_volume_attached_to_neither_is_unattached():
+    v = Volume.from_api({**VOLUME, "attached_machine_id": None, "attached_alloc_id": None})
+    assert not v.attached
+
+
 def test_volume_ignores_unknown_fields():
     v = Volume.from_api({**VOLUME, "brand_new_field": {"x": [1, 2]}, "another": None})
     assert v == Volume.from_api(VOLUME)
@@ -211,6 +224,46 @@ def test_snapshot_reads_status_and_ignores_unknown_fields():
 def test_snapshot_with_unparseable_time_has_no_time():
     assert Snapshot.from_api({**SNAPSHOT, "created_at": "yesterday"}).created_at is None
     assert Snapshot.from_api({"id": "vs_1"}).created_at is None
+
+
+# A snapshot being taken, as `fly volumes snapshots list` sees it: no id (flyctl prints
+# "(pending)" for it: FLYCTL internal/command/volumes/snapshots/list.go), no creation time,
+# size 0, a status that is not `created` (fly-facts §3.2).
+PENDING = {
+    "id": "",
+    "size": 0,
+    "volume_size": 1073741824,
+    "digest": "",
+    "created_at": None,
+    "status": "running",
+    "retention_days": 5,
+}
+
+
+@pytest.mark.parametrize("status", ["waiting", "running"])
+@pytest.mark.parametrize("created_at", [None, "0001-01-01T00:00:00Z"])
+def test_a_snapshot_being_taken_is_read_as_pending(status, created_at):
+    s = Snapshot.from_api({**PENDING, "status": status, "created_at": created_at})
+    assert (s.id, s.status, s.created_at, s.size) == ("", status, None, 0)
+    assert s.pending
+    assert not s.completed
+
+
+@pytest.mark.parametrize("data", [{}, {"id": None}, {"id": 12}, {"status": "waiting"}])
+def test_a_snapshot_without_an_id_is_pending_not_an_error(data):
+    assert Snapshot.from_api(data).pending
+
+
+def test_only_a_created_snapshot_with_an_id_is_completed():
+    assert Snapshot.from_api({**SNAPSHOT, "status": "created", "volume_size": 3}).completed
+    assert Snapshot.from_api(SNAPSHOT).completed  # the DOCS example predates `status`
+    assert not Snapshot.from_api({**SNAPSHOT, "status": "running"}).completed
+    assert not Snapshot.from_api({**SNAPSHOT, "status": "failed"}).completed
+    assert not Snapshot.from_api({**SNAPSHOT, "created_at": None}).completed
+
+
+def test_snapshot_reads_volume_size():
+    assert Snapshot.from_api({**SNAPSHOT, "volume_size": 1073741824}).volume_size == 1073741824
 
 
 # -- Machine -----------------------------------------------------------------------------
@@ -325,7 +378,7 @@ def test_non_object_raises_value_error(cls, data):
         cls.from_api(data)
 
 
-@pytest.mark.parametrize("cls", [Machine, Volume, Snapshot])
+@pytest.mark.parametrize("cls", [Machine, Volume])
 @pytest.mark.parametrize("data", [{}, {"id": None}, {"id": ""}, {"id": 12}, {"name": "data"}])
 def test_missing_id_raises_value_error(cls, data):
     with pytest.raises(ValueError, match="id"):

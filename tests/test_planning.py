@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import textwrap
+from dataclasses import replace
 
 import pytest
 
@@ -158,6 +159,14 @@ def test_unattached_volumes_in_the_machines_region_are_used():
     machines = [machine("m1", "syd"), machine("m2", "syd")]
     spares = [volume("vol_s1", "syd"), volume("vol_s2", "syd")]
     assert plan_volumes(config(SINGLE), fleet(machines, spares)) == []
+
+
+def test_a_volume_attached_to_an_allocation_is_not_a_spare():
+    """flyctl's deploy pops only volumes with neither attached_machine_id nor
+    attached_alloc_id (FLYCTL internal/command/deploy/machines.go `setVolumes`)."""
+    held = replace(volume("vol_a1"), attached_alloc_id="alloc-7f3a")
+    plan = plan_volumes(config(SINGLE), fleet([machine("m1", "syd")], [held]))
+    assert summary(plan) == [("app", "syd", "data", 1)]
 
 
 def test_unattached_volumes_in_another_region_do_not_count():

@@ -7,6 +7,7 @@ import os
 import subprocess
 import sys
 from dataclasses import replace
+from datetime import UTC, datetime
 from functools import partial
 from pathlib import Path
 
@@ -14,11 +15,12 @@ import pytest
 
 from volguard.audit_log import AuditLog
 from volguard.config import Settings
-from volguard.fly.client import MachinesClient, Token
+from volguard.errors import SnapshotTimeout
+from volguard.fly.client import MachinesClient, RateLimiter, Token
 from volguard.fly.volumes import ensure_volumes, snapshot_media_volumes
 from volguard.flytoml import parse_fly_toml
 from volguard.sim.api import SimServer, load_scenario
-from volguard.sim.scenario import Limits
+from volguard.sim.scenario import Limits, SnapshotSpec
 from volguard.verify import verify
 
 VOLGUARD = str(Path(sys.executable).with_name("volguard"))
@@ -32,6 +34,12 @@ EXPECTED = {
     "detached-volume": ["VG204"],
     "two-app-machines": ["VG206"],
     "old-snapshots": ["VG207"],
+    "snapshot-in-progress": [],
+    "only-pending-snapshot": ["VG207"],
+    "attached-alloc": [],
+    "machine-suspended": ["VG209"],
+    "machine-replacing": ["VG209"],
+    "incomplete-config": ["VG203"],
 }
 
 
@@ -256,26 +264,74 @@ def test_the_request_always_carries_size_and_fly_toml_snapshot_settings(tmp_path
 # -- snapshot-volumes ---------------------------------------------------------------------
 
 
-def test_snapshot_volumes_waits_until_the_snapshot_is_listed(tmp_path):
-    scenario = replace(load_scenario("healthy"), limits=Limits(snapshot_delay_seconds=0.3))
+def _snapshot(sim: SimServer, tmp_path: Path, lines: list[str], **kwargs) -> dict[str, str]:
+    """snapshot-volumes --apply, polling often and without the client's own rate limit, so
+    every status of the snapshot's life cycle is seen."""
+    config, _ = parse_fly_toml(sim.scenario.fly_toml)
+    kwargs.setdefault("poll", 0.05)
+    return snapshot_media_volumes(
+        config,
+        Settings.load(None),
+        sim.scenario.app,
+        Token(sim.token),
+        apply=True,
+        audit=AuditLog(str(tmp_path / "audit.jsonl")),
+        out=lines.append,
+        client_factory=fast_client(sim, limiter=RateLimiter(rate=0)),
+        **kwargs,
+    )
+
+
+def test_snapshot_volumes_waits_until_the_snapshot_is_created(tmp_path, capsys):
+    limits = Limits(rate_per_second=0, get_machine_rate=0, snapshot_delay_seconds=0.6)
+    scenario = replace(load_scenario("healthy"), limits=limits)
     with SimServer(scenario) as sim:
-        config, _ = parse_fly_toml(sim.scenario.fly_toml)
         lines: list[str] = []
-        taken = snapshot_media_volumes(
-            config,
-            Settings.load(None),
-            sim.scenario.app,
-            Token(sim.token),
-            apply=True,
-            audit=AuditLog(str(tmp_path / "audit.jsonl")),
-            out=lines.append,
-            poll=0.1,
-            client_factory=fast_client(sim),
-        )
-        listed = {s["id"] for s in sim.state.list_snapshots(next(iter(taken)))}
-    assert len(taken) == 1
-    assert set(taken.values()) <= listed
-    assert any("listed" in line for line in lines)
+        taken = _snapshot(sim, tmp_path, lines)
+        ((volume_id, snapshot_id),) = taken.items()
+        listed = {s["id"]: s["status"] for s in sim.state.list_snapshots(volume_id)}
+    assert listed[snapshot_id] == "created"
+    progress = capsys.readouterr().err
+    assert f"{volume_id}: snapshot waiting" in progress  # the life cycle, on stderr
+    assert f"{volume_id}: snapshot running" in progress
+    assert any(f"snapshot {snapshot_id} created" in line for line in lines)
+
+
+def test_snapshot_volumes_fails_clearly_when_the_snapshot_never_completes(tmp_path):
+    scenario = replace(load_scenario("healthy"), limits=Limits(snapshot_delay_seconds=3600))
+    with SimServer(scenario) as sim, pytest.raises(SnapshotTimeout) as raised:
+        _snapshot(sim, tmp_path, [], timeout=0.4)
+    message = str(raised.value)
+    assert "vol_668we58kuhntaa1u" in message
+    assert "not created within 0.4 s" in message
+    assert "waiting" in message or "running" in message  # what it was last seen doing
+
+
+def test_snapshot_volumes_while_a_scheduled_snapshot_runs(tmp_path):
+    with SimServer("snapshot-in-progress") as sim:
+        taken = _snapshot(sim, tmp_path, [])
+    assert list(taken) == ["vol_668we58kuhntaa1u"]
+    assert taken["vol_668we58kuhntaa1u"].startswith("vs_")
+
+
+def test_a_snapshot_in_progress_keeps_every_platform_finding(tmp_path):
+    """The incident while each volume's scheduled snapshot runs: still VG205, not VG200."""
+    scenario = load_scenario("incident")
+    running = tuple(
+        SnapshotSpec(volume=v.id, created_at=datetime.now(UTC), status=status)
+        for v in scenario.volumes
+        for status in ("waiting", "running")
+    )
+    with SimServer(replace(scenario, snapshots=scenario.snapshots + running)) as sim:
+        report = run_verify(sim, tmp_path)
+    assert report.layers["platform"].status == "ran"
+    assert platform_ids(report) == EXPECTED["incident"]
+
+
+def test_create_volume_does_not_count_a_volume_attached_to_an_allocation(tmp_path):
+    with SimServer("attached-alloc") as sim:
+        _created, lines = _ensure(sim, tmp_path, apply=False, count=2)
+    assert '+ 1 volume "data" in syd (1 GB, for group app)' in lines
 
 
 # -- the commands, as a user runs them ----------------------------------------------------

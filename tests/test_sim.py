@@ -43,13 +43,15 @@ NO_LIMITS = Limits(rate_per_second=0, get_machine_rate=0, snapshot_delay_seconds
 VOLUME_KEYS = {
     "id", "name", "state", "size_gb", "region", "zone", "encrypted", "attached_machine_id",
     "attached_alloc_id", "created_at", "blocks", "block_size", "blocks_free", "blocks_avail",
-    "fstype", "snapshot_retention", "auto_backup_enabled", "host_dedication_key", "host_status",
+    "fstype", "snapshot_retention", "auto_backup_enabled", "host_dedication_key",
+    "host_dedication_id", "host_status",
 }  # fmt: skip
 MACHINE_KEYS = {
     "id", "name", "state", "region", "image_ref", "instance_id", "version", "private_ip",
     "created_at", "updated_at", "config", "events", "host_status", "cordoned",
 }  # fmt: skip
-SNAPSHOT_KEYS = {"id", "size", "digest", "created_at", "status", "retention_days"}
+#: fly-go's VolumeSnapshot (volume_types.go): the DOCS example's keys plus volume_size, status.
+SNAPSHOT_KEYS = {"id", "size", "volume_size", "digest", "created_at", "status", "retention_days"}
 #: Built once: httpx would load the CA bundle for every client (~40 ms), and these are many.
 TLS = ssl.create_default_context()
 
@@ -292,7 +294,19 @@ def test_create_volume_malformed_json(api: httpx.Client) -> None:
 # --- snapshots -------------------------------------------------------------------------
 
 
-def test_on_demand_snapshot_appears_after_the_delay(api: httpx.Client) -> None:
+def _listed(api: httpx.Client, volume_id: str) -> list[dict[str, Any]]:
+    return api.get(f"/volumes/{volume_id}/snapshots").json()
+
+
+def test_on_demand_snapshot_goes_through_its_life_cycle() -> None:
+    """Listed at once without an id (flyctl's "(pending)"), `waiting` then `running`, and
+    `created` with its id, time and size only at the end."""
+    limits = replace(NO_LIMITS, snapshot_delay_seconds=1.0)
+    with serve(limits=limits) as sim, client_for(sim) as api:
+        _life_cycle(api, limits.snapshot_delay_seconds)
+
+
+def _life_cycle(api: httpx.Client, delay: float) -> None:
     volume_id = api.get("/volumes").json()[0]["id"]
     response = api.post(f"/volumes/{volume_id}/snapshots")
     assert response.status_code == 200
@@ -300,11 +314,79 @@ def test_on_demand_snapshot_appears_after_the_delay(api: httpx.Client) -> None:
     assert backup["state"] == "prepare"
     assert backup["type"] == "BACKUP_TYPE_ON_DEMAND"
     assert backup["finished_at"] is None
-    listed = [s["id"] for s in api.get(f"/volumes/{volume_id}/snapshots").json()]
-    assert backup["graph_id"] not in listed
+    pending = _listed(api, volume_id)[-1]
+    assert pending == {
+        "id": "",
+        "size": 0,
+        "volume_size": pending["volume_size"],
+        "digest": "",
+        "created_at": None,
+        "status": "waiting",
+        "retention_days": 5,
+    }
+    assert pending["volume_size"] == 1024**3
+    time.sleep(delay * 0.6)
+    running = _listed(api, volume_id)[-1]
+    assert (running["status"], running["id"]) == ("running", "")
+    time.sleep(delay * 0.5)
+    done = _listed(api, volume_id)[-1]
+    assert (done["id"], done["status"]) == (backup["graph_id"], "created")
+    assert done["created_at"].endswith("+00:00")
+    assert done["size"] > 0
+
+
+def test_a_snapshot_being_taken_cannot_be_restored(api: httpx.Client) -> None:
+    volume_id = api.get("/volumes").json()[0]["id"]
+    graph_id = api.post(f"/volumes/{volume_id}/snapshots").json()["Msg"]["backup"]["graph_id"]
+    refused = api.post("/volumes", json={"name": "data", "snapshot_id": graph_id})
+    assert refused.status_code == 404
     time.sleep(NO_LIMITS.snapshot_delay_seconds + 0.05)
-    listed = [s["id"] for s in api.get(f"/volumes/{volume_id}/snapshots").json()]
-    assert listed[-1] == backup["graph_id"]
+    assert api.post("/volumes", json={"name": "data", "snapshot_id": graph_id}).status_code == 200
+
+
+def test_a_scheduled_snapshot_in_progress_is_listed_without_an_id() -> None:
+    with serve("snapshot-in-progress") as sim, client_for(sim) as api:
+        volume_id = api.get("/volumes").json()[0]["id"]
+        snapshots = _listed(api, volume_id)
+    assert [(s["status"], bool(s["id"])) for s in snapshots] == [
+        ("created", True),
+        ("running", False),
+    ]
+    assert snapshots[1]["created_at"] is None
+    assert snapshots[1]["size"] == 0
+
+
+def test_a_volume_attached_to_an_allocation() -> None:
+    with serve("attached-alloc") as sim, client_for(sim) as api:
+        volume = api.get("/volumes/vol_4ke2y7q1lp0zr9vd").json()
+    assert volume["attached_machine_id"] is None
+    assert volume["attached_alloc_id"] == "e2b1c6a4-7d0f-4c1a-9a55-3f6b2d8e91c0"
+    assert volume["blocks"] > volume["blocks_free"] > 0  # it is mounted somewhere: stats
+
+
+@pytest.mark.parametrize("state", ["suspended", "replacing"])
+def test_machine_states_of_the_scenarios_reach_the_list(state: str) -> None:
+    with serve(f"machine-{state}") as sim, client_for(sim) as api:
+        states = {m["id"]: m["state"] for m in api.get("/machines").json()}
+    assert states["a17ab76fb85284"] == state
+
+
+def test_machine_checks_follow_fly_toml() -> None:
+    with serve("snapshot-in-progress") as sim, client_for(sim) as api:
+        machines = {m["id"]: m for m in api.get("/machines").json()}
+    (check,) = machines["148e21ea4d3089"]["checks"]
+    assert check["name"] == "servicecheck-00-http-8000"
+    assert check["status"] == "passing"
+    assert check["updated_at"].endswith("Z")
+    assert "checks" not in machines["4441ecb5402efb"]  # stopped, and not served
+
+
+def test_incomplete_config_scenario() -> None:
+    with serve("incomplete-config") as sim, client_for(sim) as api:
+        machine = api.get("/machines/148e21ea4d3089").json()
+    assert "config" not in machine
+    assert machine["host_status"] == "unknown"
+    assert machine["incomplete_config"]["mounts"][0]["volume"] == "vol_668we58kuhntaa1u"
 
 
 # --- errors ----------------------------------------------------------------------------
@@ -468,7 +550,8 @@ def test_state_endpoint(sim: SimServer, api: httpx.Client) -> None:
         state = sim_api.get("/state").json()
     assert state["app"] == APP
     assert len(state["machines"]) == 2
-    assert [s["visible"] for s in state["snapshots"][volume_id]] == [True, False]
+    assert [s["status"] for s in state["snapshots"][volume_id]] == ["created", "waiting"]
+    assert all(s["snapshot_id"].startswith("vs_") for s in state["snapshots"][volume_id])
     assert state["actions"][-1]["action"] == "create_snapshot"
 
 

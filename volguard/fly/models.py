@@ -93,6 +93,7 @@ class Volume:
     region: str
     size_gb: int | None = None
     attached_machine_id: str | None = None
+    attached_alloc_id: str | None = None
     host_status: str = "ok"
     zone: str = ""
     blocks: int = 0
@@ -113,6 +114,7 @@ class Volume:
             region=_s(obj.get("region")),
             size_gb=_i(obj.get("size_gb")),
             attached_machine_id=_s(obj.get("attached_machine_id")) or None,
+            attached_alloc_id=_s(obj.get("attached_alloc_id")) or None,
             host_status=_s(obj.get("host_status")) or "ok",
             zone=_s(obj.get("zone")),
             blocks=_i(obj.get("blocks")) or 0,
@@ -132,7 +134,16 @@ class Volume:
 
     @property
     def attached(self) -> bool:
-        return self.attached_machine_id is not None
+        """To a Machine or to an allocation: FLYGO volume_types.go `IsAttached` @22d6e518,
+        as flyctl's deploy picks volumes (FLYCTL deploy/machines.go `setVolumes` @ad0172fa)."""
+        return self.attached_machine_id is not None or self.attached_alloc_id is not None
+
+    @property
+    def attached_to(self) -> str:
+        """What holds it, for messages: "Machine 148e…", "allocation a1b2…", or ""."""
+        if self.attached_machine_id:
+            return f"Machine {self.attached_machine_id}"
+        return f"allocation {self.attached_alloc_id}" if self.attached_alloc_id else ""
 
     @property
     def used_fraction(self) -> float | None:
@@ -147,24 +158,53 @@ class Volume:
         return f"{size}, {used:.0%} used" if used is not None else f"{size}, usage not reported"
 
 
+#: The one snapshot status that means "taken" (fly-facts §3.2).
+SNAPSHOT_CREATED = "created"
+
+
 @dataclass(frozen=True)
 class Snapshot:
+    """One row of a volume's snapshot list, finished or still being taken.
+
+    A snapshot being taken is listed with an empty id, no creation time, size 0 and a
+    status such as `waiting` or `running`; flyctl prints "(pending)" for its id (FLYCTL
+    internal/command/volumes/snapshots/list.go @ad0172fa). Only a `created` one, with an
+    id and a time, is a backup. The DOCS example predates `status`: a row without one
+    that has an id and a time is a finished snapshot.
+    """
+
     id: str
     created_at: dt.datetime | None
     size: int | None = None
     status: str = ""
     retention_days: int | None = None
+    volume_size: int | None = None
 
     @classmethod
     def from_api(cls, data: Any) -> Snapshot:
         obj = _object(data, "Snapshot")
         return cls(
-            id=_required(obj, "id"),
+            id=_s(obj.get("id")),
             created_at=parse_time(obj.get("created_at")),
             size=_i(obj.get("size")),
             status=_s(obj.get("status")),
             retention_days=_i(obj.get("retention_days")),
+            volume_size=_i(obj.get("volume_size")),
         )
+
+    @property
+    def completed(self) -> bool:
+        """Taken: it has an id and a time, and its status is `created` (or absent)."""
+        return (
+            bool(self.id) and self.created_at is not None and self.status in (SNAPSHOT_CREATED, "")
+        )
+
+    @property
+    def pending(self) -> bool:
+        return not self.completed
+
+    def describe_status(self) -> str:
+        return self.status or ("created" if self.completed else "pending")
 
 
 def parse_time(value: Any) -> dt.datetime | None:
@@ -179,6 +219,8 @@ def parse_time(value: Any) -> dt.datetime | None:
     try:
         parsed = dt.datetime.fromisoformat(text)
     except ValueError:
+        return None
+    if parsed.year == 1:  # Go's zero time.Time ("0001-01-01T00:00:00Z"): no time at all
         return None
     return parsed if parsed.tzinfo else parsed.replace(tzinfo=dt.UTC)
 

@@ -7,6 +7,7 @@ goes to the audit log; running twice changes nothing the second time.
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Callable
 
 from volguard.audit_log import AuditLog
@@ -115,9 +116,11 @@ def snapshot_media_volumes(
     out: Out,
     timeout: float = 300.0,
     poll: float = 1.0,
+    progress: Out | None = None,
     client_factory: Callable[[Token], MachinesClient] = MachinesClient,
 ) -> dict[str, str]:
-    """Snapshot every live volume named like a media group's mount; wait until each is listed."""
+    """Snapshot every live volume named like a media group's mount; wait until each is
+    `created`, with progress on stderr (or ``progress``)."""
     groups = static_context(config, settings).media_groups
     names = {m.source for g in groups for m in config.mounts_of(g)}
     with client_factory(token) as client:
@@ -126,7 +129,7 @@ def snapshot_media_volumes(
             out(f"app {app}: no media volumes ({', '.join(sorted(names)) or 'no mounts'})")
             return {}
         for volume in volumes:
-            where = f"attached to {volume.attached_machine_id}" if volume.attached else "unattached"
+            where = f"attached to {volume.attached_to}" if volume.attached else "unattached"
             out(f'snapshot {volume.id} "{volume.name}" in {volume.region} ({where})')
         if not apply:
             out("dry run: pass --apply to take the snapshots")
@@ -134,6 +137,18 @@ def snapshot_media_volumes(
 
         def taken(volume, snapshot_id: str) -> None:
             audit.record("create_snapshot", volume.id, after={"snapshot": snapshot_id}, app=app)
-            out(f"{volume.id}: snapshot {snapshot_id} listed")
+            out(f"{volume.id}: snapshot {snapshot_id} created")
 
-        return snapshot_volumes(client, app, volumes, timeout=timeout, poll=poll, on_taken=taken)
+        return snapshot_volumes(
+            client,
+            app,
+            volumes,
+            timeout=timeout,
+            poll=poll,
+            on_taken=taken,
+            progress=progress or _stderr,
+        )
+
+
+def _stderr(line: str) -> None:
+    print(line, file=sys.stderr, flush=True)

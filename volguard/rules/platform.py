@@ -204,7 +204,8 @@ def snapshots_missing_or_old(
         problems = []
         if volume.auto_backup_enabled is False:
             problems.append("scheduled snapshots are disabled")
-        taken = [s.created_at for s in fleet.snapshots.get(volume.id, ()) if s.created_at]
+        # only a `created` snapshot is a backup: one being taken has no id and no time yet
+        taken = [s.created_at for s in fleet.snapshots.get(volume.id, ()) if s.completed]
         if volume.id in fleet.snapshots:
             if not taken:
                 problems.append("it has no snapshot")

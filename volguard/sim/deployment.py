@@ -430,7 +430,7 @@ class Deployment:
         pool: dict[str, list[Volume]] = {}
         for v in self.volumes.values():
             if (
-                v.attached_machine_id is None
+                not v.attached  # FLYCTL deploy/machines.go setVolumes: machine or alloc
                 and v.host_status == "ok"
                 and v.state not in HIDDEN_VOLUME_STATES
             ):

@@ -64,6 +64,9 @@ VOLUME_STATES = frozenset(
     ]
 )
 HOST_STATUSES = frozenset({"ok", "unknown", "unreachable"})
+#: Snapshot statuses: `created` (finished), and `waiting`/`running` while being taken
+#: (fly-facts §3.2; the in-progress names are UNVERIFIED beyond the issue's account).
+SNAPSHOT_STATUSES = frozenset({"created", "waiting", "running"})
 RELEASE_GROUP = "fly_app_release_command"
 CONSOLE_GROUP = "fly_app_console"
 #: A Machine in these states holds no volume, whatever its config still says.
@@ -127,6 +130,9 @@ class VolumeSpec:
     fstype: str = "ext4"
     ever_attached: bool | None = None  # None: attached now, or has data on it
     created_at: datetime | None = None
+    # Attached to an allocation rather than a listed Machine: the API's `attached_alloc_id`
+    # (fly-go Volume.IsAttached counts it, fly-facts §3.2).
+    attached_alloc_id: str | None = None
 
 
 @dataclass(frozen=True)
@@ -135,7 +141,7 @@ class SnapshotSpec:
     created_at: datetime
     id: str | None = None
     size: int | None = None  # bytes; None: what the volume holds
-    status: str = "created"
+    status: str = "created"  # waiting or running: a snapshot being taken, listed without an id
     retention_days: int | None = None  # None: the volume's snapshot_retention
 
 
@@ -425,7 +431,14 @@ def _volume(table: Mapping[str, Any], primary_region: str, now: datetime) -> Vol
         fstype=str(table.get("fstype", "ext4")),
         ever_attached=table.get("ever_attached"),
         created_at=created,
+        attached_alloc_id=_alloc_id(table.get("attached_alloc_id"), where),
     )
+
+
+def _alloc_id(value: Any, where: str) -> str | None:
+    if value is not None and (not isinstance(value, str) or not value):
+        raise ScenarioError(f"{where}: attached_alloc_id must be a non-empty string")
+    return value
 
 
 def _snapshot(table: Mapping[str, Any], now: datetime) -> SnapshotSpec:
@@ -437,7 +450,7 @@ def _snapshot(table: Mapping[str, Any], now: datetime) -> SnapshotSpec:
         created_at=created or now - timedelta(hours=24),
         id=table.get("id"),
         size=table.get("size"),
-        status=str(table.get("status", "created")),
+        status=_one_of(str(table.get("status", "created")), SNAPSHOT_STATUSES, f"{where} status"),
         retention_days=table.get("retention_days"),
     )
 

@@ -17,7 +17,14 @@ from typing import Any
 
 from volguard.sim import ids
 from volguard.sim.deployment import FIRST_RELEASE_VERSION, DeployError, Deployment, DeployOptions
-from volguard.sim.objects import Snapshot, Volume, backup_json, build_machine, machine_metadata
+from volguard.sim.objects import (
+    GIB,
+    Snapshot,
+    Volume,
+    backup_json,
+    build_machine,
+    machine_metadata,
+)
 from volguard.sim.scenario import Scenario
 
 DEFAULT_SIZE_GB = 3  # the API's default; flyctl's is 1 (fly-facts §0.7)
@@ -117,11 +124,12 @@ class SimState:
             return self._volume(volume_id).to_json()
 
     def list_snapshots(self, volume_id: str) -> list[dict[str, Any]]:
-        """Snapshots already taken; on-demand ones appear only once finished."""
+        """Every snapshot, those being taken included (no id, no time, size 0 until
+        `created`), oldest first."""
         with self._lock:
             self._volume(volume_id)
             now = self._monotonic()
-            return [s.to_json() for s in self._snapshots[volume_id] if s.visible_at <= now]
+            return [s.to_json(now) for s in self._snapshots[volume_id]]
 
     # --- writes ----------------------------------------------------------------------
 
@@ -147,17 +155,21 @@ class SimState:
             return volume.to_json()
 
     def create_snapshot(self, volume_id: str, delay_seconds: float) -> dict[str, Any]:
-        """POST /snapshots: accepted now, listed only after `delay_seconds`."""
+        """POST /snapshots: listed at once as `waiting`, then `running`, `created` after
+        `delay_seconds`."""
         with self._lock:
             volume = self._volume(volume_id)
+            now = self._monotonic()
             snapshot = Snapshot(
                 id=ids.snapshot_id(),
                 volume_id=volume_id,
                 size=volume.used_bytes,
+                volume_size=volume.size_gb * GIB,
                 digest=f"{ids.random_string(32, ids.HEX)}-1",
                 created_at=datetime.now(UTC),
                 retention_days=volume.snapshot_retention,
-                visible_at=self._monotonic() + delay_seconds,
+                requested_at=now,
+                done_at=now + delay_seconds,
             )
             self._snapshots[volume_id].append(snapshot)
             self.actions.append(
@@ -236,7 +248,8 @@ class SimState:
             }
 
     def to_json(self) -> dict[str, Any]:
-        """Everything, pending snapshots and destroyed Machines included (for /__sim/state)."""
+        """Everything, destroyed Machines included (for /__sim/state); each snapshot also
+        carries `snapshot_id`, the id it has (or will have once `created`)."""
         with self._lock:
             now = self._monotonic()
             return {
@@ -247,7 +260,7 @@ class SimState:
                 "machines": copy.deepcopy(list(self._machines.values())),
                 "volumes": [v.to_json() for v in self._volumes.values()],
                 "snapshots": {
-                    vid: [s.to_json() | {"visible": s.visible_at <= now} for s in snaps]
+                    vid: [s.to_json(now) | {"snapshot_id": s.id} for s in snaps]
                     for vid, snaps in self._snapshots.items()
                 },
                 "actions": copy.deepcopy(self.actions),
@@ -292,7 +305,12 @@ class SimState:
     def _source_exists(self, key: str, value: str) -> bool:
         if key == "source_volume_id":
             return value in self._volumes
-        return any(s.id == value for snaps in self._snapshots.values() for s in snaps)
+        now = self._monotonic()  # a snapshot being taken cannot be restored yet
+        return any(
+            s.id == value and s.status_at(now) == "created"
+            for snaps in self._snapshots.values()
+            for s in snaps
+        )
 
     def _free_zone(self, region: str) -> str:
         """A hardware zone no other volume of the app uses in that region, when there is one
