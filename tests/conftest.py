@@ -19,6 +19,10 @@ from volguard.config import Settings
 from volguard.lint import lint
 from volguard.report import Report
 
+#: The corpus of real fly.toml files, carried in the repository; its INDEX.md names each
+#: file's source (repository, path, commit) and licence.
+CORPUS = Path(__file__).resolve().parent / "data" / "flytoml"
+
 #: Under CI (``CI`` set, as GitHub Actions sets it) every test that needs a real part — the
 #: local fleet (root, sshd, namespaces), PostgreSQL, moto, the app user's python3 — must run:
 #: a skip there is turned into a failure below. Outside CI such a test skips, and ``-ra``

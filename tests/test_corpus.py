@@ -10,9 +10,9 @@ volguard's own reader.
 from __future__ import annotations
 
 import tomllib
-from pathlib import Path
 
 import pytest
+from conftest import CORPUS
 
 from volguard.config import Settings
 from volguard.findings import Severity
@@ -20,7 +20,6 @@ from volguard.flytoml import read_fly_toml
 from volguard.lint import lint
 from volguard.report import Report
 
-CORPUS = Path(__file__).resolve().parent / "data" / "flytoml"
 FILES = sorted(p.name for p in CORPUS.glob("*.toml"))
 
 
