@@ -143,6 +143,42 @@ def test_the_hook_passes_a_good_fly_toml(checkout: Path, tmp_path: Path) -> None
     assert re.search(r"volguard lint .*\.+Passed", out), out
 
 
+# -- the repository's own .pre-commit-config.yaml -----------------------------------------------
+
+
+def test_the_repos_pre_commit_config_runs_ci_lint_on_what_it_is_given(tmp_path: Path) -> None:
+    """Its hooks are .ci/run's ruff commands under pyproject.toml's ruff settings."""
+    ci = (REPO / ".ci" / "run").read_text()
+    assert ".venv/bin/ruff check ." in ci
+    assert ".venv/bin/ruff format --check ." in ci
+    config = yaml.safe_load((REPO / ".pre-commit-config.yaml").read_text())
+    hooks = {h["id"]: h for r in config["repos"] for h in r["hooks"]}
+    assert [h["entry"].split(" --force-exclude")[0] for h in hooks.values()] == [
+        "ruff check",
+        "ruff format --check",
+    ]
+    ruff_settings = (REPO / "pyproject.toml").read_text().split("[tool.ruff]", 1)[1]
+    files = {
+        ".pre-commit-config.yaml": (REPO / ".pre-commit-config.yaml").read_text(),
+        "pyproject.toml": "[tool.ruff]" + ruff_settings,
+        "good.py": '"""Fine."""\n\nVALUE = 1\n',
+        "bad.py": "import os\nx = {  'a':1 }\n",  # F401, and not formatted
+    }
+    project = sample_project(tmp_path / "repo", files)
+    env = {**base_env(tmp_path), "PRE_COMMIT_HOME": str(tmp_path / "pre-commit")}
+    argv = [BIN / "pre-commit", "run", "--all-files", "--color=never"]
+    failed = run(argv, project, env=env)
+    out = failed.stdout + failed.stderr
+    assert failed.returncode == 1, out
+    assert "F401" in out
+    assert "1 file would be reformatted" in out
+    assert "good.py" not in out
+    (project / "bad.py").write_text('"""Fixed."""\n\nx = {"a": 1}\n')
+    passed = run(argv, project, env=env)
+    assert passed.returncode == 0, passed.stdout + passed.stderr
+    assert passed.stdout.count("Passed") == 2, passed.stdout
+
+
 # -- the GitHub Action -------------------------------------------------------------------------
 
 ACTION = yaml.safe_load((REPO / "action.yml").read_text())
