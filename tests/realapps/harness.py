@@ -30,7 +30,7 @@ RESULT_MARK = "VG_RESULT="
 
 # -- the JSON document: every key the tests read ------------------------------------------------
 ROWS, MODEL, PK, REASON = "rows", "model", "pk", "reason"
-PROBLEM_ROWS, PER_REASON = "problem_rows", "per_reason"
+TOTAL_ROWS, PROBLEM_ROWS = "total_rows", "problem_rows"
 REMEDIATION, CHANGED, EXPORT, REFUSED = "remediation", "changed", "export", "refused"
 
 
@@ -66,6 +66,11 @@ class Audit:
             if row[MODEL] == model:
                 found.setdefault(row[PK], set()).add(row[REASON])
         return found
+
+    @property
+    def total_rows(self) -> int:
+        assert self.doc is not None, self.output
+        return self.doc[TOTAL_ROWS]
 
     @property
     def problem_rows(self) -> int:
