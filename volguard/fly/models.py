@@ -140,9 +140,9 @@ class Volume:
 
     @property
     def attached_to(self) -> str:
-        """What holds it, for messages: "Machine 148e…", "allocation a1b2…", or ""."""
+        """What holds it, for messages: a Machine id, "allocation a1b2…", or ""."""
         if self.attached_machine_id:
-            return f"Machine {self.attached_machine_id}"
+            return self.attached_machine_id
         return f"allocation {self.attached_alloc_id}" if self.attached_alloc_id else ""
 
     @property
