@@ -186,6 +186,15 @@ def test_a_probe_answer_without_a_result_is_an_error() -> None:
     assert run.last_error_line() == "CommandError: boom"
 
 
+def test_the_fly_side_reads_the_document_without_django() -> None:
+    code = (
+        "import sys, volguard.remediate, volguard.audit_document; "
+        "assert 'django' not in sys.modules, sorted(m for m in sys.modules if 'django' in m)"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+
+
 def test_each_step_of_the_runbook_is_one_function_in_order() -> None:
     assert tuple(STEP_FUNCTIONS) == STEPS
     assert STEPS == ("gate", "audit", "confirm", "snapshot", "remediate", "re-audit")

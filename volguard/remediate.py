@@ -33,7 +33,7 @@ import posixpath
 import sys
 from collections import Counter
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from typing import Any
 
 from volguard.audit_document import (
@@ -146,9 +146,6 @@ class RemediateOptions:
     samples: int = 3  # sample rows shown per reason
     snapshot_timeout: float = 300.0
     snapshot_poll: float = 1.0
-
-    def as_dict(self) -> dict[str, Any]:
-        return asdict(self)
 
 
 @dataclass
