@@ -30,6 +30,7 @@ import glob
 import json
 import os
 import socket
+import stat
 import uuid
 from collections.abc import Callable, Iterable
 from typing import Any
@@ -92,8 +93,13 @@ class AuditLog:
         if not data:
             return
         os.makedirs(os.path.dirname(os.path.abspath(self.path)), exist_ok=True)
-        fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+        # O_NONBLOCK: a FIFO where the log should be fails at once (ENXIO) or is refused below
+        fd = os.open(self.path, os.O_RDWR | os.O_APPEND | os.O_CREAT | os.O_NONBLOCK, 0o644)
         try:
+            _require_regular(fd, self.path)
+            size = os.fstat(fd).st_size
+            if size and os.pread(fd, 1, size - 1) != b"\n":
+                data = b"\n" + data  # a torn last line (a full disk, a kill) stays on its own
             view = memoryview(data)
             while view:
                 view = view[os.write(fd, view) :]
@@ -117,17 +123,21 @@ class AuditLog:
         logged = dropped = 0
         for path in sorted(glob.glob(glob.escape(self.path) + PENDING_INFIX + "*")):
             try:
-                fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
+                # O_NONBLOCK: a FIFO planted under a journal's name is refused, not waited on
+                fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
             except FileNotFoundError:
                 continue  # settled by its own run meanwhile
+            except OSError as e:
+                raise ValueError(f"{path}: cannot read the journal ({e.strerror})") from None
             try:
+                _require_regular(fd, path)
                 try:
                     fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
                 except BlockingIOError:
                     continue  # a live run is between its change and its log lines
                 if not os.path.exists(path):
                     continue
-                entries = _read_lines(fd)
+                entries = _read_lines(fd, path)
                 batch = entries[0].get("batch") if entries else None
                 already = self._targets_of(batch) if batch else set()
                 todo = [e for e in entries if e["target"] not in already]
@@ -142,15 +152,20 @@ class AuditLog:
 
     def _targets_of(self, batch: str) -> set[str]:
         """Targets already logged under ``batch`` (a kill may fall inside the append)."""
-        needle = json.dumps(batch)
+        needle = json.dumps(batch).encode()
         targets: set[str] = set()
-        with contextlib.suppress(FileNotFoundError), open(self.path, encoding="utf-8") as f:
-            for line in f:
+        try:
+            fd = os.open(self.path, os.O_RDONLY | os.O_NONBLOCK)
+        except FileNotFoundError:
+            return targets
+        with os.fdopen(fd, "rb") as f:
+            _require_regular(f.fileno(), self.path)
+            for line in f:  # a line that is not an entry (torn, foreign) logs no target
                 if needle in line:
-                    with contextlib.suppress(ValueError):
+                    with contextlib.suppress(ValueError, RecursionError):
                         entry = json.loads(line)
-                        if entry.get("batch") == batch:
-                            targets.add(entry.get("target"))
+                        if isinstance(entry, dict) and entry.get("batch") == batch:
+                            targets.add(str(entry.get("target")))
         return targets
 
 
@@ -267,17 +282,33 @@ def _batch_lines(common: dict[str, Any], changes: list[tuple[str, Any, Any]]) ->
     return "".join(out).encode("utf-8")
 
 
-def _read_lines(fd: int) -> list[dict[str, Any]]:
-    """The complete JSON lines of a journal; a torn last line (killed mid-write) is dropped."""
+def _read_lines(fd: int, path: str) -> list[dict[str, Any]]:
+    """The complete JSON lines of a journal; a torn last line (killed mid-write) is dropped.
+
+    ValueError naming ``path`` when a line is JSON but not an entry volguard wrote (an object
+    with a string ``target``): such a journal is not settled by guessing.
+    """
     chunks = []
     while chunk := os.read(fd, 1 << 20):
         chunks.append(chunk)
     entries = []
-    for raw in b"".join(chunks).split(b"\n"):
-        with contextlib.suppress(ValueError):
-            if raw:
-                entries.append(json.loads(raw))
+    for number, raw in enumerate(b"".join(chunks).split(b"\n"), 1):
+        try:
+            entry = json.loads(raw) if raw else None
+        except (ValueError, RecursionError):
+            continue
+        if entry is None:
+            continue
+        if not isinstance(entry, dict) or not isinstance(entry.get("target"), str):
+            raise ValueError(f"{path}:{number}: not a journal entry volguard wrote")
+        entries.append(entry)
     return entries
+
+
+def _require_regular(fd: int, path: str) -> None:
+    """Refuse a FIFO, directory or device where the log or a journal should be."""
+    if not stat.S_ISREG(os.fstat(fd).st_mode):
+        raise ValueError(f"{path}: not a regular file (a FIFO, directory or device); refused")
 
 
 def _fsync_dir(path: str) -> None:
