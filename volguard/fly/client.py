@@ -13,10 +13,12 @@ import random
 import re
 import threading
 import time
+import urllib.parse
 from collections import Counter
 from collections.abc import Callable
 from typing import Any
 
+import httpcore
 import httpx
 
 from volguard import __version__
@@ -94,6 +96,88 @@ class Token:
         raise TypeError("a Token is not serialisable")
 
 
+# -- a total deadline per call --------------------------------------------------------------
+
+
+class _DeadlineBackend(httpcore.NetworkBackend):
+    """httpcore's sync network backend, each socket wait cut to the current call's deadline.
+
+    httpx's timeouts bound each connect, read and write on its own: a server that sends a
+    byte every few seconds never trips them, and a call could last for ever. Every wait on
+    this backend's sockets ends by the deadline its thread set (`MachinesClient._request`).
+    """
+
+    def __init__(self) -> None:
+        self._inner = httpcore.SyncBackend()
+        self._local = threading.local()
+
+    def set_deadline(self, deadline: float | None) -> None:
+        self._local.deadline = deadline
+
+    def clamp(self, timeout: float | None) -> float | None:
+        deadline = getattr(self._local, "deadline", None)
+        if deadline is None:
+            return timeout
+        left = max(deadline - time.monotonic(), 0.001)  # 0 would mean "do not wait at all"
+        return left if timeout is None else min(timeout, left)
+
+    def connect_tcp(
+        self,
+        host: str,
+        port: int,
+        timeout: float | None = None,
+        local_address: str | None = None,
+        socket_options: Any = None,
+    ) -> httpcore.NetworkStream:
+        stream = self._inner.connect_tcp(
+            host, port, self.clamp(timeout), local_address, socket_options
+        )
+        return _DeadlineStream(stream, self)
+
+    def connect_unix_socket(
+        self, path: str, timeout: float | None = None, socket_options: Any = None
+    ) -> httpcore.NetworkStream:
+        stream = self._inner.connect_unix_socket(path, self.clamp(timeout), socket_options)
+        return _DeadlineStream(stream, self)
+
+    def sleep(self, seconds: float) -> None:
+        self._inner.sleep(seconds)
+
+
+class _DeadlineStream(httpcore.NetworkStream):
+    def __init__(self, inner: httpcore.NetworkStream, backend: _DeadlineBackend) -> None:
+        self._inner, self._backend = inner, backend
+
+    def read(self, max_bytes: int, timeout: float | None = None) -> bytes:
+        return self._inner.read(max_bytes, self._backend.clamp(timeout))
+
+    def write(self, buffer: bytes, timeout: float | None = None) -> None:
+        self._inner.write(buffer, self._backend.clamp(timeout))
+
+    def close(self) -> None:
+        self._inner.close()
+
+    def start_tls(
+        self, ssl_context: Any, server_hostname: str | None = None, timeout: float | None = None
+    ) -> httpcore.NetworkStream:
+        stream = self._inner.start_tls(ssl_context, server_hostname, self._backend.clamp(timeout))
+        return _DeadlineStream(stream, self._backend)
+
+    def get_extra_info(self, info: str) -> Any:
+        return self._inner.get_extra_info(info)
+
+
+def _deadline_transport(verify: bool, backend: _DeadlineBackend) -> httpx.HTTPTransport:
+    transport = httpx.HTTPTransport(verify=verify)
+    pool = getattr(transport, "_pool", None)
+    # httpx builds its httpcore pool without a way to pass a network backend: set it on the
+    # pool (tests/test_hostile_api.py fails loudly if a new httpx moves it).
+    if not hasattr(pool, "_network_backend"):
+        raise RuntimeError("httpx's transport has no httpcore pool to give a deadline to")
+    pool._network_backend = backend  # type: ignore[union-attr]
+    return transport
+
+
 # -- rate limiting -----------------------------------------------------------------------
 
 
@@ -145,9 +229,16 @@ class MachinesClient:
             base_url or os.environ.get("FLY_FLAPS_BASE_URL") or DEFAULT_BASE_URL
         ).rstrip("/")
         self._token = token
+        self._timeout = timeout
         self._attempts = max(1, attempts)
         self._backoff, self._max_delay, self._sleep = backoff, max_delay, sleep
         self._limiter = limiter or RateLimiter(sleep=sleep)
+        # A plain-http base URL (the simulator; _api.internal:4280 inside Fly's private
+        # network) has no TLS to verify, and the CA bundle costs ~20 ms to load.
+        verify = not self.base_url.startswith("http://")
+        self._deadlines = _DeadlineBackend()
+        if transport is None:
+            transport = _deadline_transport(verify, self._deadlines)
         self._http = httpx.Client(
             base_url=self.base_url,
             timeout=timeout,
@@ -157,9 +248,7 @@ class MachinesClient:
                 "Accept": "application/json",
             },
             transport=transport,
-            # A plain-http base URL (the simulator; _api.internal:4280 inside Fly's private
-            # network) has no TLS to verify, and the CA bundle costs ~20 ms to load.
-            verify=not self.base_url.startswith("http://"),
+            verify=verify,
         )
         self.calls: Counter[str] = Counter()  # "GET /machines" -> count, for verbose output
         self._calls_lock = threading.Lock()
@@ -180,21 +269,21 @@ class MachinesClient:
 
     def list_machines(self, app: str) -> list[Machine]:
         """The app's Machines, less release-command and console ones (flyctl's ListActive)."""
-        machines = self._list(f"/v1/apps/{app}/machines", "machines", Machine.from_api)
+        machines = self._list(f"/v1/apps/{_seg(app)}/machines", "machines", Machine.from_api)
         return [m for m in machines if not m.is_platform_helper]
 
     def list_volumes(self, app: str) -> list[Volume]:
-        return self._list(f"/v1/apps/{app}/volumes", "volumes", Volume.from_api)
+        return self._list(f"/v1/apps/{_seg(app)}/volumes", "volumes", Volume.from_api)
 
     def list_snapshots(self, app: str, volume_id: str) -> list[Snapshot]:
-        path = f"/v1/apps/{app}/volumes/{volume_id}/snapshots"
+        path = f"/v1/apps/{_seg(app)}/volumes/{_seg(volume_id)}/snapshots"
         return self._list(path, "snapshots", Snapshot.from_api)
 
     def create_volume(self, app: str, request: dict[str, Any]) -> Volume:
         """POST a volume. `size_gb` is required: the API default (3) differs from flyctl's (1)."""
         if "size_gb" not in request:
             raise ValueError("create_volume needs size_gb (fly-facts §0.7)")
-        body = self._request("POST", f"/v1/apps/{app}/volumes", "create volume", json=request)
+        body = self._request("POST", f"/v1/apps/{_seg(app)}/volumes", "create volume", json=request)
         try:
             return Volume.from_api(body)
         except ValueError as e:
@@ -202,7 +291,7 @@ class MachinesClient:
 
     def create_snapshot(self, app: str, volume_id: str) -> None:
         """Ask for an on-demand snapshot; its body is opaque, poll `list_snapshots` after."""
-        path = f"/v1/apps/{app}/volumes/{volume_id}/snapshots"
+        path = f"/v1/apps/{_seg(app)}/volumes/{_seg(volume_id)}/snapshots"
         self._request("POST", path, "create snapshot", json={}, parse=False)
 
     # -- plumbing
@@ -219,18 +308,28 @@ class MachinesClient:
     def _request(
         self, method: str, path: str, what: str, *, json: Any = None, parse: bool = True
     ) -> Any:
-        """One logical call: rate limit, send, retry what is safe, decode JSON."""
+        """One logical call: rate limit, send, retry what is safe, decode JSON.
+
+        The whole call, retries and pauses included, ends within the client's ``timeout``
+        from its first send, however slowly the server answers.
+        """
         idempotent = method == "GET"
         last_problem = ""
+        deadline: float | None = None
+        attempt = 0
         for attempt in range(1, self._attempts + 1):
             self._limiter.wait(method, path)
             self._count(method, path)
+            if deadline is None:
+                deadline = time.monotonic() + self._timeout
+            self._deadlines.set_deadline(deadline)
             try:
                 response = self._http.request(method, path, json=json)
             except httpx.ConnectError as e:
                 # Nothing reached the server: safe to retry even a POST.
                 last_problem = f"cannot connect to {self.base_url} ({_reason(e)})"
-                self._pause(attempt, None)
+                if not self._pause(attempt, None, deadline):
+                    break
                 continue
             except httpx.TransportError as e:
                 last_problem = f"{_reason(e)} talking to {self.base_url}"
@@ -238,12 +337,17 @@ class MachinesClient:
                     raise FlyUnavailable(
                         f"Fly API {what}: {last_problem}; it may or may not have been applied"
                     ) from None
-                self._pause(attempt, None)
+                if not self._pause(attempt, None, deadline):
+                    break
                 continue
+            finally:
+                self._deadlines.set_deadline(None)
             status = response.status_code
             if status == 429 or (status >= 500 and idempotent):
                 last_problem = f"HTTP {status}{_fly_error_suffix(response)}"
-                self._pause(attempt, response.headers.get("Retry-After") if status == 429 else None)
+                retry_after = response.headers.get("Retry-After") if status == 429 else None
+                if not self._pause(attempt, retry_after, deadline):
+                    break
                 continue
             if status >= 500:  # a POST that failed on the server side may still have happened
                 raise FlyUnavailable(
@@ -261,24 +365,36 @@ class MachinesClient:
                 last_problem = f"HTTP {status} with a body that is not JSON ({_snippet(response)})"
                 if not idempotent:
                     raise FlyUnavailable(f"Fly API {what}: {last_problem}") from None
-                self._pause(attempt, None)
-        raise FlyUnavailable(
-            self._token.redact(f"Fly API {what}: {last_problem} (after {self._attempts} attempts)")
-        )
+                if not self._pause(attempt, None, deadline):
+                    break
+        tries = f"after {attempt} attempt{'' if attempt == 1 else 's'}"
+        if deadline is not None and attempt < self._attempts:
+            tries = f"no answer within the {self._timeout:g} s timeout, {tries}"
+        raise FlyUnavailable(self._token.redact(f"Fly API {what}: {last_problem} ({tries})"))
 
-    def _pause(self, attempt: int, retry_after: str | None) -> None:
+    def _pause(self, attempt: int, retry_after: str | None, deadline: float) -> bool:
+        """Wait before the next attempt; False when there is none (the last, or no time)."""
         if attempt >= self._attempts:
-            return
+            return False
         delay = _retry_after_seconds(retry_after)
         if delay is None:
             delay = self._backoff * 2 ** (attempt - 1) * random.uniform(0.5, 1.5)  # noqa: S311
-        self._sleep(min(delay, self._max_delay))
+        delay = min(delay, self._max_delay)
+        if time.monotonic() + delay >= deadline:
+            return False
+        self._sleep(delay)
+        return True
 
     def _count(self, method: str, path: str) -> None:
         parts = path.split("/")
         action = f"{method} /{parts[-1]}" if len(parts) > 4 else f"{method} {path}"
         with self._calls_lock:
             self.calls[action] += 1
+
+
+def _seg(value: str) -> str:
+    """``value`` as one path segment: an id from the API can never reach another endpoint."""
+    return urllib.parse.quote(str(value), safe="")
 
 
 def _error_for(what: str, response: httpx.Response, token: Token) -> FlyAPIError:
