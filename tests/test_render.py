@@ -450,3 +450,55 @@ def test_every_format_ends_in_a_newline_and_handles_an_empty_report(fmt: str) ->
         out = render(report, fmt, fail_on=ERROR)
         assert isinstance(out, str)
         assert out == "" or out.endswith("\n")
+
+
+# -- #8 item 16: no raw terminal escapes from outside data ------------------------------------
+
+#: What a Machine name, an API error or a database value might carry: a screen clear, a
+#: window-title OSC, a fake "ok" line after a carriage return, a bidi override.
+HOSTILE = "bad\x1b[2J\x1b]0;owned\x07\r\nok: nothing found\u202egnp.exe\x9b31m"
+
+
+def _hostile_report() -> Report:
+    report = Report(inputs={"fly_toml": f"fly{HOSTILE}.toml"})
+    report.extend(
+        [
+            finding("VG201", f"Machine {HOSTILE} has no volume", Location(machine=HOSTILE)),
+            finding("VG401", "rows lost", Location(object=f"app.Model.file {HOSTILE}")),
+            finding("VG110", "retention", Location(file=f"fly{HOSTILE}.toml", line=3)).waive(
+                f"reason {HOSTILE}"
+            ),
+        ]
+    )
+    report.skipped("machine", f"flyctl said {HOSTILE}")
+    return report
+
+
+def _raw_controls(text: str) -> list[str]:
+    """Control characters left in ``text`` other than newline and volguard's own colours."""
+    text = re.sub(r"\x1b\[[0-9;]*m", "", text)  # SGR colour codes that volguard writes
+    return [
+        c for c in text if c != "\n" and (ord(c) < 32 or 0x7F <= ord(c) < 0xA0 or c in "\u202e")
+    ]
+
+
+@pytest.mark.parametrize("color", [False, True])
+def test_text_output_escapes_control_characters_from_outside(color: bool) -> None:
+    out = render(_hostile_report(), "text", fail_on=ERROR, color=color)
+    assert _raw_controls(out) == []
+    assert "\\x1b[2J" in out
+    assert "\\u202e" in out
+    assert not any(line.startswith("ok: nothing found") for line in out.splitlines())
+
+
+def test_github_annotations_and_step_summary_escape_control_characters() -> None:
+    report = _hostile_report()
+    for out in (render(report, "github", fail_on=ERROR), step_summary(report, ERROR)):
+        assert _raw_controls(out) == []
+        assert "\\x1b" in out
+
+
+def test_json_keeps_the_exact_data() -> None:
+    data = json.loads(render(_hostile_report(), "json", fail_on=ERROR))
+    messages = [f["message"] for f in data["findings"]]
+    assert f"Machine {HOSTILE} has no volume" in messages

@@ -1,10 +1,17 @@
-"""GitHub Actions: workflow-command annotations, and a Markdown step summary."""
+"""GitHub Actions: workflow-command annotations, and a Markdown step summary.
+
+Values from outside volguard are escaped twice over: control characters by
+`volguard.terminal.printable` (the log is shown in a terminal-like viewer), then the
+workflow-command encoding (``%``, CR, LF, and ``:``/``,`` in properties), so a message can
+neither end its annotation early nor start a workflow command of its own.
+"""
 
 from __future__ import annotations
 
 from volguard.catalogue import CHECKS
 from volguard.findings import Finding, Severity
 from volguard.report import Report
+from volguard.terminal import printable
 
 _LEVEL = {Severity.ERROR: "error", Severity.WARNING: "warning", Severity.INFO: "notice"}
 
@@ -28,6 +35,8 @@ def _annotation(f: Finding) -> str:
 
 
 def _escape_data(value: str) -> str:
+    # CR and LF stay: the workflow-command encoding below makes them harmless (%0D, %0A)
+    value = "\r".join(printable(part, newlines=True) for part in value.split("\r"))
     return value.replace("%", "%25").replace("\r", "%0D").replace("\n", "%0A")
 
 
@@ -50,15 +59,20 @@ def step_summary(report: Report, fail_on: Severity | None) -> str:
                 f"{counts['waived']} waived",
             ]
         )
-        + f" ({', '.join(report.inputs.values())})"
+        + f" ({_cell(', '.join(str(v) for v in report.inputs.values()))})"
     )
     if report.findings:
         out += ["", "| | id | where | what |", "|---|---|---|---|"]
         for f in report.sorted_findings():
             mark = "waived" if f.waived else f.severity.value
-            message = f.message.replace("|", "\\|").replace("\n", " ")
-            out.append(f"| {mark} | [{f.id}]({f.doc}) | `{f.location}` | {message} |")
+            where = _cell(str(f.location)).replace("`", "'")
+            out.append(f"| {mark} | [{f.id}]({f.doc}) | `{where}` | {_cell(f.message)} |")
     return "\n".join(out) + "\n"
+
+
+def _cell(value: str) -> str:
+    """One Markdown table cell: control characters escaped, no pipe ends it early."""
+    return printable(value).replace("|", "\\|")
 
 
 def _count(n: int, word: str) -> str:

@@ -1,10 +1,16 @@
-"""Text for people: most severe first, the hint under each finding, colour on a terminal."""
+"""Text for people: most severe first, the hint under each finding, colour on a terminal.
+
+Every value that may have come from outside volguard (a message quoting a Machine or the
+API, a location, a waiver's reason, a layer's reason, the inputs) goes through
+`volguard.terminal.printable`, so it shows as text and never acts on the terminal.
+"""
 
 from __future__ import annotations
 
 from volguard.catalogue import CHECKS
 from volguard.findings import Finding, Severity
 from volguard.report import Report
+from volguard.terminal import printable
 
 _COLORS = {Severity.ERROR: "31", Severity.WARNING: "33", Severity.INFO: "36"}
 
@@ -18,22 +24,23 @@ def render(report: Report, *, fail_on: Severity | None, color: bool = False) -> 
         lines.extend(_finding(f, paint))
     for name, layer in report.layers.items():
         if layer.status != "ran":
-            lines.append(paint("2", f"{name}: {layer.status} ({layer.reason})"))
+            lines.append(paint("2", f"{name}: {layer.status} ({printable(layer.reason)})"))
     lines.append(_summary(report, fail_on, paint))
     return "\n".join(lines) + "\n"
 
 
 def _finding(f: Finding, paint) -> list[str]:
     severity = paint("2" if f.waived else _COLORS[f.severity], f"{f.severity.value:<7}")
-    head = f"{severity} {paint('1', f.id)}  {f.location}  {f.message}"
-    out = [head]
+    head = f"{severity} {paint('1', printable(f.id))}  {printable(f.location)}  "
+    out = [head + printable(f.message)]
     pad = " " * 15
     if f.waived:
-        out.append(pad + paint("2", f"waived: {f.waiver_reason}"))
+        out.append(pad + paint("2", f"waived: {printable(f.waiver_reason)}"))
     elif "waiver_expired" in f.evidence:
-        out.append(pad + paint("33", f"waiver expired on {f.evidence['waiver_expired']}"))
+        expired = printable(f.evidence["waiver_expired"])
+        out.append(pad + paint("33", f"waiver expired on {expired}"))
     if f.hint:
-        out.append(pad + paint("2", "hint: ") + f.hint)
+        out.append(pad + paint("2", "hint: ") + printable(f.hint))
     title = CHECKS[f.id].title if f.id in CHECKS else ""
     out.append(pad + paint("2", f"{f.doc}  ({title})"))
     return out
@@ -48,7 +55,7 @@ def _summary(report: Report, fail_on: Severity | None, paint) -> str:
     ]
     if counts["waived"]:
         parts.append(f"{counts['waived']} waived")
-    where = ", ".join(report.inputs.values())
+    where = printable(", ".join(str(v) for v in report.inputs.values()))
     failing = len(report.failing(fail_on))
     if failing:
         verdict = paint("31", f"FAIL: {failing} at or above --fail-on={fail_on.value}")
