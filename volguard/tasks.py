@@ -18,6 +18,7 @@ from invoke.exceptions import Exit
 
 from volguard.config import DEFAULTS
 from volguard.errors import UsageError, VolguardError
+from volguard.terminal import printable
 
 _REPORT_HELP = {
     "format": "stdout format: text, json, junit, sarif or github (default: text)",
@@ -36,7 +37,7 @@ def _edge(fn: Callable[..., Any]) -> Callable[..., Any]:
         try:
             return fn(c, *args, **kwargs)
         except VolguardError as e:
-            print(f"volguard: error: {e}", file=sys.stderr)
+            print(f"volguard: error: {printable(e)}", file=sys.stderr)
             raise Exit(code=e.exit_code) from None
         except (Exit, KeyboardInterrupt):
             raise
@@ -44,7 +45,7 @@ def _edge(fn: Callable[..., Any]) -> Callable[..., Any]:
             if os.environ.get("VOLGUARD_DEBUG"):
                 raise
             print(
-                f"volguard: internal error: {type(e).__name__}: {e} "
+                f"volguard: internal error: {type(e).__name__}: {printable(e)} "
                 "(set VOLGUARD_DEBUG=1 for the traceback)",
                 file=sys.stderr,
             )
@@ -206,7 +207,7 @@ def verify_volume(
     )
     if verbose:
         for name, layer in report.layers.items():
-            why = f" ({layer.reason})" if layer.reason else ""
+            why = f" ({printable(layer.reason)})" if layer.reason else ""
             print(f"volguard: {name}: {layer.status}{why}", file=sys.stderr)
         if "api_calls" in report.stats:
             print(f"volguard: platform: {report.stats['api_calls']} API calls", file=sys.stderr)
