@@ -288,12 +288,14 @@ def test_integer_auto_extend_size_is_vg100(key):
         ('source = "d"\n  destination = "/data"\n  processes = "app"', "processes"),
     ],
 )
-def test_wrong_types_in_a_mount_are_vg100_at_the_key(body, key):
+def test_wrong_types_in_a_mount_are_vg100_at_the_value(body, key):
     text = f"[[mounts]]\n  {body}\n"
     _, findings = parse_fly_toml(text)
     assert ids(findings) == ["VG100"]
-    wanted = next(i for i, ln in enumerate(text.splitlines(), 1) if ln.strip().startswith(key))
-    assert (findings[0].location.line, findings[0].location.column) == (wanted, 3)
+    lines = text.splitlines()
+    wanted = next(i for i, ln in enumerate(lines, 1) if ln.strip().startswith(key))
+    column = lines[wanted - 1].index("= ") + 3  # 1-based column of the value after "= "
+    assert (findings[0].location.line, findings[0].location.column) == (wanted, column)
     assert f"`mounts.{key}`" in findings[0].message
 
 
@@ -635,3 +637,93 @@ def test_parse_size_gb(text, gb):
 def test_parse_size_gb_errors(text):
     with pytest.raises(SizeError):
         parse_size_gb(text)
+
+
+# -- whole-file decoding: flyctl's Go types for every section (volguard/flyctl_types.py) ----
+
+BASE = '[[mounts]]\n  source = "data"\n  destination = "/data"\n'
+
+
+@pytest.mark.parametrize(
+    ("section", "key"),
+    [
+        ("[[services]]\n  internal_port = 8080\n  concurrency = 20\n", "services.concurrency"),
+        ('[[services]]\n  internal_port = "http"\n', "services.internal_port"),
+        ('[[services]]\n  [[services.ports]]\n    port = "https"\n', "services.ports.port"),
+        ('[http_service]\n  internal_port = "8080"\n', "http_service.internal_port"),
+        ("[http_service]\n  concurrency = 20\n", "http_service.concurrency"),
+        ('[http_service]\n  auto_stop_machines = "yes"\n', "http_service.auto_stop_machines"),
+        ('[[http_service.checks]]\n  interval = "10 s"\n', "http_service.checks.interval"),
+        ('[deploy]\n  wait_timeout = "five minutes"\n', "deploy.wait_timeout"),
+        ('[deploy]\n  max_unavailable = "33%"\n', "deploy.max_unavailable"),
+        ("[build]\n  dockerfile = 1\n", "build.dockerfile"),
+        ("[build.args]\n  PYTHON_VERSION = 3.12\n", "build.args.PYTHON_VERSION"),
+        ("[experimental]\n  cmd = 1\n", "experimental.cmd"),
+        ("swap_size_mb = 512.5\n", "swap_size_mb"),
+        ('kill_timeout = "5 seconds"\n', "kill_timeout"),
+        ('[[vm]]\n  cpus = "2"\n', "vm.cpus"),
+        ('[statics]\n  guest_path = "/app/static"\n  url_prefix = "/static"\n', "statics"),
+        ('[checks.status]\n  port = "8080"\n  type = "http"\n', "checks.status.port"),
+        ('[[restart]]\n  policy = "always"\n  retries = "3"\n', "restart.retries"),
+        ("[[metrics]]\n  port = 9091.5\n", "metrics.port"),
+        (
+            "[http_service.http_options]\n  idle_timeout = -1\n",
+            "http_service.http_options.idle_timeout",
+        ),
+        ("unknown_key = nan\n", "unknown_key"),
+    ],
+)
+def test_a_value_flyctl_cannot_decode_in_any_section_is_vg100(section, key):
+    # flyctl keeps only the app name for such a file (serde.go unmarshalTOML's fallback)
+    text = f'app = "a"\n{section}{BASE}'
+    config, findings = parse_fly_toml(text)
+    assert ids(findings) == ["VG100"], [f.message for f in findings]
+    assert f"`{key}`" in findings[0].message
+    assert "flyctl cannot load this file" in findings[0].message
+    assert config is not None
+    assert [m.source for m in config.mounts] == ["data"]  # the rest is still linted
+
+
+@pytest.mark.parametrize(
+    "section",
+    [
+        '[[services]]\n  internal_port = "8080"\n  concurrency = "20,25"\n'
+        '  [[services.ports]]\n    port = "443"\n    handlers = ["tls", "http"]\n',
+        '[[services]]\n  [[services.tcp_checks]]\n    interval = 10000\n    timeout = ""\n',
+        '[http_service]\n  internal_port = 8080.0\n  auto_stop_machines = "suspend"\n',
+        '[[http_service.checks]]\n  interval = 15000000000\n  timeout = "2s"\n',
+        'kill_timeout = 5\n[deploy]\n  wait_timeout = "1m30s"\n  max_unavailable = 0.5\n',
+        '[experimental]\n  cmd = "run"\n  entrypoint = ["sh", "-c"]\n  allowed_public_ports = []\n',
+        '[[vm]]\n  memory = 512\n  size = "shared-cpu-1x"\n  persist_rootfs = "always"\n',
+        "[env]\n  WORKERS = 4\n  DEBUG = false\n",
+        '[[statics]]\n  guest_path = "/app/static"\n  url_prefix = "/static"\n',
+        'an_unknown_section = {anything = [1, "two", 3.0]}\n',
+        "[build.settings]\n  anything = 1.5\n",
+        "built_at = 1979-05-27T07:32:00Z\nconsole_command = 1979-05-27\n",
+    ],
+)
+def test_values_flyctl_decodes_or_patches_are_not_vg100(section):
+    _, findings = parse_fly_toml(f'app = "a"\n{section}{BASE}')
+    assert findings == [], [f.message for f in findings]
+
+
+def test_a_wrong_value_in_an_inline_table_points_at_its_line():
+    text = 'app = "a"\n[[services]]\n  ports = [{port = 80, handlers = "http"}]\n'
+    _, findings = parse_fly_toml(text)
+    [problem] = findings
+    assert (problem.location.line, problem.location.column) == (3, 11)
+    assert "`services.ports.handlers`" in problem.message
+
+
+def test_a_case_folded_key_is_decoded_without_its_patch_as_encoding_json_does():
+    # `Env` reaches Config.Env by encoding/json's case-insensitive match, but patchEnv only
+    # stringifies the key spelled `env`
+    _, findings = parse_fly_toml("[Env]\n  WORKERS = 4\n")
+    assert ids(findings) == ["VG100"]
+    _, findings = parse_fly_toml("[env]\n  WORKERS = 4\n")
+    assert findings == []
+
+
+def test_a_list_and_its_item_are_reported_once():
+    _, findings = parse_fly_toml(BASE + '  processes = ["app", 1]\n')
+    assert ids(findings) == ["VG100"]

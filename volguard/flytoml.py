@@ -14,6 +14,7 @@ from typing import Any, NamedTuple
 
 from volguard.catalogue import finding
 from volguard.findings import Finding, Location
+from volguard.flyctl_types import type_problems
 from volguard.tomlsource import Path, SourceMap
 
 #: Larger than any real fly.toml by three orders of magnitude; a guard against
@@ -114,7 +115,14 @@ def parse_fly_toml(text: str, path: str = "fly.toml") -> tuple[FlyConfig | None,
             where = Location(file=path, line=e.line, column=e.col + 1)
         reason = str(e).split(" at line ")[0]
         return None, [_unparseable(path, where, reason)]
-    return _Builder(path, SourceMap(text)).build(data)
+    builder = _Builder(path, SourceMap(text))
+    try:
+        problems = type_problems(data)
+    except RecursionError:  # nested deeper than the walk's stack: no flyctl loads that either
+        return None, [_unparseable(path, Location(file=path), "nested too deeply")]
+    for problem in problems:  # flyctl's own decoding first: its verdict is the file's
+        builder._wrong(problem.path, problem.value, problem.expected)
+    return builder.build(data)
 
 
 # -- reading the bytes ------------------------------------------------------------------
@@ -253,6 +261,8 @@ class _Builder:
         self.path = path
         self.source_map = source_map
         self.findings: list[Finding] = []
+        self.wrong: set[Path] = set()  # paths already reported, so each value speaks once
+        self.problems = 0  # values found unusable, reported or not
 
     def build(self, data: dict[str, Any]) -> tuple[FlyConfig, list[Finding]]:
         deploy = self._table(data, ("deploy",)) or {}
@@ -278,13 +288,20 @@ class _Builder:
         return Location(self.path, *pos) if pos else Location(self.path)
 
     def _wrong(self, key: Path, value: Any, expected: str) -> None:
+        """VG100 at the offending value: flyctl drops the whole file for it (flyctl_types)."""
+        self.problems += 1
+        key = tuple(key)
+        if any(_overlap(key, seen) for seen in self.wrong):  # e.g. a list and one of its items
+            return
+        self.wrong.add(key)
         dotted = ".".join(str(k) for k in key if not isinstance(k, int))
+        pos = self.source_map.value_position(key)
         self.findings.append(
             finding(
                 "VG100",
                 f"{self.path}: `{dotted}` must be {expected}, not {_type_name(value)} "
-                f"({_short(value)}); flyctl cannot load this file",
-                self._where(key),
+                f"({_short(value)}); flyctl cannot load this file and keeps only its app name",
+                Location(self.path, *pos) if pos else Location(self.path),
                 hint=f"Write `{key[-1]}` as {expected}.",
                 evidence={"key": dotted, "value": _short(value)},
             )
@@ -400,11 +417,12 @@ class _Builder:
             if not isinstance(entry, dict):
                 self._wrong(key, entry, "a table with `source` and `destination`")
                 continue
-            before = len(self.findings)
+            before = self.problems
             source = self._str(entry, (*key, "source"))
             destination = self._str(entry, (*key, "destination"))
             for required, value in (("source", source), ("destination", destination)):
                 if value is None and required not in entry:
+                    self.problems += 1
                     self.findings.append(
                         finding(
                             "VG100",
@@ -426,7 +444,7 @@ class _Builder:
                 auto_extend_size_increment=self._size(entry, (*key, "auto_extend_size_increment")),
                 auto_extend_size_limit=self._size(entry, (*key, "auto_extend_size_limit")),
             )
-            if len(self.findings) == before:  # a mount flyctl could not load is not modelled
+            if self.problems == before:  # a mount flyctl could not load is not modelled
                 mounts.append(mount)
         return mounts
 
@@ -455,6 +473,12 @@ class _Builder:
                 )
             )
         return out
+
+
+def _overlap(a: Path, b: Path) -> bool:
+    """Whether one path is the other or lies inside it."""
+    n = min(len(a), len(b))
+    return a[:n] == b[:n]
 
 
 def _short(value: Any, limit: int = 40) -> str:

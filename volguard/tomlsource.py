@@ -30,6 +30,7 @@ class SourceMap:
 
     def __init__(self, text: str) -> None:
         self.positions: dict[Path, tuple[int, int]] = {}
+        self.value_positions: dict[Path, tuple[int, int]] = {}  # where `key = ` 's value starts
         self.comments: list[Comment] = []
         self.code_lines: list[int] = []
         self._scan(text)
@@ -40,6 +41,20 @@ class SourceMap:
         while path:
             if path in self.positions:
                 return self.positions[path]
+            path = path[:-1]
+        return None
+
+    def value_position(self, path: Path) -> tuple[int, int] | None:
+        """Where the value of ``path`` starts; else its key, else the nearest ancestor's.
+
+        A value inside an inline table or a one-line array has no entry of its own: it is
+        reported at the start of the enclosing `key = ` value, on the same line.
+        """
+        path = tuple(path)
+        while path:
+            found = self.value_positions.get(path) or self.positions.get(path)
+            if found is not None:
+                return found
             path = path[:-1]
         return None
 
@@ -88,6 +103,8 @@ class SourceMap:
                             for i in range(len(table) + 1, len(full) + 1):
                                 self.positions.setdefault(full[:i], (lineno, code_at + 1))
                             start = eq + 1
+                            value_at = _skip_ws(line, start) + 1
+                            self.value_positions.setdefault(full, (lineno, value_at))
             delta, comment_at, multiline = _walk(line, start)
             has_code = bool(line[: comment_at if comment_at >= 0 else len(line)].strip())
             if has_code or depth > 0:
