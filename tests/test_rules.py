@@ -708,6 +708,42 @@ def test_vg111_not_for_unrelated_env_paths(lint_text, env_line):
     assert of(report, "VG111") == [], [f.message for f in of(report, "VG111")]
 
 
+@pytest.mark.parametrize(
+    "command",
+    [
+        "python manage.py check_missing_files",
+        "python manage.py check_missing_files --fix --yes",
+        "python /app/manage.py check_missing_files --delete --export /tmp/rows.json",
+        "django-admin check_missing_files --json",
+        "sh -c 'python manage.py migrate --noinput && python manage.py check_missing_files'",
+    ],
+)
+def test_vg111_a_release_command_running_the_media_audit(lint_text, command):
+    # the release Machine has no volume (machines.go ToReleaseMachineConfig): MEDIA_ROOT is empty
+    text = RELEASE.replace('"python manage.py migrate --noinput"', f'"{command}"')
+    f = one(lint_text(text), "VG111")
+    assert f.location.line == line_of(text, "release_command")
+    assert any("check_missing_files" in r and "/data/media" in r for r in f.evidence["reasons"])
+
+
+def test_vg111_a_media_audit_release_command_without_mounts(lint_text):
+    # no volume anywhere: the release Machine's MEDIA_ROOT holds only what the image holds
+    text = toml(
+        """
+        app = "mysite"
+        [deploy]
+          release_command = "python manage.py check_missing_files"
+        """
+    )
+    f = one(lint_text(text), "VG111")
+    assert "check_missing_files" in f.message
+
+
+def test_vg111_not_for_a_command_that_only_shares_the_name_prefix(lint_text):
+    text = RELEASE.replace("migrate --noinput", "check_missing_files_report_cleanup")
+    assert of(lint_text(text), "VG111") == []
+
+
 def test_vg111_not_without_release_command(lint_text):
     text = CLEAN.replace("[env]\n", '[env]\n  DATABASE_URL = "sqlite:////data/db.sqlite3"\n')
     assert of(lint_text(text), "VG111") == []

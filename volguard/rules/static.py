@@ -353,10 +353,24 @@ def snapshots_off_or_short(config: FlyConfig, context: StaticContext) -> Iterato
 
 @static_rule("VG111")
 def release_command_uses_volume(config: FlyConfig, context: StaticContext) -> Iterator[Finding]:
+    """The release Machine has no mounts (FLYCTL internal/appconfig/machines.go
+    `ToReleaseMachineConfig` builds its config without `Mounts`, commit ad0172f; fly-facts §0.4).
+
+    Only what the release step itself opens counts: a path below a mount in the command, a
+    database setting below one (what `migrate` opens), or a media command. MEDIA_ROOT below a
+    mount is no evidence on its own: `migrate` never reads it.
+    """
     command = config.release_command
-    if not command or not config.mounts:
+    if not command:
         return
     reasons = []
+    if _MEDIA_COMMAND.search(command):
+        media_root = config.env.get("MEDIA_ROOT")
+        where = f"MEDIA_ROOT ({media_root})" if media_root else "MEDIA_ROOT"
+        reasons.append(
+            f"it runs check_missing_files, and on the release Machine {where} is an empty or "
+            "missing directory: every row looks missing"
+        )
     for mount in config.mounts:
         if not mount.destination.startswith("/") or normalise(mount.destination) == "/":
             continue
@@ -373,6 +387,10 @@ def release_command_uses_volume(config: FlyConfig, context: StaticContext) -> It
             config.locate("deploy", "release_command"),
             evidence={"release_command": command, "reasons": reasons},
         )
+
+
+#: volguard's own media audit, however it is started (manage.py, django-admin, sh -c '…')
+_MEDIA_COMMAND = re.compile(r"(?<![\w-])check_missing_files(?![\w-])")
 
 
 def _is_database_setting(key: str, value: str) -> bool:
