@@ -231,10 +231,10 @@ def test_a_missing_mount_fact_is_a_finding(key: str) -> None:
 # -- found by the suites, owned elsewhere (see docs/safety.md, "Hostile-input suites") -------
 
 
-@pytest.mark.xfail(
-    reason="volguard/rules/machine.py low_space (VG305): 100 * free / total raises "
-    "OverflowError for a count beyond float range",
-    raises=OverflowError,
+@pytest.mark.parametrize(
+    ("free", "total"), [(10**400, 1), (-1, 100), (2**64, 2**64 + 1), (101, 100)]
 )
-def test_a_count_beyond_float_range_is_not_a_traceback() -> None:
-    judge(answer({**HEALTHY, "bytes_free": 10**400, "bytes_total": 1}))
+def test_counts_no_filesystem_can_report_are_vg310_not_a_traceback(free: int, total: int) -> None:
+    findings = judge(answer({**HEALTHY, "bytes_free": free, "bytes_total": total}))
+    assert [f.id for f in findings] == ["VG310"]
+    assert "bytes_free" in findings[0].message

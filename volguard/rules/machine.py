@@ -415,7 +415,20 @@ def malformed(f: MachineFacts) -> list[str]:
         isinstance(k, str) and isinstance(v, bool) for k, v in f.visible.items()
     ):
         bad.append("visible")
-    return [f"{name} has the wrong type ({type(getattr(f, name)).__name__})" for name in bad]
+    problems = [f"{name} has the wrong type ({type(getattr(f, name)).__name__})" for name in bad]
+    # statvfs counts are unsigned 64-bit, and free never exceeds total: anything else is not
+    # a filesystem's answer (and 10**400 would overflow the percentage VG305 computes).
+    counts = {n: getattr(f, n) for n in _OPTIONAL_COUNT if n not in bad}
+    problems += [
+        f"{name} is out of range ({value})"
+        for name, value in counts.items()
+        if value is not None and not 0 <= value < 2**64
+    ]
+    for free, total in (("bytes_free", "bytes_total"), ("inodes_free", "inodes_total")):
+        have, of = counts.get(free), counts.get(total)
+        if have is not None and of is not None and 0 <= of < have < 2**64:
+            problems.append(f"{free} ({have}) exceeds {total} ({of})")
+    return problems
 
 
 def _is_mount(mount: object) -> bool:
