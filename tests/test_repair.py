@@ -246,11 +246,14 @@ def test_interlock_refuses_more_than_max_missing(site: ta.Site, tmp_path: Path) 
     site.seed(users=["alice"], rows={n: {"owner": "alice", "name": n} for n in names})
     site.files("f0.csv", "f1.csv")  # 2 of 4 missing: 50%
     log = tmp_path / "audit.jsonl"
-    for limit in ("10%", "1"):
+    for limit, why in (
+        ("10%", "2 of 4 audited rows of services.UserDataFile.file that name a file are missing"),
+        ("1", "2 of 4 audited rows are missing their file"),
+    ):
         proc = _run(site, "--fix", "--max-missing", limit, "--audit-log", str(log))
         assert proc.returncode == 2, proc.stdout + proc.stderr
         assert "VG404" in proc.stderr
-        assert f"2 of 4 audited rows are missing their file, more than --max-missing {limit}" in (
+        assert f"{why}{' it' if '%' in limit else ''}, more than --max-missing {limit}" in (
             proc.stderr
         )
     assert not log.exists()

@@ -1,7 +1,10 @@
-"""Files written so that a reader never sees half of one, and a set of files all or none."""
+"""Files written so that a reader never sees half of one, a set of files all or none, and
+files that must never replace anything (exports of user data: new, owner-only)."""
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import os
 import tempfile
 from collections.abc import Iterable
@@ -49,3 +52,68 @@ def _stage(path: str, text: str) -> str:
         os.unlink(tmp)
         raise VolguardError(f"cannot write {path}: {e.strerror or e}") from None
     return tmp
+
+
+def write_new(path: str, text: str, *, mode: int = 0o600) -> None:
+    """Write ``text`` as a new file at ``path``, readable by its owner only (``mode``).
+
+    Never replaces anything: the text is staged in a temporary file beside ``path`` (created
+    ``0600`` by `tempfile.mkstemp`, fsync'd), then hard-linked into place, which fails when
+    anything (a file, a link, a FIFO, a directory) already is at ``path``: that is a
+    `FileExistsError`. A reader never sees half of the file. Missing directories are made
+    owner-only (``0700``). Where a filesystem has no hard links, the file is created with
+    ``O_EXCL`` and written in place.
+    """
+    directory = os.path.dirname(os.path.abspath(path))
+    os.makedirs(directory, mode=0o700, exist_ok=True)
+    if os.path.lexists(path):
+        raise _exists(path)
+    fd, tmp = tempfile.mkstemp(prefix=".volguard-", suffix=".tmp", dir=directory)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as fh:
+            fh.write(text)
+            fh.flush()
+            os.fchmod(fh.fileno(), mode)
+            os.fsync(fh.fileno())
+        try:
+            os.link(tmp, path)
+        except FileExistsError:
+            raise _exists(path) from None
+        except OSError as e:
+            if e.errno not in (errno.EPERM, errno.ENOTSUP, errno.EOPNOTSUPP, errno.EMLINK):
+                raise
+            _write_exclusive(path, text, mode)
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+    _fsync_directory(directory)
+
+
+def _write_exclusive(path: str, text: str, mode: int) -> None:
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0)
+    try:
+        fd = os.open(path, flags, mode)
+    except FileExistsError:
+        raise _exists(path) from None
+    with os.fdopen(fd, "w", encoding="utf-8") as fh:
+        fh.write(text)
+        fh.flush()
+        os.fsync(fh.fileno())
+
+
+def _fsync_directory(directory: str) -> None:
+    """Make the new name durable too (a crash after the write keeps the file)."""
+    try:
+        fd = os.open(directory, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def _exists(path: str) -> FileExistsError:
+    return FileExistsError(errno.EEXIST, "already exists (never overwritten)", path)

@@ -1,6 +1,7 @@
 """Query helpers for large tables, shared by the audit (`volguard.django.missing_files`) and
-the repair (`volguard.django.repair`): rows streamed a fetched chunk at a time, values
-read by primary key in few queries, integer keys sent cheaply, lists cut into chunks.
+the repair (`volguard.django.repair`): every row of a model read as stored, rows streamed a
+fetched chunk at a time, values read by primary key in few queries, integer keys sent
+cheaply, lists cut into chunks.
 """
 
 from __future__ import annotations
@@ -10,10 +11,26 @@ from itertools import islice
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from django.db.models import QuerySet
+    from django.db.models import Model, QuerySet
 
 #: Keys or names per ``IN (…)`` query: far below every backend's parameter limit.
 IN_CHUNK = 500
+
+
+def base_rows(model: type[Model], using: str | None = None) -> QuerySet:
+    """Every row of ``model``, each as an instance of ``model`` itself: Django's plain
+    ``QuerySet``, as its own base manager reads.
+
+    Not ``model._default_manager`` (an app's manager may filter rows out: soft deletes,
+    tenants) nor even ``model._base_manager``, which an app may replace too:
+    django-polymorphic makes both downcast each row to its subclass, so a parent row would
+    be read, exported and deleted as a child. ``using`` defaults to the database Django
+    writes the model to.
+    """
+    from django.db import router
+    from django.db.models import QuerySet
+
+    return QuerySet(model=model, using=using or router.db_for_write(model))
 
 
 def row_chunks(rows: QuerySet, chunk_size: int, *, own_connection: bool) -> Iterator[Sequence[Any]]:

@@ -10,15 +10,20 @@ that writes, so every safety rule of issue #5 lives here:
   `volguard.audit_document.candidates`, which the Fly side's plan applies too.
 - **Interlock (VG404).** A failed mount looks exactly like "every file is missing", so
   before changing anything `interlock` refuses when a FileSystemStorage root is missing or
-  holds no file at all, or when more than ``--max-missing`` of the audited rows are
-  candidates (`volguard.audit_document.parse_max_missing`). ``--force`` overrides, and
-  every log entry of the run then says ``forced``.
-- **Re-check.** Each batch's files are re-checked (`missing_files.recheck`: still absent) just
-  before it is changed, and its rows re-read under a row lock inside the transaction
-  (still there, with the same name), so an upload that landed during the audit, or a row
-  re-uploaded under a new name, is never marked.
+  holds no file at all, or when more than ``--max-missing`` of the rows of a model field
+  that name a file are candidates (`volguard.audit_document.parse_max_missing`): rows whose
+  optional file field is empty are not in that share, so 8 missing files of 9 stay 89%
+  beside any number of rows without a file. ``--force`` overrides, and every log entry of
+  the run then says ``forced``.
+- **Rows as stored.** Every read, the export and the delete go through Django's plain
+  ``QuerySet`` (`volguard.django.queries.base_rows`), never an app's manager that filters
+  rows out or downcasts them (django-polymorphic).
+- **Re-check under the lock.** Each batch's rows are re-read under a row lock inside its
+  transaction (still there, with the same name), and only then are their files re-checked
+  (`missing_files.recheck`: still absent, on a volume or S3 alike). A file uploaded again
+  at any time before the row is changed is seen, and the row left alone.
 - **Bulk, batched, idempotent.** One ``transaction.atomic()`` per batch, one
-  ``filter(pk__in=…).update(…)`` (or ``delete()``) per batch, never a per-row ``save()``.
+  ``filter(pk__in=…).update(…)`` (or one deletion) per batch, never a per-row ``save()``.
   The log is appended with a database expression, and the update is guarded so a row that
   is already failed with the message as its last line is not touched: a second run changes
   nothing and logs nothing.
@@ -28,9 +33,22 @@ that writes, so every safety rule of issue #5 lives here:
   settles first (`recover`): entries whose change is in place are logged (unless already
   logged), the others dropped. The re-run then finds the changed rows done and leaves
   them alone, so the end state and the log are those of one uninterrupted run.
-- **Delete exports first.** The rows are serialized (``django.core.serializers`` "json",
-  full rows, ``loaddata``-compatible) and written atomically (temporary file, fsync, rename)
-  before the first row is deleted. Files are never deleted.
+- **What a delete takes with it** (`plan_delete`). Deleting a row through Django also
+  deletes what CASCADE foreign keys, many-to-many links, generic relations and multi-table
+  inheritance tie to it, and runs the ``pre_delete``/``post_delete`` receivers of every
+  model involved (django-cleanup and its like delete files there). Before anything is
+  deleted, Django's deletion collector (as the admin's confirmation page uses it) computes
+  the whole set: every row it removes is exported and logged; rows a PROTECT or RESTRICT
+  key guards, or rows it would change (SET_NULL, SET_DEFAULT, SET()), refuse the delete,
+  naming models and counts; receivers other than Django's own are named and refuse it
+  unless ``--allow-delete-receivers``.
+- **Delete exports first.** Every row the delete removes is serialized (``django.core.
+  serializers`` "json", full rows, multi-table parents before their children, in an order
+  ``loaddata`` restores) and written to a new file, owner-only (``0600``), never over an
+  existing one (`volguard.safeio.write_new`), before the first row is deleted. Under each
+  batch's lock the rows are compared with their export, and the batch's collector is the
+  one that deletes: a row changed since the export is left alone, so the export holds
+  every deleted row as it was when deleted. Files are never deleted by volguard.
 """
 
 from __future__ import annotations
@@ -39,7 +57,6 @@ import contextlib
 import datetime as dt
 import json
 import os
-import tempfile
 from collections import Counter
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -51,14 +68,17 @@ from volguard.audit_log import AuditLog, Pending
 from volguard.django import storage_index
 from volguard.django.audit_result import AuditResult, AuditRow
 from volguard.django.missing_files import recheck
-from volguard.django.queries import IN_CHUNK, chunks, pk_in
+from volguard.django.queries import IN_CHUNK, base_rows, chunks, pk_in
 from volguard.django.targets import model_config
 from volguard.errors import RemediationError
+from volguard.safeio import write_new
 
 if TYPE_CHECKING:
     from django.db.models import Model
 
 DEFAULT_EXPORT_DIR = os.path.join(".volguard", "exports")
+#: The flag that lets ``--delete`` run the app's delete receivers.
+ALLOW_RECEIVERS_FLAG = "--allow-delete-receivers"
 #: How much of the log field an entry keeps as ``before.log_tail``.
 LOG_TAIL_CHARS = 200
 
@@ -78,6 +98,10 @@ class Remediation:
     export: str | None = None
     audit_log: str = ""
     notes: list[str] = field(default_factory=list)
+    #: Rows a --delete removed with the candidates (cascades, parents), per model label.
+    cascade: Counter[str] = field(default_factory=Counter)
+    #: pre_delete/post_delete receivers the --delete ran (with --allow-delete-receivers).
+    receivers: list[str] = field(default_factory=list)
 
     @property
     def planned_total(self) -> int:
@@ -98,6 +122,8 @@ class Remediation:
             "export": self.export,
             "audit_log": self.audit_log,
             "notes": self.notes,
+            "cascade": dict(sorted(self.cascade.items())),
+            "receivers": self.receivers,
         }
 
 
@@ -169,12 +195,36 @@ def interlock(result: AuditResult, rows: Sequence[AuditRow], max_missing: MaxMis
             seen.add(("s3", key))
             if problem := _s3_root_problem(storage, where):
                 reasons.append(problem)
-    limit = max_missing.limit(result.audited_rows)
-    if len(rows) > limit:
-        reasons.append(
-            f"{len(rows)} of {result.audited_rows} audited rows are missing their file, more "
-            f"than --max-missing {max_missing.text}"
-        )
+    reasons.extend(_too_many(result, rows, max_missing))
+    return reasons
+
+
+def _too_many(result: AuditResult, rows: Sequence[AuditRow], max_missing: MaxMissing) -> list[str]:
+    """The ``--max-missing`` cap: a share per model field, of the rows that name a file.
+
+    A row whose optional file field is empty has no file to lose: counting it would let a
+    table of mostly empty fields hide any share of missing files. A required field left
+    empty is a candidate and counts (`AuditResult.files_checked`, per field). A count cap
+    (``50``) is over the whole run.
+    """
+    named = {(f.model, f.field): f.audited_rows - f.empty_allowed for f in result.fields}
+    per_field = Counter((r.model, r.field) for r in rows)
+    if max_missing.fraction is None:
+        if len(rows) > max_missing.limit(0):
+            total = sum(named.get(key, n) for key, n in per_field.items())
+            return [
+                f"{len(rows)} of {total} audited rows are missing their file, more than "
+                f"--max-missing {max_missing.text}"
+            ]
+        return []
+    reasons: list[str] = []
+    for (label, field_name), count in sorted(per_field.items()):
+        total = max(named.get((label, field_name), count), count)
+        if count > max_missing.limit(total):
+            reasons.append(
+                f"{count} of {total} audited rows of {label}.{field_name} that name a file "
+                f"are missing it, more than --max-missing {max_missing.text}"
+            )
     return reasons
 
 
@@ -232,27 +282,28 @@ def _fix_batch(
     status, failed, log_field = config.status_field, config.failed_value, config.log_field
     assert status is not None
     message = config.message
-    still = recheck(batch, names=False)  # the locked read below compares the names
-    report.rechecked_away += len(batch) - len(still)
-    if not still:
-        return
-    names = {r.pk: r.name for r in still}
+    names = {r.pk: r.name for r in batch}
     columns = [status] + ([log_field] if log_field else [])
-    manager = model._default_manager
-    with _atomic_batch(manager.db) as journals:
-        locked = _locked(pk_in(manager.all(), list(names)), manager.db)
+    rows = base_rows(model)
+    with _atomic_batch(rows.db) as journals:
+        locked = _locked(pk_in(rows, list(names)), rows.db)
         current = {pk: rest for pk, *rest in locked.values_list("pk", field_name, *columns)}
+        # Still there under the same name (not deleted, not given a new file since the
+        # audit), and only now, with the rows locked, re-checked in storage: a file
+        # uploaded again while this run waited for the lock is seen here.
+        same = [
+            r for r in batch if r.pk in current and (current[r.pk][0] or None) == (r.name or None)
+        ]
+        still = recheck(same, names=False)
+        report.rechecked_away += len(batch) - len(still)
         entries: list[tuple[Any, dict[str, Any]]] = []
-        for pk, name in names.items():
-            if pk not in current or (current[pk][0] or None) != (name or None):
-                report.rechecked_away += 1  # deleted, or a new file since the re-check
-                continue
-            before_status = current[pk][1]
-            before_log = current[pk][2] if log_field else None
+        for row in still:
+            before_status = current[row.pk][1]
+            before_log = current[row.pk][2] if log_field else None
             if before_status == failed and (not log_field or _ends_with(before_log, message)):
                 report.already_done += 1
                 continue
-            entries.append((pk, {"status": before_status, "log_tail": _tail(before_log)}))
+            entries.append((row.pk, {"status": before_status, "log_tail": _tail(before_log)}))
         if not entries:
             return
         changing = [pk for pk, _ in entries]
@@ -263,14 +314,14 @@ def _fix_batch(
             has_message |= Q(**{f"{log_field}__endswith": "\n" + message})
             done &= has_message
             values[log_field] = _appended(model, log_field, message, has_message)
-        report.changed += pk_in(manager.all(), changing).exclude(done).update(**values)
+        report.changed += pk_in(rows, changing).exclude(done).update(**values)
         target, after = model._meta.label, {"status": failed}  # one object: serialized once
         _journal(
             journals,
             log,
             "mark_failed",
             [(f"{target}#pk={pk}", before, after) for pk, before in entries],
-            using=manager.db,
+            using=rows.db,
             field=field_name,
             forced=report.forced,
             overridden=report.overridden,
@@ -330,63 +381,183 @@ def default_export_path(rows: Sequence[AuditRow], now: dt.datetime | None = None
     return os.path.join(DEFAULT_EXPORT_DIR, f"{model}-{stamp}.json")
 
 
+def check_export_path(path: str) -> None:
+    """Refuse an export path where something already is: an export is never overwritten."""
+    if os.path.lexists(path):
+        raise RemediationError(
+            f"the export path {path} already exists: an export is never overwritten; "
+            "choose a new --export path (nothing changed)"
+        )
+
+
+@dataclass
+class DeletePlan:
+    """Everything ``--delete`` of the candidate rows would remove, before any is deleted.
+
+    Computed by Django's deletion collector, as the delete itself will run it: the rows,
+    their multi-table parents and children, and what CASCADE foreign keys, many-to-many
+    links and generic relations take with them (``objects``, in an order ``loaddata``
+    restores: a row after the rows it refers to).
+    """
+
+    rows: list[AuditRow]
+    objects: list[Any] = field(default_factory=list)
+    #: Rows removed besides the candidates themselves, per model label.
+    cascade: Counter[str] = field(default_factory=Counter)
+    #: Rows of other models that SET_NULL, SET_DEFAULT or SET() would change, per label.
+    updates: Counter[str] = field(default_factory=Counter)
+    #: Rows whose PROTECT or RESTRICT foreign key forbids the delete, per label.
+    protected: Counter[str] = field(default_factory=Counter)
+    #: ``pre_delete``/``post_delete`` receivers the delete would run (``module.qualname``).
+    receivers: list[str] = field(default_factory=list)
+
+    def refusals(self, *, allow_receivers: bool = False) -> list[str]:
+        """Why this delete must not run; empty when it may."""
+        reasons: list[str] = []
+        if self.protected:
+            reasons.append(
+                f"rows of other models protect them from deletion (PROTECT or RESTRICT): "
+                f"{per_model(self.protected)}"
+            )
+        if self.updates:
+            reasons.append(
+                "deleting them would change rows of other models (SET_NULL, SET_DEFAULT or "
+                f"SET()), which an export of the deleted rows does not restore: "
+                f"{per_model(self.updates)}"
+            )
+        if self.receivers and not allow_receivers:
+            reasons.append(
+                "deleting them runs receivers of the app that may delete files: "
+                f"{', '.join(self.receivers)} ({ALLOW_RECEIVERS_FLAG} runs them)"
+            )
+        return reasons
+
+
+def per_model(counts: Counter[str]) -> str:
+    """``photologue.Gallery_photos 6, photologue.Photo_sites 3``."""
+    return ", ".join(f"{label} {n}" for label, n in sorted(counts.items()))
+
+
+def plan_delete(report: Remediation, rows: Sequence[AuditRow]) -> DeletePlan:
+    """The rows still missing their file, and all that deleting them would remove or change.
+
+    The rows are re-checked first (`missing_files.recheck`: still there, same name, file
+    still absent); those gone meanwhile are counted in ``report.rechecked_away``.
+    """
+    from django.db.models.deletion import ProtectedError, RestrictedError
+
+    still = recheck(rows)
+    report.rechecked_away += len(rows) - len(still)
+    plan = DeletePlan(rows=still)
+    by_db: dict[str, list[tuple[type[Model], list[Any]]]] = {}
+    for (label, _field_name), group in _by_field(still).items():
+        model = _model(label)
+        by_db.setdefault(base_rows(model).db, []).append((model, [r.pk for r in group]))
+    roots = {
+        (type_._meta.concrete_model, pk)
+        for groups in by_db.values()
+        for type_, pks in groups
+        for pk in pks
+    }
+    for using, groups in by_db.items():
+        collector = _collector(using)
+        try:
+            for model, pks in groups:
+                for chunk in chunks(sorted(set(pks), key=_sortable), IN_CHUNK):
+                    objs = list(base_rows(model, using).filter(pk__in=chunk).order_by("pk"))
+                    collector.collect(objs)
+        except (ProtectedError, RestrictedError) as e:
+            guards = getattr(e, "protected_objects", None) or getattr(e, "restricted_objects", ())
+            plan.protected.update(type(obj)._meta.label for obj in guards)
+            continue
+        objects, removed = _closure(collector)
+        plan.objects.extend(objects)
+        plan.cascade.update(
+            type(obj)._meta.label
+            for obj in removed
+            if (type(obj)._meta.concrete_model, obj.pk) not in roots
+        )
+        for (field_, _value), instances_list in collector.field_updates.items():
+            for instances in instances_list:
+                plan.updates[field_.model._meta.label] += len(instances)
+        plan.receivers.extend(r for r in _receivers(collector) if r not in plan.receivers)
+    return plan
+
+
 def delete(
     report: Remediation,
-    rows: Sequence[AuditRow],
+    plan: DeletePlan,
     *,
     log: AuditLog,
     batch_size: int,
-    export: str,
+    export: str | None = None,
+    allow_receivers: bool = False,
 ) -> Remediation:
-    """Export then delete ``rows`` (re-checked); see the module docstring.
+    """Export every row ``plan`` removes, then delete the rows batch by batch.
 
-    The export holds every row re-checked as a candidate, written before the first delete;
-    a row the in-transaction check then spares is in it too, harmlessly (it still exists).
+    ``export``: the path (refused if anything is there); ``None`` chooses a new name under
+    `DEFAULT_EXPORT_DIR`. Refuses (`RemediationError`) a plan with `DeletePlan.refusals`.
     """
-    still = recheck(rows)
-    report.rechecked_away += len(rows) - len(still)
-    if not still:
+    if reasons := plan.refusals(allow_receivers=allow_receivers):
+        raise RemediationError(f"--delete refused: {'; '.join(reasons)}; nothing deleted")
+    if not plan.rows:
         return report
-    export_rows(report, still, export)
-    for (label, field_name), group in _by_field(still).items():
+    report.receivers = list(plan.receivers)
+    exported = _serialized(plan.objects)
+    report.export = _write_export(exported, export, plan.rows)
+    index = {(d["model"], _key(d["pk"])): d for d in exported}
+    for (label, field_name), group in _by_field(plan.rows).items():
         model = _model(label)
         for batch in chunks(group, batch_size):
-            _delete_batch(report, model, field_name, batch, log)
+            _delete_batch(report, model, field_name, batch, log, index)
     return report
 
 
 def export_rows(report: Remediation, rows: Sequence[AuditRow], path: str) -> None:
-    """Write ``rows`` to ``path`` as loaddata JSON before acting; the path goes in the report."""
-    write_export(path, rows)
-    report.export = path
-
-
-def write_export(path: str, rows: Iterable[AuditRow]) -> None:
-    """The full rows as ``loaddata``-compatible JSON, written atomically at ``path``."""
-    from django.core import serializers
-
+    """Write ``rows`` (with their multi-table parents) to ``path`` as loaddata JSON before
+    acting (``--fix --export``); the path goes in the report."""
     objects: list[Any] = []
     for (label, _field_name), group in _by_field(rows).items():
-        manager = _model(label)._default_manager
-        pks = [r.pk for r in group]
-        for chunk in chunks(pks, IN_CHUNK):
-            objects.extend(manager.filter(pk__in=chunk).order_by("pk"))
+        model = _model(label)
+        for chunk in chunks(sorted({r.pk for r in group}, key=_sortable), IN_CHUNK):
+            for obj in base_rows(model).filter(pk__in=chunk).order_by("pk"):
+                objects.extend(_parents(obj))
+                objects.append(obj)
+    report.export = _write_export(_serialized(objects), path, rows)
+
+
+def _write_export(
+    exported: list[dict[str, Any]], path: str | None, rows: Sequence[AuditRow]
+) -> str:
+    """Write the export as a new owner-only file: at ``path``, refused if anything is there,
+    or (``None``) at a new default path. Returns where."""
     # Django's "json" format, built from its "python" serializer so that times keep their
     # microseconds: DjangoJSONEncoder cuts them to milliseconds, and a restore would differ.
-    text = json.dumps(serializers.serialize("python", objects), cls=_exact_encoder(), indent=2)
-    directory = os.path.dirname(os.path.abspath(path))
-    os.makedirs(directory, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=directory, prefix=".export-", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            fh.write(text)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    text = json.dumps(exported, cls=_exact_encoder(), indent=2)
+    if path is not None:
+        check_export_path(path)
+        try:
+            write_new(path, text)
+        except FileExistsError:
+            check_export_path(path)
+            raise
+        return path
+    base = default_export_path(rows)
+    for attempt in range(1, 100):
+        candidate = base if attempt == 1 else base.replace(".json", f"-{attempt}.json")
+        try:
+            write_new(candidate, text)
+        except FileExistsError:
+            continue
+        return candidate
+    raise RemediationError(f"no free export name beside {base}; nothing deleted")
+
+
+def _serialized(objects: Iterable[Any]) -> list[dict[str, Any]]:
+    """Django's "python" serialization of ``objects``: each row's own fields, as loaddata reads."""
+    from django.core import serializers
+
+    return serializers.serialize("python", objects)
 
 
 def _exact_encoder() -> type[json.JSONEncoder]:
@@ -405,59 +576,242 @@ def _exact_encoder() -> type[json.JSONEncoder]:
 
 
 def _delete_batch(
-    report: Remediation, model: type[Model], field_name: str, batch: list[AuditRow], log: AuditLog
+    report: Remediation,
+    model: type[Model],
+    field_name: str,
+    batch: list[AuditRow],
+    log: AuditLog,
+    exported: dict[tuple[str, Any], dict[str, Any]],
 ) -> None:
+    """Lock the batch's rows, re-check them, and delete them with all they take along,
+    provided every row the delete removes is in the export exactly as it is now."""
+    from django.db.models.deletion import ProtectedError, RestrictedError
 
     config = model_config(model)
-    columns = [c for c in (config.status_field, config.log_field) if c]
-    # Again, just before (the export may have taken a while); the locked read compares names.
-    still = recheck(batch, names=False)
-    report.rechecked_away += len(batch) - len(still)
-    names = {r.pk: r.name for r in still}
-    if not names:
-        return
-    manager = model._default_manager
-    with _atomic_batch(manager.db) as journals:
-        locked = _locked(pk_in(manager.all(), list(names)), manager.db)
-        current = {pk: rest for pk, *rest in locked.values_list("pk", field_name, *columns)}
+    names = {r.pk: r.name for r in batch}
+    rows = base_rows(model)
+    using = rows.db
+    file_field = model._meta.get_field(field_name)
+    with _atomic_batch(using) as journals:
+        locked = {obj.pk: obj for obj in _locked(pk_in(rows, list(names)), using)}
+        same = [
+            r
+            for r in batch
+            if r.pk in locked
+            and (_stored_name(locked[r.pk], file_field) or None) == (r.name or None)
+        ]
+        # Only now, with the rows locked: a file uploaded again meanwhile is seen.
+        still = recheck(same, names=False)
+        report.rechecked_away += len(batch) - len(still)
         used = set(
-            manager.filter(**{f"{field_name}__in": [n for n in names.values() if n]})
+            rows.filter(**{f"{field_name}__in": [n for n in names.values() if n]})
             .exclude(pk__in=list(names))
             .values_list(field_name, flat=True)
         )
+        roots: list[Any] = []
         entries: list[tuple[Any, dict[str, Any]]] = []
-        for pk, name in names.items():
-            if pk not in current or (current[pk][0] or None) != (name or None):
-                report.rechecked_away += 1
+        for row in still:
+            obj = locked[row.pk]
+            if row.name and row.name in used:
+                report.notes.append(
+                    f"kept {model._meta.label} #{row.pk}: another row uses {row.name!r}"
+                )
                 continue
-            if name and name in used:
-                report.notes.append(f"kept {model._meta.label} #{pk}: another row uses {name!r}")
+            if any(not _as_exported(o, exported) for o in (*_parents(obj), obj)):
+                report.notes.append(
+                    f"kept {model._meta.label} #{row.pk}: changed since the export; run again"
+                )
                 continue
-            rest = dict(zip(columns, current[pk][1:], strict=True))
             before = {
-                "status": rest.get(config.status_field) if config.status_field else None,
-                "log_tail": _tail(rest.get(config.log_field)) if config.log_field else None,
-                "name": name,
+                "status": _value(obj, config.status_field),
+                "log_tail": _tail(_value(obj, config.log_field)) if config.log_field else None,
+                "name": row.name,
             }
-            entries.append((pk, before))
+            roots.append(obj)
+            entries.append((row.pk, before))
         if not entries:
             return
-        deleted, _ = manager.filter(pk__in=[pk for pk, _ in entries]).delete()
-        report.changed += len(entries)
-        if deleted > len(entries):
-            report.notes.append(f"{deleted - len(entries)} related rows deleted by cascade")
+        collector = _collector(using)
+        try:
+            collector.collect(roots)
+        except (ProtectedError, RestrictedError) as e:
+            report.notes.append(
+                f"kept {len(roots)} {model._meta.label} rows: a related row now protects "
+                f"them ({_one_line(e)})"
+            )
+            return
+        objects, removed = _closure(collector, pin=True)
+        stale = [o for o in objects if not _as_exported(o, exported)]
+        if stale or collector.field_updates:
+            report.notes.append(
+                f"kept {len(roots)} {model._meta.label} rows: rows deleted with them changed "
+                f"since the export ({per_model(Counter(type(o)._meta.label for o in stale))}"
+                "); run again"
+            )
+            return
         target = model._meta.label
+        ours = {(model._meta.concrete_model, pk) for pk, _ in entries}
+        # Read before the delete, which sets every deleted instance's pk to None.
+        along = [
+            (type(o)._meta.label, o.pk)
+            for o in removed
+            if (type(o)._meta.concrete_model, o.pk) not in ours
+        ]
+        collector.delete()
+        report.changed += len(entries)
+        report.cascade.update(label for label, _pk in along)
+        common = {
+            "using": using,
+            "forced": report.forced,
+            "overridden": report.overridden,
+            "export": report.export,
+        }
         _journal(
             journals,
             log,
             "delete",
             [(f"{target}#pk={pk}", before, None) for pk, before in entries],
-            using=manager.db,
             field=field_name,
-            forced=report.forced,
-            overridden=report.overridden,
-            export=report.export,
+            **common,
         )
+        if along:
+            _journal(
+                journals,
+                log,
+                "delete",
+                [(f"{label}#pk={pk}", {"with": target}, None) for label, pk in along],
+                cascade=True,
+                **common,
+            )
+
+
+def _collector(using: str) -> Any:
+    from django.db.models.deletion import Collector
+
+    return Collector(using=using)
+
+
+def _closure(collector: Any, *, pin: bool = False) -> tuple[list[Any], list[Any]]:
+    """``(to export, removed)``: every row ``collector`` would delete, and of them those an
+    export must hold, in an order ``loaddata`` restores (a row after those it refers to).
+
+    The link rows of a many-to-many field declared on a deleted row are not exported: that
+    row's serialization lists them, and loaddata re-creates them from it. ``pin``: the
+    collector's fast deletes (querysets, re-evaluated when they run) become deletes of
+    exactly the rows read here, so the delete removes nothing that was not compared.
+    """
+    collector.sort()  # deletion order: a row before those it refers to
+    removed: list[Any] = []
+    for model in reversed(list(collector.data)):
+        removed.extend(sorted(collector.data[model], key=lambda o: _sortable(o.pk)))
+    pinned: list[Any] = []
+    for qs in collector.fast_deletes:
+        found = list(qs)
+        removed.extend(found)
+        if pin:
+            pks = [o.pk for o in found]
+            pinned.extend(
+                base_rows(qs.model, collector.using).filter(pk__in=chunk)
+                for chunk in chunks(pks, IN_CHUNK)
+            )
+    if pin:
+        collector.fast_deletes = pinned
+    exported = {(type(o)._meta.concrete_model, o.pk) for o in removed}
+    objects = [o for o in removed if not _listed_by_its_owner(o, exported)]
+    return objects, removed
+
+
+def _listed_by_its_owner(obj: Any, exported: set[tuple[Any, Any]]) -> bool:
+    """Whether ``obj`` is a link row of an auto-created many-to-many table whose declaring
+    row is exported (loaddata would insert it twice: once from the row's list, once as is)."""
+    owner = obj._meta.auto_created
+    if not owner:
+        return False
+    for m2m in owner._meta.many_to_many:
+        if m2m.remote_field.through is type(obj):
+            source = type(obj)._meta.get_field(m2m.m2m_field_name())
+            return (owner._meta.concrete_model, getattr(obj, source.attname)) in exported
+    return False
+
+
+def _receivers(collector: Any) -> list[str]:
+    """The ``pre_delete``/``post_delete`` receivers the collector's delete would run, other
+    than Django's own, as ``module.qualname (signal of app.Model)``.
+
+    Every model whose rows it deletes counts: the rows' own, their multi-table parents and
+    children, the cascaded ones. Django sends no signal for an auto-created link table.
+    """
+    from django.db.models import signals
+
+    found: list[str] = []
+    for model in collector.data:
+        if model._meta.auto_created:
+            continue
+        for name, signal in (
+            ("pre_delete", signals.pre_delete),
+            ("post_delete", signals.post_delete),
+        ):
+            for receiver in _live_receivers(signal, model):
+                qualified = _qualified_name(receiver)
+                if qualified.split(".", 1)[0] == "django":
+                    continue
+                text = f"{qualified} ({name} of {model._meta.label})"
+                if text not in found:
+                    found.append(text)
+    return found
+
+
+def _live_receivers(signal: Any, sender: Any) -> list[Any]:
+    """The receivers ``signal.send(sender)`` would call (Django 5 splits sync and async)."""
+    live = signal._live_receivers(sender)
+    if isinstance(live, tuple) and len(live) == 2 and all(isinstance(x, list) for x in live):
+        return [*live[0], *live[1]]
+    return list(live)
+
+
+def _qualified_name(receiver: Any) -> str:
+    target = getattr(receiver, "__func__", receiver)  # a bound method: its function
+    target = getattr(target, "func", target)  # functools.partial: the function it wraps
+    module = getattr(target, "__module__", None) or type(target).__module__
+    name = getattr(target, "__qualname__", None) or type(target).__qualname__
+    return f"{module}.{name}"
+
+
+def _parents(obj: Any) -> list[Any]:
+    """The multi-table parent rows of ``obj``, farthest first, built from its own fields."""
+    found: list[Any] = []
+    for link in obj._meta.concrete_model._meta.parents.values():
+        if link is None:
+            continue
+        parent = getattr(obj, link.name)
+        found.extend(_parents(parent))
+        found.append(parent)
+    return found
+
+
+def _as_exported(obj: Any, exported: dict[tuple[str, Any], dict[str, Any]]) -> bool:
+    """Whether ``obj`` is in the export exactly as it is now."""
+    now = _serialized([obj])[0]
+    return exported.get((now["model"], _key(now["pk"]))) == now
+
+
+def _stored_name(obj: Any, file_field: Any) -> str | None:
+    value = file_field.value_from_object(obj)
+    return getattr(value, "name", value)
+
+
+def _value(obj: Any, field_name: str | None) -> Any:
+    if field_name is None:
+        return None
+    return getattr(obj, obj._meta.get_field(field_name).attname)
+
+
+def _key(pk: Any) -> Any:
+    return str(pk)
+
+
+def _sortable(value: Any) -> tuple[int, Any]:
+    return (0, value) if isinstance(value, int) else (1, str(value))
 
 
 # -- shared -------------------------------------------------------------------------------
@@ -515,14 +869,14 @@ def _in_place(entry: dict[str, Any]) -> bool:
         model = _model(label)
     except (LookupError, ValueError):
         return False
-    manager = model._default_manager
+    rows = base_rows(model)
     if entry.get("action") == "delete":
-        return not manager.filter(pk=pk).exists()
+        return not rows.filter(pk=pk).exists()
     config = model_config(model)
     if entry.get("action") != "mark_failed" or config.status_field is None:
         return False
     columns = [config.status_field] + ([config.log_field] if config.log_field else [])
-    row = manager.filter(pk=pk).values_list(*columns).first()
+    row = rows.filter(pk=pk).values_list(*columns).first()
     if row is None:
         return False
     if row[0] != config.failed_value:

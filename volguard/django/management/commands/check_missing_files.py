@@ -134,11 +134,18 @@ class Command(BaseCommand):
             "--yes", action="store_true", help="--delete without asking (for scripts)"
         )
         parser.add_argument(
+            repair.ALLOW_RECEIVERS_FLAG,
+            action="store_true",
+            help="let --delete run the app's pre_delete/post_delete receivers, which may "
+            "delete files (django-cleanup and the like); without it a --delete that would "
+            "run any refuses, naming them",
+        )
+        parser.add_argument(
             "--export",
             metavar="PATH",
-            help="where --delete writes the rows first, as loaddata JSON (default "
-            ".volguard/exports/<model>-<UTC timestamp>.json); with --fix, export there "
-            "before fixing",
+            help="where --delete writes the rows first, as loaddata JSON, owner-only, "
+            "never over an existing file (default .volguard/exports/<model>-<UTC "
+            "timestamp>.json); with --fix, export there before fixing",
         )
         parser.add_argument(
             "--max-missing",
@@ -188,6 +195,8 @@ class Command(BaseCommand):
             for flag in ("yes", "force", "export"):
                 if options[flag]:
                     raise CommandError(f"--{flag} needs --fix or --delete")
+        if action != "delete" and options["allow_delete_receivers"]:
+            raise CommandError(f"{repair.ALLOW_RECEIVERS_FLAG} needs --delete")
         try:
             result = audit(
                 discover(options["model"]),
@@ -259,16 +268,15 @@ class Command(BaseCommand):
             report.overridden = reasons
             self.stderr.write(f"warning: --force overrides VG404: {why}")
         try:
+            if options["export"]:
+                repair.check_export_path(options["export"])  # before anything changes
             if action == "fix":
                 if options["export"]:
                     repair.export_rows(report, rows, options["export"])
+                    say(f"  exported first to {report.export} (restore: manage.py loaddata PATH)")
                 repair.fix(report, rows, log=log, batch_size=options["batch_size"])
             else:
-                self._confirm(rows, options)
-                export = options["export"] or repair.default_export_path(rows)
-                repair.delete(
-                    report, rows, log=log, batch_size=options["batch_size"], export=export
-                )
+                self._delete(report, rows, log, options)
         except (VolguardError, OSError) as e:
             raise CommandError(str(e)) from None
         for note in report.notes:
@@ -279,13 +287,46 @@ class Command(BaseCommand):
             say(f"  already failed with the message: {_rows(report.already_done)}")
         if report.rechecked_away:
             say(f"  no longer missing when re-checked: {_rows(report.rechecked_away)}")
-        if report.export:
+        if report.export and action == "delete":
             say(f"  exported first to {report.export} (restore: manage.py loaddata PATH)")
+        if report.cascade:
+            say(f"  removed with them (exported, logged): {repair.per_model(report.cascade)}")
         if report.changed:
             say(f"  logged to {report.audit_log}")
         return report
 
-    def _confirm(self, rows: list[AuditRow], options: dict[str, Any]) -> None:
+    def _delete(
+        self,
+        report: repair.Remediation,
+        rows: list[AuditRow],
+        log: AuditLog,
+        options: dict[str, Any],
+    ) -> None:
+        """What the delete takes with it (plan), refusals, confirmation, then the delete."""
+        say = self.stdout.write if not options["json"] else self.stderr.write
+        plan = repair.plan_delete(report, rows)
+        if plan.cascade:
+            say(f"  also removes (exported, logged): {repair.per_model(plan.cascade)}")
+        if plan.receivers:
+            say(f"  runs delete receivers of the app: {', '.join(plan.receivers)}")
+        allow = options["allow_delete_receivers"]
+        if reasons := plan.refusals(allow_receivers=allow):
+            raise CommandError(f"--delete refused: {'; '.join(reasons)}; nothing deleted")
+        if not plan.rows:
+            return
+        self._confirm(plan.rows, options, plan.cascade)
+        repair.delete(
+            report,
+            plan,
+            log=log,
+            batch_size=options["batch_size"],
+            export=options["export"] or None,
+            allow_receivers=allow,
+        )
+        if options["json"] and report.export:
+            self.stderr.write(f"note: exported first to {report.export}")
+
+    def _confirm(self, rows: list[AuditRow], options: dict[str, Any], cascade: Any = None) -> None:
         """``yes`` typed at a terminal for each model, or ``--yes``; else refuse (exit 1)."""
         if options["yes"]:
             return
@@ -299,7 +340,10 @@ class Command(BaseCommand):
         for label, count in counts.items():
             name = apps.get_model(label)._meta.object_name
             rows_whose = "row whose file is" if count == 1 else "rows whose files are"
-            prompt = f"Delete {count} {name} {rows_whose} missing? "
+            prompt = f"Delete {count} {name} {rows_whose} missing"
+            if cascade:
+                prompt += f", and with them {repair.per_model(cascade)}"
+            prompt += "? "
             stream = self.stdout if not options["json"] else self.stderr
             stream.write(prompt + "Type yes: ", ending="")
             stream.flush()
