@@ -94,7 +94,7 @@ CASES = [
         "wrong-type-source",
         _write('primary_region = "syd"\n[mounts]\n  source = 42\n  destination = "/data"\n'),
         3,
-        3,
+        12,
         "must be a string",
         key="mounts.source",
     ),
@@ -102,7 +102,7 @@ CASES = [
         "wrong-type-mount-processes",
         _write('primary_region = "syd"\n' + MOUNT + '  processes = "app"\n'),
         5,
-        3,
+        15,
         "array of strings",
         key="mounts.processes",
     ),
@@ -110,7 +110,7 @@ CASES = [
         "wrong-type-destination",
         _write('primary_region = "syd"\n[mounts]\n  source = "data"\n  destination = ["/data"]\n'),
         4,
-        3,
+        17,
         "must be a string",
         key="mounts.destination",
     ),
@@ -118,7 +118,7 @@ CASES = [
         "wrong-type-env",
         _write('primary_region = "syd"\nenv = "MEDIA_ROOT=/data/media"\n' + MOUNT),
         2,
-        1,
+        7,
         "must be a table",
         key="env",
     ),
@@ -126,7 +126,7 @@ CASES = [
         "wrong-type-processes",
         _write('primary_region = "syd"\nprocesses = "app"\n' + MOUNT),
         2,
-        1,
+        13,
         "must be a table",
         key="processes",
     ),
@@ -134,7 +134,7 @@ CASES = [
         "wrong-type-initial-size",
         _write('primary_region = "syd"\n' + MOUNT + "  initial_size = true\n"),
         5,
-        3,
+        18,
         "size",
         key="mounts.initial_size",
     ),
@@ -345,5 +345,5 @@ def test_a_bad_mount_still_lets_the_other_checks_speak(
     )
     report = lint(Settings(), "fly.toml")
     f = _only_vg100(report.findings)
-    assert (f.location.line, f.location.column) == (8, 3)
+    assert (f.location.line, f.location.column) == (8, 12)  # at the offending value
     assert "VG109" in {x.id for x in report.findings}
