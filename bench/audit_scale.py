@@ -2,7 +2,7 @@
 
 Issue #5's first figure. N rows (default 1,000,000) of the example app's
 ``apps.services.UserDataFile`` on a local FileSystemStorage: a temporary MEDIA_ROOT whose
-files (empty) are spread over ``user_data/user_<id>/YYYY/MM/DD/`` directories
+files (one byte each) are spread over ``user_data/user_<id>/YYYY/MM/DD/`` directories
 (``--files-per-dir``, default 20, and ``--rows-per-user``, default 1,000: at 1M rows
 1,000 users and 50,000 directories), with ``--missing-pct`` (default 1%) of the rows'
 files never created. Rows are inserted in upload order (day by day, the users
@@ -126,7 +126,7 @@ class Layout:
 
 
 def make_media(layout: Layout, root: Path, *, skip: set[int] | None = None) -> int:
-    """Create the layout's files (empty) under ``root``, but not those of ``skip``."""
+    """Create the layout's files (one byte each) under ``root``, but not those of ``skip``."""
     skip = layout.missing() if skip is None else skip
     made: set[str] = set()
     created = 0
@@ -139,7 +139,9 @@ def make_media(layout: Layout, root: Path, *, skip: set[int] | None = None) -> i
         if directory not in made:
             os.makedirs(os.path.join(base, directory), exist_ok=True)
             made.add(directory)
-        os.close(os.open(os.path.join(base, name), flags, 0o644))
+        fd = os.open(os.path.join(base, name), flags, 0o644)
+        os.write(fd, b"x")  # one byte: a 0-byte file is a truncated upload (VG405)
+        os.close(fd)
         created += 1
     return created
 

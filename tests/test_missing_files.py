@@ -902,3 +902,210 @@ def test_max_missing_rejects(text: str) -> None:
 
     with pytest.raises(UsageError, match="bad --max-missing"):
         parse_max_missing(text)
+
+
+# -- shapes real apps give their files (#8 items 2, 3, 9, 10) ---------------------------------
+
+SHAPES_SETTINGS = "vg_shapes_settings"
+SHAPES_SETTINGS_PY = """\
+from config.settings import *  # noqa: F403
+
+INSTALLED_APPS = [*INSTALLED_APPS, "vg_audit_shapes"]  # noqa: F405
+"""
+SHAPES_MODELS_PY = '''\
+import os
+
+from django.core.files.storage import FileSystemStorage
+from django.db import models
+from django.db.models.fields.files import FieldFile
+
+private = FileSystemStorage(location=os.environ.get("VG_SCANS_ROOT", "/nonexistent-scans"))
+
+
+class Visible(models.Manager):
+    """A default manager that hides rows: the audit must still see them."""
+
+    def get_queryset(self):
+        return super().get_queryset().filter(hidden=False)
+
+
+class Folder(models.Model):
+    hidden = models.BooleanField(default=False)
+    file = models.FileField(upload_to="folders/")
+    processing_status = models.CharField(max_length=20, default="ready")
+    objects = Visible()
+
+
+class Report(Folder):
+    pages = models.IntegerField(default=1)
+
+
+class RowFieldFile(FieldFile):
+    """The row's file on the private storage when the row says so (django-filer's split)."""
+
+    def __init__(self, instance, field, name):
+        super().__init__(instance, field, name)
+        if instance.where == "private":
+            self.storage = private
+        elif instance.where == "unknown":
+            raise LookupError("no storage configured for this row")
+
+
+class RowFileField(models.FileField):
+    attr_class = RowFieldFile
+
+
+class Scan(models.Model):
+    where = models.CharField(max_length=10, default="public")
+    file = RowFileField(upload_to="scans/")
+    processing_status = models.CharField(max_length=20, default="ready")
+'''
+
+
+@pytest.fixture
+def shapes(site: Site) -> Site:
+    """The site with the shapes app's tables (made by --run-syncdb: no migrations)."""
+    root = site.project
+    if not (root / "vg_audit_shapes").exists():
+        (root / f"{SHAPES_SETTINGS}.py").write_text(SHAPES_SETTINGS_PY)
+        (root / "vg_audit_shapes").mkdir()
+        (root / "vg_audit_shapes" / "__init__.py").write_text("")
+        (root / "vg_audit_shapes" / "models.py").write_text(SHAPES_MODELS_PY)
+    proc = _manage(site.env(SHAPES_SETTINGS), "migrate", "--run-syncdb", "--noinput")
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    return site
+
+
+def _shapes_seed(site: Site, code: str) -> dict[str, Any]:
+    script = (
+        "import json\n"
+        "from vg_audit_shapes.models import Folder, Report, Scan\n"
+        "Scan.objects.all().delete(); Report.objects.all().delete()\n"
+        "Folder._base_manager.all().delete()\n"
+        "pks = {}\n" + code + "\nprint('VG_PKS=' + json.dumps(pks))\n"
+    )
+    proc = _manage(site.env(SHAPES_SETTINGS), "shell", "-c", script)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    line = next(x for x in proc.stdout.splitlines() if x.startswith("VG_PKS="))
+    return json.loads(line.removeprefix("VG_PKS="))
+
+
+def test_an_inherited_file_field_is_audited_from_the_child_and_hidden_rows_too(
+    shapes: Site,
+) -> None:
+    pks = _shapes_seed(
+        shapes,
+        "for key, cls, hidden in [('f1', Folder, False), ('r1', Report, False),\n"
+        "                         ('r2', Report, True), ('r3', Report, False)]:\n"
+        "    obj = cls(hidden=hidden, file=f'folders/{key}.pdf'); obj.save(); pks[key] = obj.pk",
+    )
+    shapes.files("folders/f1.pdf", "folders/r3.pdf")
+
+    child = shapes.check_json("--model", "vg_audit_shapes.Report", settings=SHAPES_SETTINGS)
+    assert _reasons(child) == {(pks["r1"], "missing"), (pks["r2"], "missing")}
+    assert child["total_rows"] == 3  # the hidden row is a row of the table all the same
+    assert {r["model"] for r in child["rows"]} == {"vg_audit_shapes.Report"}
+
+    parent = shapes.check_json("--model", "vg_audit_shapes.Folder", settings=SHAPES_SETTINGS)
+    assert _reasons(parent) == {(pks["r1"], "missing"), (pks["r2"], "missing")}
+    assert parent["total_rows"] == 4
+
+
+def test_each_row_is_checked_on_the_storage_its_row_chooses(shapes: Site) -> None:
+    pks = _shapes_seed(
+        shapes,
+        "for i, where in enumerate(['public', 'private', 'public', 'private']):\n"
+        "    obj = Scan(where=where, file=f'scans/s{i}.png'); obj.save(); pks[f's{i}'] = obj.pk",
+    )
+    shapes.files("scans/s0.png")  # public, intact
+    shapes.files("scans/s1.png", root=shapes.scans)  # private, intact
+    shapes.files("scans/s3.png")  # private row, its file only on the public storage: missing
+
+    for strategy in ("auto", "exists", "list"):
+        document = shapes.check_json(
+            "--model", "vg_audit_shapes.Scan", "--strategy", strategy, settings=SHAPES_SETTINGS
+        )
+        assert _reasons(document) == {(pks["s2"], "missing"), (pks["s3"], "missing")}, strategy
+    paths = {r["pk"]: r["path"] for r in document["rows"]}
+    assert paths[pks["s3"]] == str(shapes.scans / "scans/s3.png")
+    assert paths[pks["s2"]] == str(shapes.media / "scans/s2.png")
+    assert (
+        "each row's own storage" in _field(document, "vg_audit_shapes.Scan.file")["strategy_detail"]
+    )
+
+    # --fix re-checks each row on its own storage too: both rows, and only they, marked.
+    proc = shapes.check(
+        "--model", "vg_audit_shapes.Scan", "--fix", "--max-missing", "100%",
+        "--audit-log", str(shapes.media.parent / "log.jsonl"), settings=SHAPES_SETTINGS,
+    )  # fmt: skip
+    assert proc.returncode == 2, proc.stdout + proc.stderr
+    assert "Marked failed: 2 rows" in proc.stdout
+
+
+def test_a_row_whose_storage_cannot_be_told_refuses_its_model(shapes: Site) -> None:
+    pks = _shapes_seed(
+        shapes,
+        "for i in range(2):\n"
+        "    obj = Scan(file=f'scans/s{i}.png'); obj.save(); pks[f's{i}'] = obj.pk\n"
+        "Scan.objects.filter(pk=pks['s1']).update(where='unknown')",
+    )
+    shapes.files("scans/s0.png", "scans/s1.png")
+
+    proc = shapes.check("--model", "vg_audit_shapes.Scan", settings=SHAPES_SETTINGS)
+    assert proc.returncode == 1, proc.stdout + proc.stderr
+    assert proc.stderr.startswith("CommandError: vg_audit_shapes.Scan: cannot tell which storage")
+    assert f"row {pks['s1']}" in proc.stderr
+    assert len(proc.stderr.splitlines()) == 1
+
+
+def test_a_zero_byte_file_is_reported_as_empty_file_and_fix_marks_it(site: Site) -> None:
+    pks = site.seed(
+        users=["alice"],
+        rows={
+            "full": {"owner": "alice", "name": "u/full.csv"},
+            "zero": {"owner": "alice", "name": "u/zero.csv"},
+            "gone": {"owner": "alice", "name": "u/gone.csv"},
+        },
+    )
+    site.files("u/full.csv")
+    (site.media / "u/zero.csv").write_bytes(b"")
+
+    for strategy in ("exists", "list"):
+        document = site.check_json("--strategy", strategy)
+        assert _reasons(document) == {(pks["zero"], "empty_file"), (pks["gone"], "missing")}
+        assert document["per_reason"]["empty_file"] == 1
+        assert document["problem_rows"] == 2
+    zero = next(r for r in document["rows"] if r["reason"] == "empty_file")
+    assert zero["path"] == str(site.media / "u/zero.csv")
+    assert "ID {}: u/zero.csv (status=pending, reason=empty_file)".format(pks["zero"]) in (
+        site.check().stdout
+    )
+
+    log = site.media.parent / "log.jsonl"
+    fixed = site.check_json("--fix", "--max-missing", "100%", "--audit-log", str(log))
+    assert fixed["remediation"]["changed"] == 2
+    # --delete leaves a row whose file is there, if empty: its file would stay behind.
+    plan = site.check("--delete", "--yes", "--max-missing", "100%", "--audit-log", str(log))
+    assert "Plan (--delete): missing 1" in plan.stdout
+    assert "empty_file 1" in plan.stdout.split("left alone:")[1].splitlines()[0]
+
+
+def test_an_empty_file_found_by_the_audit_but_filled_since_is_not_fixed(site: Site) -> None:
+    from volguard.audit_document import EMPTY_FILE, MISSING, candidates
+
+    rows = [{"reason": EMPTY_FILE, "k": 1}, {"reason": MISSING, "k": 2}]
+    assert candidates(rows, reason=lambda r: r["reason"], key=lambda r: r["k"]) == rows
+    chosen = candidates(rows, reason=lambda r: r["reason"], key=lambda r: r["k"], for_delete=True)
+    assert chosen == [rows[1]]
+
+
+def test_a_zero_byte_file_is_finding_vg405_distinct_from_a_missing_one() -> None:
+    from volguard.django.audit_result import AuditRow
+
+    row = AuditRow("app.Photo", 7, "image", "p/7.jpg", "empty_file", path="/m/p/7.jpg")
+    missing = AuditRow("app.Photo", 8, "image", "p/8.jpg", "missing", path="/m/p/8.jpg")
+
+    found = row.to_finding()
+    assert found.id == "VG405"
+    assert found.message == "row 7 of app.Photo.image: file 'p/7.jpg' holds 0 bytes (/m/p/7.jpg)"
+    assert missing.to_finding().id == "VG401"

@@ -110,10 +110,6 @@ def test_the_report_names_exactly_the_photos_whose_picture_is_gone(
     assert audit.total_rows == PHOTOS
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="#8 item 10: a picture truncated to 0 bytes is not reported at all today",
-)
 def test_a_picture_truncated_to_zero_bytes_is_reported_with_its_own_reason(
     site: Site, photos: dict[str, tuple[int, str]]
 ) -> None:

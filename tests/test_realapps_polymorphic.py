@@ -109,11 +109,6 @@ def test_the_report_names_every_document_whose_file_is_gone_whatever_its_class(
     assert audit.reasons(DOCUMENT) == {pk: {"missing"} for pk in gone["all"]}
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="#8 item 3: a file field declared on a multi-table parent cannot be audited from "
-    "the child: --model library.Invoice is refused (exit 1, 'has no FileField')",
-)
 def test_the_inherited_file_field_is_audited_from_the_child_model(
     site: Site, seeded: Seeded
 ) -> None:
@@ -140,11 +135,6 @@ def test_fix_marks_exactly_the_documents_whose_file_is_gone_and_keeps_their_clas
         assert status == ("failed" if int(pk) in gone["all"] else "ready")
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="#8 item 2: each row is checked against the field's storage, not the row's own: "
-    "the 4 private scans whose file is intact are reported missing",
-)
 def test_an_intact_file_on_its_rows_own_storage_is_never_reported_missing(
     site: Site, seeded: Seeded
 ) -> None:

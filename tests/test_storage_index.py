@@ -97,3 +97,22 @@ def test_a_file_that_arrives_in_a_present_directory_is_seen(tmp_path: Path) -> N
     assert not index.exists("here/new.csv")
     (Path(storage.location) / "here" / "new.csv").write_text("late upload")
     assert index.exists("here/new.csv")
+
+
+@pytest.mark.parametrize("index_class", [PerRowIndex, storage_index.DirectoryIndex])
+def test_a_zero_byte_file_exists_and_is_empty_on_every_volume_index(
+    tmp_path: Path, index_class: type[storage_index.NameIndex]
+) -> None:
+    (tmp_path / "d").mkdir()
+    (tmp_path / "d" / "full.csv").write_bytes(b"x")
+    (tmp_path / "d" / "zero.csv").write_bytes(b"")
+    index = index_class(FileSystemStorage(location=str(tmp_path)))
+
+    assert index.exists("d/zero.csv")
+    assert index.is_empty("d/zero.csv")
+    assert index.exists("d/full.csv")
+    assert not index.is_empty("d/full.csv")
+    if isinstance(index, storage_index.DirectoryIndex):
+        # The audit's fast path never settles an empty file: it must reach is_empty.
+        assert "zero.csv" not in index._plain_files("d", 255)
+        assert "full.csv" in index._plain_files("d", 255)

@@ -30,14 +30,21 @@ from typing import Any, TypedDict, TypeVar
 from volguard.errors import UsageError
 
 MISSING, EMPTY, INVALID_NAME, SHARED = "missing", "empty", "invalid_name", "shared"
+#: The stored file exists but holds 0 bytes (a truncated upload): VG405. Distinct from
+#: ``empty``, which is a required file field holding no name at all.
+EMPTY_FILE = "empty_file"
 #: Every reason a row is reported for, in the order reports list them.
-REASONS = (MISSING, EMPTY, INVALID_NAME, SHARED)
+REASONS = (MISSING, EMPTY, EMPTY_FILE, INVALID_NAME, SHARED)
 #: Reasons that mean "this row has no usable file": counted in ``problem_rows``, exit code 2.
 #: (A shared file is a warning: the rows have a file, VG403.)
-PROBLEM_REASONS = (MISSING, EMPTY, INVALID_NAME)
-#: Reasons ``--fix`` (and ``--delete``) act on: the row has no file. An invalid name is left
-#: alone: the file may well exist under a name volguard refuses to follow.
-FIX_REASONS = (MISSING, EMPTY)
+PROBLEM_REASONS = (MISSING, EMPTY, EMPTY_FILE, INVALID_NAME)
+#: Reasons ``--fix`` acts on: the row has no usable file (a 0-byte upload is not one). An
+#: invalid name is left alone: the file may well exist under a name volguard refuses to
+#: follow.
+FIX_REASONS = (MISSING, EMPTY, EMPTY_FILE)
+#: Of those, the reasons ``--delete`` leaves alone: a 0-byte file is still a file on the
+#: volume, and deleting its row would leave it behind with nothing pointing at it.
+KEEP_ON_DELETE = (EMPTY_FILE,)
 #: The interlock's check id: a ``--fix``/``--delete`` refused because storage looks wrong.
 REFUSAL_ID = "VG404"
 DEFAULT_MAX_MISSING = "10%"
@@ -136,7 +143,8 @@ def candidates(
     for_delete: bool = False,
 ) -> list[Row]:
     """The rows ``--fix`` acts on (`FIX_REASONS`); for ``--delete``, none whose file
-    another row uses (a row also reported ``shared``: deleting it is never safe, VG403).
+    another row uses (a row also reported ``shared``: deleting it is never safe, VG403)
+    and none whose file is there but empty (`KEEP_ON_DELETE`).
 
     ``reason`` and ``key`` (model, field, pk) read a row, which is an `AuditRowJSON` on the
     Fly side and the audit's own row object on the Django side.
@@ -145,7 +153,7 @@ def candidates(
     chosen = [r for r in rows if reason(r) in FIX_REASONS]
     if for_delete:
         shared = {key(r) for r in rows if reason(r) == SHARED}
-        chosen = [r for r in chosen if key(r) not in shared]
+        chosen = [r for r in chosen if key(r) not in shared and reason(r) not in KEEP_ON_DELETE]
     return chosen
 
 

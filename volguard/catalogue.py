@@ -317,6 +317,14 @@ CHECKS: dict[str, Check] = {
             "remediation refused: storage looks unmounted or empty",
             "Mount the volume first; use --force only when you are sure.",
         ),
+        _c(
+            "VG405",
+            "data",
+            E,
+            "rows whose file is in storage but holds 0 bytes (a truncated upload)",
+            "Ask the owner to upload the file again: `invoke remediate --fix` marks the rows "
+            "failed.",
+        ),
     ]
 }
 

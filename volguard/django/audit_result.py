@@ -5,7 +5,7 @@
 audit. `AuditResult.as_dict` is the ``check_missing_files --json`` document, built with
 `volguard.audit_document` (the definition the Fly side reads it with); `to_findings` turns
 the rows into volguard findings: VG401 (missing, empty), VG402 (invalid name), VG403
-(shared).
+(shared), VG405 (a 0-byte file).
 """
 
 from __future__ import annotations
@@ -17,6 +17,7 @@ from typing import Any
 
 from volguard.audit_document import (
     EMPTY,
+    EMPTY_FILE,
     INVALID_NAME,
     MISSING,
     PROBLEM_REASONS,
@@ -30,7 +31,13 @@ from volguard.catalogue import finding
 from volguard.django.targets import ModelConfig
 from volguard.findings import Finding, Location
 
-FINDING_IDS = {MISSING: "VG401", EMPTY: "VG401", INVALID_NAME: "VG402", SHARED: "VG403"}
+FINDING_IDS = {
+    MISSING: "VG401",
+    EMPTY: "VG401",
+    EMPTY_FILE: "VG405",
+    INVALID_NAME: "VG402",
+    SHARED: "VG403",
+}
 #: The grace period for uploads in flight: rows changed more recently are skipped.
 DEFAULT_OLDER_THAN = timedelta(minutes=10)
 
@@ -79,6 +86,7 @@ class AuditRow:
         messages = {
             MISSING: f"{where}: file {self.name!r} is missing from storage ({self.path})",
             EMPTY: f"{where}: the file field is empty",
+            EMPTY_FILE: f"{where}: file {self.name!r} holds 0 bytes ({self.path})",
             INVALID_NAME: f"{where}: stored name {self.name!r} {self.detail}; not looked up",
             SHARED: f"{where}: file {self.name!r} is shared by {self.shared_with} rows",
         }
@@ -146,7 +154,8 @@ class AuditResult:
 
     @property
     def problems(self) -> list[AuditRow]:
-        """Rows without a usable file (missing, empty, invalid name): remediation's input."""
+        """Rows without a usable file (missing, empty, a 0-byte file, invalid name):
+        remediation's input."""
         return [r for r in self.rows if r.reason in PROBLEM_REASONS]
 
     @property
@@ -169,7 +178,7 @@ class AuditResult:
         return {f"{f.model}.{f.field}": f.strategy for f in self.fields}
 
     def to_findings(self) -> list[Finding]:
-        """One volguard `Finding` per row and reason: VG401, VG402 or VG403."""
+        """One volguard `Finding` per row and reason: VG401, VG402, VG403 or VG405."""
         return [row.to_finding() for row in self.rows]
 
     def as_dict(self) -> AuditDocumentJSON:

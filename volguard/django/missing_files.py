@@ -6,6 +6,9 @@ every model with a FileField (or a subclass: ImageField, …), for every such fi
 with its own ``field.storage``:
 
 - ``missing``: the stored name is not in the field's storage (VG401);
+- ``empty_file``: the file is there but holds 0 bytes, a truncated upload (VG405); the size
+  comes from the ``stat`` a per-row check makes, from one ``stat`` per listed file on a
+  volume, and from the listing's ``Size`` on S3;
 - ``empty``: the field is empty although the model requires a file (``blank=False``; an
   empty optional field is not a problem, only counted) (VG401);
 - ``invalid_name``: absolute, a NUL byte, a ``..`` component, over-long (longer than the
@@ -57,7 +60,14 @@ from datetime import datetime, timedelta
 from functools import partial
 from typing import TYPE_CHECKING, Any
 
-from volguard.audit_document import EMPTY, INVALID_NAME, MISSING, PROBLEM_REASONS, SHARED
+from volguard.audit_document import (
+    EMPTY,
+    EMPTY_FILE,
+    INVALID_NAME,
+    MISSING,
+    PROBLEM_REASONS,
+    SHARED,
+)
 from volguard.django import queries, storage_index
 from volguard.django.audit_result import DEFAULT_OLDER_THAN, AuditResult, AuditRow, FieldReport
 from volguard.django.helpers import describe_storage
@@ -66,7 +76,7 @@ from volguard.django.storage_index import (
     MAX_NAME_BYTES,
     invalid_name_reason,
 )
-from volguard.django.targets import SETTING, Target, discover
+from volguard.django.targets import SETTING, Target, base_rows, discover, per_row_storage
 from volguard.errors import AuditError
 
 if TYPE_CHECKING:
@@ -152,10 +162,12 @@ def recheck(rows: Iterable[AuditRow], *, names: bool = True) -> list[AuditRow]:
     still: list[AuditRow] = []
     for (label, field_name), group in groups.items():
         model = apps.get_model(label)
-        storage = storage_index.unwrap(model._meta.get_field(field_name).storage)
+        field_ = model._meta.get_field(field_name)
+        storage = storage_index.unwrap(field_.storage)
         index = storage_index.PerRowIndex(storage, gone_directories=True)
+        own = _row_indexes(model, field_, [r.pk for r in group])
         current = (
-            queries.values_by_pk(model._default_manager, [r.pk for r in group], [field_name])
+            queries.values_by_pk(base_rows(model), [r.pk for r in group], [field_name])
             if names
             else None
         )
@@ -164,14 +176,49 @@ def recheck(rows: Iterable[AuditRow], *, names: bool = True) -> list[AuditRow]:
                 row.pk not in current or (current[row.pk][0] or None) != (row.name or None)
             ):
                 continue  # deleted, or a new file was stored since the audit
-            if row.reason == MISSING:
+            if row.reason in (MISSING, EMPTY_FILE):
+                # Still a problem while the file is absent, or (EMPTY_FILE) still 0 bytes.
                 try:
-                    if index.exists(row.name or ""):
+                    name = row.name or ""
+                    on = own.get(row.pk, index) if own is not None else index
+                    if on.exists(name) and not on.is_empty(name):
                         continue
                 except storage_index.StorageIndexError as e:
                     raise AuditError(str(e)) from e
             still.append(row)
     return still
+
+
+def _row_indexes(
+    model: type[Model], field_: Any, pks: list[Any]
+) -> dict[Any, storage_index.NameIndex] | None:
+    """For a field whose rows choose their storage: each row's index (one per storage);
+    None for a stock field (every row on the field's storage).
+
+    A row whose storage cannot be told is an `AuditError`, as in the audit.
+    """
+    from django.db.models.fields.files import FileField
+
+    if not isinstance(field_, FileField) or per_row_storage(model, field_) is None:
+        return None
+    indexes: dict[int, storage_index.NameIndex] = {}
+    found: dict[Any, storage_index.NameIndex] = {}
+    for chunk in queries.chunks(pks, queries.IN_CHUNK):
+        for obj in base_rows(model).filter(pk__in=chunk):
+            try:
+                storage = storage_index.unwrap(getattr(obj, field_.attname).storage)
+            except Exception as e:  # the app's own code
+                raise AuditError(
+                    f"{model._meta.label}: cannot tell which storage holds the file of row "
+                    f"{obj.pk} ({type(e).__name__}: {e}); nothing changed"
+                ) from None
+            index = indexes.get(id(storage))
+            if index is None:
+                index = indexes[id(storage)] = storage_index.PerRowIndex(
+                    storage, gone_directories=True
+                )
+            found[obj.pk] = index
+    return found
 
 
 class _FieldAudit:
@@ -199,12 +246,18 @@ class _FieldAudit:
         self._locate = storage_index._locator(self.storage)
         #: Whether the rows may be read on a connection of their own (see `queries.row_chunks`).
         self.own_connection = False
+        #: Why each row's storage is read from its instance (`Target.per_row_storage`).
+        self.per_row = target.per_row_storage
+        #: Where the file of a problem row on another storage than the field's was looked for.
+        self._row_paths: dict[Any, str] = {}
 
     def run(self, strategy: storage_index.Strategy, per_row_max: int) -> FieldReport:
         from django.db import DatabaseError
 
         try:
             base, scope, recent = self._scope()
+            if self.per_row is not None:
+                return self._run_per_row(base, scope, recent, strategy, per_row_max)
             in_thread = self.own_connection = self._can_use_thread()
             # The counts need a scan of the table: with a worker thread, they are taken
             # there, while the rows stream, unless the index must know the number of rows
@@ -248,12 +301,122 @@ class _FieldAudit:
             self.report.notes.append("no auto_now/auto_now_add field: no grace period")
         return self.report
 
+    def _run_per_row(
+        self,
+        base: QuerySet,
+        scope: QuerySet,
+        recent: dict[str, Any] | None,
+        strategy: storage_index.Strategy,
+        per_row_max: int,
+    ) -> FieldReport:
+        """The audit of a field whose rows choose their storage (`Target.per_row_storage`).
+
+        The rows are read as model instances, ``batch_size`` at a time, and each row's file
+        is checked on the storage of its own FieldFile (``getattr(instance, field)``), with
+        one index per storage met. A row whose storage cannot be told (its FieldFile
+        raises, or is not on a storage) refuses the model: a guess could call an intact
+        file missing.
+        """
+        self._count(base, recent)
+        rows = self.report.total_rows - self.report.skipped_recent
+        field_ = self.target.field
+        label = self.target.label
+        indexes: dict[int, tuple[storage_index.NameIndex, Callable[[str], str], str]] = {}
+        default = id(self.storage)
+        pending: list[tuple[Any, Any, str, str, int | None]] = []
+        audited = empty_allowed = 0
+
+        def index_of(storage: Any) -> tuple[storage_index.NameIndex, Callable[[str], str], str]:
+            entry = indexes.get(id(storage))
+            if entry is None:
+                index = storage_index.build_index(
+                    storage,
+                    rows=rows,
+                    strategy=strategy,
+                    common_prefix=lambda: _common_prefix(scope, self.target.field_name),
+                    per_row_max=per_row_max,
+                )
+                kind = storage_index.storage_kind(storage)
+                entry = (index, storage_index._locator(storage), kind)
+                indexes[id(storage)] = entry
+            return entry
+
+        for obj in scope.iterator(chunk_size=self.batch_size):
+            audited += 1
+            try:
+                fieldfile = getattr(obj, field_.attname)
+                name = fieldfile.name
+                storage = storage_index.unwrap(fieldfile.storage)
+                if not callable(getattr(storage, "exists", None)):
+                    raise TypeError(f"{type(storage).__name__} is not a storage")
+            except Exception as e:  # the app's own code: anything may be raised
+                raise AuditError(
+                    f"{label}: cannot tell which storage holds the file of row {obj.pk} "
+                    f"({self.per_row}: {type(e).__name__}: {e}); {label} is not audited "
+                    "rather than guessed (leave it out with --model)"
+                ) from None
+            if not name:
+                if field_.blank:
+                    empty_allowed += 1
+                else:
+                    pending.append((obj.pk, name, EMPTY, "the file field is empty", None))
+            else:
+                index, locate, kind = index_of(storage)
+                found = self._judge(index, kind, name)
+                if found is not None:
+                    pending.append((obj.pk, name, *found, None))
+                    if found[0] in (MISSING, EMPTY_FILE) and id(storage) != default:
+                        self._row_paths[obj.pk] = locate(name)
+            if len(pending) >= self.batch_size:
+                self._flush(pending)
+        self._flush(pending)
+        self._shared(scope, self._shared_names(scope if self.lookups else None))
+        self.report.audited_rows = audited
+        self.report.empty_allowed = empty_allowed
+        used = [entry[0] for entry in indexes.values()]
+        self.report.strategy = "+".join(sorted({i.strategy for i in used})) or "exists"
+        self.report.strategy_detail = (
+            f"each row's own storage, read from its instance ({self.per_row}): "
+            f"{len(used)} storage(s)" + "".join(f"; {i.detail}" for i in used if i.detail)
+        )
+        self.report.storage_requests = sum(i.requests for i in used)
+        if self.target.config.timestamp_field is None:
+            self.report.notes.append("no auto_now/auto_now_add field: no grace period")
+        return self.report
+
+    def _judge(
+        self, index: storage_index.NameIndex, kind: str, name: str
+    ) -> tuple[str, str] | None:
+        """A named file's problem (reason, detail) on one index, or None when it is fine."""
+        from django.core.exceptions import SuspiciousOperation
+
+        problem = invalid_name_reason(
+            name,
+            max_length=self.target.field.max_length,
+            max_component_bytes=MAX_COMPONENT_BYTES if kind == "filesystem" else None,
+        )
+        if problem is not None:
+            return INVALID_NAME, problem
+        try:
+            found = index.exists(name)
+        except (SuspiciousOperation, ValueError) as e:
+            return INVALID_NAME, f"is rejected by the storage ({e})"
+        if not found:
+            return MISSING, "not in storage"
+        if index.is_empty(name):
+            return EMPTY_FILE, "holds 0 bytes"
+        return None
+
+    def _shared_names(self, scope: QuerySet | None) -> dict[str, int]:
+        """The names several rows use (see `_background`), at once."""
+        return self._background(None, scope, in_thread=False)()[1]
+
     def _scope(self) -> tuple[QuerySet, QuerySet, dict[str, Any] | None]:
         """The rows the filters select (``base``), those of them to audit (``scope``:
         not skipped by the grace period), and the lookup that selects the recent ones."""
         from django.core.exceptions import FieldError, ValidationError
 
-        base = self.target.model._default_manager.order_by()
+        base = self.target.rows().order_by()
         try:
             for key, value in self.lookups:
                 base = base.filter(**{key: value})
@@ -287,7 +450,7 @@ class _FieldAudit:
         """
         from django.db import connections
 
-        connection = connections[self.target.model._default_manager.db]
+        connection = connections[self.target.rows().db]
         in_memory = connection.vendor == "sqlite" and connection.is_in_memory_db()
         return not (connection.in_atomic_block or in_memory)
 
@@ -312,7 +475,7 @@ class _FieldAudit:
 
             counted = None if counts is None else self._count(*counts)
             name = self.target.field_name
-            rows = self.target.model._default_manager.order_by().exclude(**{name: ""})
+            rows = self.target.rows().order_by().exclude(**{name: ""})
             rows = rows.exclude(**{f"{name}__isnull": True})
             if scope is not None:
                 rows = rows.filter(**{f"{name}__in": scope.values(name)})
@@ -359,6 +522,7 @@ class _FieldAudit:
         # components of a name found in a listing are short enough, or it would not be.
         short = min(field_.max_length or MAX_NAME_BYTES, MAX_NAME_BYTES // 4)
         exists = index.exists
+        is_empty = index.is_empty
         any_name = index.accepts_any_name
         blank_ok = field_.blank
         batch_size = self.batch_size
@@ -377,7 +541,7 @@ class _FieldAudit:
                 return
             if any_name:
                 found = exists(name)
-                if found and len(name) <= short and "\\" not in name:
+                if found and len(name) <= short and "\\" not in name and not is_empty(name):
                     return
                 problem = invalid(name)
             else:
@@ -391,6 +555,8 @@ class _FieldAudit:
                 append((pk, name, INVALID_NAME, problem, None))
             elif not found:
                 append((pk, name, MISSING, "not in storage", None))
+            elif is_empty(name):
+                append((pk, name, EMPTY_FILE, "holds 0 bytes", None))
             if len(pending) >= batch_size:
                 flush(pending)
 
@@ -442,8 +608,8 @@ class _FieldAudit:
         columns = [c for c in (config.owner_field, config.status_field) if c]
         facts: dict[Any, tuple[Any, ...]] = {}
         if columns:
-            manager = self.target.model._default_manager
-            facts = queries.values_by_pk(manager, [p[0] for p in pending], columns)
+            rows = self.target.rows()
+            facts = queries.values_by_pk(rows, [p[0] for p in pending], columns)
         label, field_name = self.target.label, self.target.field_name
         has_owner, has_status = config.owner_field is not None, config.status_field is not None
         rows: list[AuditRow] = []
@@ -451,8 +617,8 @@ class _FieldAudit:
             values = facts.get(pk)  # (owner, status), either left out when not configured
             owner = values[0] if has_owner and values else None
             status = values[-1] if has_status and values else None
-            if reason == MISSING:  # validated by _stream: looked up
-                path = locate(name)
+            if reason in (MISSING, EMPTY_FILE):  # validated by _stream: looked up
+                path = self._row_paths.pop(pk, None) or locate(name)
             elif reason == SHARED:
                 path = self._location(name)
             else:

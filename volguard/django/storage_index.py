@@ -106,6 +106,14 @@ class NameIndex:
     def exists(self, name: str) -> bool:
         raise NotImplementedError
 
+    def is_empty(self, name: str) -> bool:
+        """Whether ``name``, which `exists` found, holds 0 bytes (VG405).
+
+        Known from what `exists` already read (a ``stat``, a listing's sizes); False when
+        that read gave no size (``storage.exists()`` elsewhere than on a volume).
+        """
+        return False
+
 
 class PerRowIndex(NameIndex):
     """One check per name: ``os.stat`` on a volume, ``storage.exists()`` elsewhere.
@@ -125,6 +133,7 @@ class PerRowIndex(NameIndex):
         self._directories = gone_directories
         self._gone: set[str] = set()  # directories found absent
         self._seen: set[str] = set()  # directories found present
+        self._empty: set[str] = set()  # names found holding 0 bytes
 
     def exists(self, name: str) -> bool:
         if self._path is not None:
@@ -132,7 +141,10 @@ class PerRowIndex(NameIndex):
             if directory in self._gone:
                 return False
             self.requests += 1
-            if _is_file(self._path(name)):
+            found = _stat(self._path(name))
+            if found is not None and stat.S_ISREG(found.st_mode):
+                if not found.st_size:
+                    self._empty.add(name)
                 return True
             if self._directories and directory and directory not in self._seen:
                 self.requests += 1
@@ -148,6 +160,9 @@ class PerRowIndex(NameIndex):
             raise StorageIndexError(
                 f"cannot check {name!r} in {describe_storage(self.storage)}: {e}"
             ) from e
+
+    def is_empty(self, name: str) -> bool:
+        return name in self._empty
 
 
 class DirectoryIndex(NameIndex):
@@ -173,6 +188,8 @@ class DirectoryIndex(NameIndex):
         self._listings: dict[str, dict[str, None]] = {}
         #: The longest file name of each listing; _BACKSLASH when one holds a backslash.
         self._longest: dict[str, int] = {}
+        #: The files of each listing that hold 0 bytes (only directories that have any).
+        self._empty: dict[str, set[str]] = {}
         self.detail = "0 directories listed"
 
     def exists(self, name: str) -> bool:
@@ -181,6 +198,11 @@ class DirectoryIndex(NameIndex):
         if files is None:
             files = self._listings[directory] = self._list(directory)
         return base in files and (bool(directory) or not sep)  # "/x" is not in the root
+
+    def is_empty(self, name: str) -> bool:
+        directory, _, base = name.rpartition("/")
+        empty = self._empty.get(directory)
+        return empty is not None and base in empty
 
     def _files_in(self, directory: str) -> Container[str]:
         """The names of the files in ``directory`` (a name's part before its last ``/``),
@@ -200,14 +222,18 @@ class DirectoryIndex(NameIndex):
         name found there exists and is valid (its directory was validated before listing).
 
         None in the storage root (``""``: ``/x`` splits there too) or in a directory that
-        holds a backslash; the listing itself (no copy) when every file qualifies.
+        holds a backslash; the listing itself (no copy) when every file qualifies. A file of
+        0 bytes never qualifies: the caller reports it (`is_empty`).
         """
         if not directory or "\\" in directory:
             return _NO_NAMES
         files = self._files_in(directory)
         room = max_length - len(directory) - 1
-        if self._longest.get(directory, 0) > room:
-            return dict.fromkeys(f for f in files if len(f) <= room and "\\" not in f)
+        empty = self._empty.get(directory, _NO_NAMES)
+        if self._longest.get(directory, 0) > room or empty:
+            return dict.fromkeys(
+                f for f in files if len(f) <= room and "\\" not in f and f not in empty
+            )
         return files
 
     def _list(self, directory: str) -> dict[str, None]:
@@ -222,10 +248,14 @@ class DirectoryIndex(NameIndex):
         try:
             with os.scandir(path) as entries:
                 names = [e.name for e in entries if e.is_file()]
+            # The sizes, for VG405: one stat per listed file (the listing itself has none).
+            empty = {n for n in names if not _size(path, n)}
         except (FileNotFoundError, NotADirectoryError):
             return {}
         except OSError as e:
             raise StorageIndexError(f"cannot list directory {path}: {e.strerror or e}") from e
+        if empty:
+            self._empty[directory] = empty
         if names:
             longest = max(map(len, names))
             self._longest[directory] = _BACKSLASH if "\\" in "".join(names) else longest
@@ -252,6 +282,7 @@ class S3PrefixIndex(NameIndex):
         self.key_prefix = s3_key_prefix(storage, prefix)
         self.pages = 0
         self._keys: set[str] = set()
+        self._empty_keys: set[str] = set()  # listed with Size 0
         self._fallback = PerRowIndex(storage)
 
     def load(self, *, max_pages: int | None = None, max_keys: int | None = None) -> bool:
@@ -263,13 +294,15 @@ class S3PrefixIndex(NameIndex):
             for page in paginator.paginate(Bucket=storage.bucket_name, Prefix=self.key_prefix):
                 self.pages += 1
                 self.requests += 1
-                self._keys.update(item["Key"] for item in page.get("Contents", ()))
+                contents = page.get("Contents", ())
+                self._keys.update(item["Key"] for item in contents)
+                self._empty_keys.update(i["Key"] for i in contents if not i.get("Size", 1))
                 if not page.get("IsTruncated"):
                     break
                 if (max_pages is not None and self.pages >= max_pages) or (
                     max_keys is not None and len(self._keys) >= max_keys
                 ):
-                    self._keys = set()
+                    self._keys, self._empty_keys = set(), set()
                     return False
         except Exception as e:  # botocore's ClientError, a network error, …
             raise StorageIndexError(
@@ -287,6 +320,9 @@ class S3PrefixIndex(NameIndex):
         found = self._fallback.exists(name)
         self.requests += 1
         return found
+
+    def is_empty(self, name: str) -> bool:
+        return bool(self._empty_keys) and s3_key(self.storage, name) in self._empty_keys
 
 
 def build_index(
@@ -480,18 +516,28 @@ def _is_dir(path: str) -> bool:
     return mode is not None and stat.S_ISDIR(mode)
 
 
-def _is_file(path: str) -> bool:
-    """``os.path.isfile``, except that only "not there" is False: other errors raise."""
-    mode = _mode(path)
-    return mode is not None and stat.S_ISREG(mode)
-
-
 def _mode(path: str) -> int | None:
     """``os.stat(path).st_mode``; None when nothing is there (or a file is where a
     directory should be); any other error (EACCES, EIO, …) is a `StorageIndexError`."""
+    found = _stat(path)
+    return None if found is None else found.st_mode
+
+
+def _stat(path: str) -> os.stat_result | None:
+    """``os.stat(path)``; None when nothing is there (or a file is where a directory should
+    be); any other error (EACCES, EIO, …) is a `StorageIndexError`."""
     try:
-        return os.stat(path).st_mode
+        return os.stat(path)
     except (FileNotFoundError, NotADirectoryError):
         return None
     except OSError as e:
         raise StorageIndexError(f"cannot check {path}: {e.strerror or e}") from e
+
+
+def _size(directory: str, name: str) -> int:
+    """The size of a file just listed in ``directory``; 1 when it went away meanwhile (it
+    is then simply not there at the row's check, never reported empty)."""
+    try:
+        return os.stat(os.path.join(directory, name)).st_size
+    except (FileNotFoundError, NotADirectoryError):
+        return 1

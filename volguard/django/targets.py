@@ -23,6 +23,7 @@ The grace period's clock defaults to the model's ``auto_now`` DateTimeField (els
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -31,7 +32,7 @@ from volguard.django import storage_index
 from volguard.errors import AuditError
 
 if TYPE_CHECKING:
-    from django.db.models import FileField, Model
+    from django.db.models import FileField, Model, QuerySet
 
 SETTING = "VOLGUARD_MISSING_FILES"
 DEFAULT_MESSAGE = "File missing from storage. Please re-upload your file."
@@ -73,6 +74,23 @@ class Target:
     def storage(self) -> Any:
         return storage_index.unwrap(self.field.storage)
 
+    def rows(self) -> QuerySet:
+        """Every row of the model, as stored: see `base_rows`."""
+        return base_rows(self.model)
+
+    @property
+    def per_row_storage(self) -> str | None:
+        """Why a row's file may live on another storage than the field's, or None.
+
+        Django's FieldFile takes ``field.storage`` (a callable ``storage=`` is called once,
+        when the model loads), so every row of a stock field is on the field's storage. An
+        app that picks the storage per row does it in its own FieldFile class (its
+        ``__init__`` or a ``storage`` attribute: django-filer's public/private split) or in
+        the field's descriptor: for those, each row's storage is read from a model
+        instance (slower, and only for such fields).
+        """
+        return per_row_storage(self.model, self.field)
+
     def __str__(self) -> str:
         return f"{self.label}.{self.field_name}"
 
@@ -83,7 +101,8 @@ def discover(labels: Sequence[str] = ()) -> list[Target]:
 
     Proxy and swapped-out models are left out (their table is audited through the concrete
     model), and so are fields a model inherits from a multi-table parent (audited with the
-    parent), so no row is audited twice.
+    parent), so no row is audited twice. A model named in ``labels`` has its inherited file
+    fields too: ``--model app.Child`` audits the parent's field over the child's rows.
     """
     from django.apps import apps
 
@@ -101,7 +120,7 @@ def discover(labels: Sequence[str] = ()) -> list[Target]:
             raise AuditError(
                 f"unknown model {label!r} (use app_label.ModelName, e.g. services.UserDataFile)"
             ) from None
-        found = _targets(model)
+        found = _targets(model, inherited=True)
         if field_name:
             found = [t for t in found if t.field_name == field_name]
         if not found:
@@ -131,10 +150,52 @@ def model_config(model: type[Model]) -> ModelConfig:
     return ModelConfig(**values)
 
 
-def _targets(model: type[Model]) -> list[Target]:
+def per_row_storage(model: type[Model], field: FileField) -> str | None:
+    """`Target.per_row_storage` for any file field of ``model``."""
+    from django.core.files.base import File
+    from django.core.files.images import ImageFile
+    from django.core.files.utils import FileProxyMixin
+    from django.db.models.fields.files import (
+        FieldFile,
+        FileDescriptor,
+        ImageFieldFile,
+        ImageFileDescriptor,
+    )
+    from django.db.models.query_utils import DeferredAttribute
+
+    stock = (FieldFile, ImageFieldFile, ImageFile, File, FileProxyMixin, object)
+    for klass in field.attr_class.__mro__:
+        if klass in stock:
+            continue
+        for name in ("__init__", "storage", "__getattr__", "__getattribute__"):
+            if name in vars(klass):
+                return f"{klass.__qualname__} defines {name}"
+    descriptor = type(inspect.getattr_static(model, field.attname, None))
+    for klass in descriptor.__mro__:
+        if klass in (FileDescriptor, ImageFileDescriptor, DeferredAttribute, object):
+            continue
+        if "__get__" in vars(klass):
+            return f"its descriptor {klass.__qualname__} defines __get__"
+    return None
+
+
+def base_rows(model: type[Model]) -> QuerySet:
+    """Every row of ``model``: a plain queryset, not the model's managers.
+
+    A default manager may filter (soft-deleted rows) or downcast (django-polymorphic, whose
+    ``_base_manager`` downcasts too): the audit and the repair must see each row of the
+    table as stored, once, as the model it was asked about.
+    """
+    from django.db.models import QuerySet
+
+    return QuerySet(model=model)
+
+
+def _targets(model: type[Model], *, inherited: bool = False) -> list[Target]:
     from django.db.models import FileField
 
-    fields = [f for f in model._meta.local_concrete_fields if isinstance(f, FileField)]
+    own = model._meta.concrete_fields if inherited else model._meta.local_concrete_fields
+    fields = [f for f in own if isinstance(f, FileField)]
     if not fields:
         return []
     config = model_config(model)
