@@ -286,24 +286,15 @@ def platform_layer(base_url: str) -> tuple[list[Finding], str]:
         return findings, render(report, "text", fail_on=Severity.ERROR)
 
 
-# -- found by the suites, owned elsewhere (see docs/safety.md, "Hostile-input suites") -------
+# -- found by the suites and fixed (see docs/safety.md, "Hostile-input suites") -----------
 
 
-@pytest.mark.xfail(
-    reason="volguard/fly/client.py: response.json() raises RecursionError on deeply nested "
-    "JSON, which only ValueError is caught for: a traceback instead of VG200",
-    raises=RecursionError,
-)
 def test_deeply_nested_json_from_the_api_is_vg200(fly_api: str) -> None:
     _FlyAPI.bodies = {"machines": b"[" * 100_000, "volumes": b"[]", "snapshots": b"[]"}
     findings, _ = platform_layer(fly_api)
     assert [f.id for f in findings] == ["VG200"]
 
 
-@pytest.mark.xfail(
-    reason="volguard/render/text.py: a control character the API sent (quoted in VG200's "
-    "message) reaches the terminal raw (#8 item 16)",
-)
 def test_api_text_reaches_the_terminal_escaped(fly_api: str) -> None:
     _FlyAPI.bodies = {"machines": b'[{"id": "\x1b[2J"}]', "volumes": b"[]", "snapshots": b"[]"}
     findings, text = platform_layer(fly_api)

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from hostile_inputs_support import Hang, fuzz, hang_guard, one_line, tally
+from hostile_inputs_support import fuzz, hang_guard, one_line, tally
 from hypothesis import example, given
 from hypothesis import strategies as st
 
@@ -230,25 +230,15 @@ def test_a_directory_as_a_journal_is_refused(workdir: Path) -> None:
         AuditLog(str(workdir / "audit.jsonl")).recover(lambda entry: True)
 
 
-# -- found by the suites, owned elsewhere (see docs/safety.md, "Hostile-input suites") -------
+# -- found by the suites and fixed (see docs/safety.md, "Hostile-input suites") -----------
 
 
-@pytest.mark.xfail(
-    reason="volguard/runs.py RunRecord.load: json.load raises RecursionError on a record "
-    "nested too deeply, which is not caught: a traceback instead of one line",
-    raises=RecursionError,
-)
 def test_a_deeply_nested_run_record_is_one_line(workdir: Path) -> None:
     refusal = resume(workdir / "runs", b"[" * 100_000)
     assert refusal is not None
     assert NAME in refusal
 
 
-@pytest.mark.xfail(
-    reason="volguard/runs.py latest(): a FIFO named like a run record is opened for reading "
-    "and waited on (#8 item 8's rule for the log and journals, not applied to records)",
-    raises=Hang,
-)
 def test_a_fifo_named_like_a_run_record_is_refused_at_once(workdir: Path) -> None:
     runs = workdir / "runs"
     runs.mkdir()

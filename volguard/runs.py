@@ -37,6 +37,7 @@ from volguard import __version__
 from volguard.errors import LockedError, UsageError
 from volguard.errors import StepFailed as StepFailed
 from volguard.masking import mask_url_passwords
+from volguard.safeio import read_regular
 from volguard.terminal import printable
 
 RUNS_DIR = os.path.join(".volguard", "runs")
@@ -223,8 +224,7 @@ class RunRecord:
     def load(cls, path: str) -> RunRecord:
         """The record in ``path``; a one-line UsageError naming the file when it is not one."""
         try:
-            with open(path, encoding="utf-8") as fh:
-                data = json.load(fh)
+            data = json.loads(read_regular(path))
             if not isinstance(data, dict):
                 raise ValueError("not a JSON object")
             steps = data.pop("steps", None)
@@ -241,7 +241,8 @@ class RunRecord:
                 if not isinstance(step.summary, str) or not isinstance(step.detail, dict):
                     raise ValueError("a step's summary or detail has the wrong type")
             return record
-        except (OSError, ValueError, TypeError, KeyError) as e:
+        except (OSError, ValueError, TypeError, KeyError, RecursionError) as e:
+            # RecursionError: JSON nested deeper than the parser's stack
             raise UsageError(f"{path}: not a volguard run record ({_one_line(e)})") from None
 
     # -- summaries ------------------------------------------------------------------------

@@ -1,11 +1,13 @@
 """Files written so that a reader never sees half of one, a set of files all or none, and
-files that must never replace anything (exports of user data: new, owner-only)."""
+files that must never replace anything (exports of user data: new, owner-only); and
+volguard's own files read back without ever waiting on what sits in their place."""
 
 from __future__ import annotations
 
 import contextlib
 import errno
 import os
+import stat
 import tempfile
 from collections.abc import Iterable
 
@@ -117,3 +119,23 @@ def _fsync_directory(directory: str) -> None:
 
 def _exists(path: str) -> FileExistsError:
     return FileExistsError(errno.EEXIST, "already exists (never overwritten)", path)
+
+
+def read_regular(path: str, *, limit: int = 16 * 2**20) -> bytes:
+    """The bytes of ``path``, a regular file of at most ``limit`` bytes.
+
+    A FIFO, directory or device in its place is refused at once (ValueError), never waited
+    on: the open does not block (O_NONBLOCK) and the type is checked on the open descriptor,
+    so nothing can be swapped in between. A symbolic link is not followed.
+    """
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_NOFOLLOW)
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise ValueError("not a regular file (a FIFO, directory or device)")
+        with os.fdopen(os.dup(fd), "rb") as fh:
+            data = fh.read(limit + 1)
+    finally:
+        os.close(fd)
+    if len(data) > limit:
+        raise ValueError(f"larger than {limit // 2**20} MiB")
+    return data

@@ -361,7 +361,7 @@ class MachinesClient:
                 return None
             try:
                 return response.json()
-            except ValueError:
+            except (ValueError, RecursionError):  # RecursionError: nested beyond the stack
                 last_problem = f"HTTP {status} with a body that is not JSON ({_snippet(response)})"
                 if not idempotent:
                     raise FlyUnavailable(f"Fly API {what}: {last_problem}") from None
@@ -413,7 +413,7 @@ def _fly_error(response: httpx.Response) -> str:
     """Fly's `{"error": "..."}` text, on one line and short."""
     try:
         body = response.json()
-    except ValueError:
+    except (ValueError, RecursionError):
         return _snippet(response)
     text = body.get("error") if isinstance(body, dict) else None
     if not isinstance(text, str):
