@@ -112,12 +112,6 @@ def test_fix_unsets_primary_on_exactly_the_avatars_whose_picture_is_gone(
     assert files(site.media) == before
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="#8 item 1: --delete runs avatar's post_delete receiver remove_avatar_images, "
-    "which deletes the intact thumbnails of the deleted rows (4 files for 2 rows); no "
-    "receiver is named and nothing is refused",
-)
 def test_delete_refuses_by_default_naming_the_receiver_that_deletes_files(
     site: Site, avatars: Avatars
 ) -> None:
@@ -133,12 +127,6 @@ def test_delete_refuses_by_default_naming_the_receiver_that_deletes_files(
     assert "remove_avatar_images" in run.output, run.output
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="#8 item 1: a --delete that fails in avatar's receiver (a user's directory is "
-    "gone: FileNotFoundError, exit 1) rolls the rows back, but the receiver has already "
-    "deleted the intact thumbnails of the rows deleted before it (2 files)",
-)
 def test_a_delete_that_fails_midway_has_deleted_no_file(site: Site, avatars: Avatars) -> None:
     # The collector sends post_delete in descending key order: user0's row comes last.
     remove_directory(site.media, avatars["user0"][1].rpartition("/")[0])
@@ -151,11 +139,6 @@ def test_a_delete_that_fails_midway_has_deleted_no_file(site: Site, avatars: Ava
     assert files(site.media) == before, run.output
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="#8 item 4: --max-missing counts every audited row, 40 of them without a picture: "
-    "2 of 10 pictures missing is 20%, volguard computes 4% and marks 2 rows",
-)
 def test_max_missing_counts_only_rows_that_name_a_picture(site: Site, avatars: Avatars) -> None:
     # Forty users who saved the avatar form without a picture (the field is optional).
     site.shell(

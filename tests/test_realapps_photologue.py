@@ -188,12 +188,6 @@ def test_delete_removes_only_photos_whose_picture_is_gone_and_loaddata_brings_th
     assert r["files_after"] == r["files_before"]  # no picture, no cached size deleted
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="#8 item 1: --delete drops the deleted Photos' Gallery.photos and Photo.sites "
-    "through rows by cascade (6 rows), neither exported nor logged; loaddata restores the "
-    "sites but the galleries stay without the photos",
-)
 def test_delete_either_refuses_naming_the_galleries_or_loaddata_restores_their_photos(
     deleted_and_restored: dict,
 ) -> None:

@@ -163,12 +163,6 @@ def pg_site(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Site, Se
         yield site, _seed(site)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="#8 item 3: the export is read through the polymorphic default manager, so an "
-    "Invoice or Contract is exported without its Document row; loaddata then fails "
-    "(IntegrityError on document_ptr) and none of the 4 deleted rows comes back",
-)
 def test_deleted_documents_come_back_whole_with_loaddata(pg_site: tuple[Site, Seeded]) -> None:
     site, seeded = pg_site
     gone = _damage_documents(site, seeded["docs"])
@@ -202,11 +196,6 @@ def _waiting_on_a_lock(admin: Any, database: str, timeout: float = 60) -> bool:
     return False
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="#8 item 5: the file is re-checked before the row lock is taken: a file uploaded "
-    "again while --fix waits for the lock is marked failed all the same",
-)
 def test_a_file_uploaded_again_while_fix_waits_for_the_row_lock_is_not_marked_failed(
     pg_site: tuple[Site, Seeded], tmp_path: Path
 ) -> None:

@@ -58,7 +58,7 @@ import datetime as dt
 import json
 import os
 from collections import Counter
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Container, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -716,12 +716,17 @@ def _closure(collector: Any, *, pin: bool = False) -> tuple[list[Any], list[Any]
             )
     if pin:
         collector.fast_deletes = pinned
-    exported = {(type(o)._meta.concrete_model, o.pk) for o in removed}
-    objects = [o for o in removed if not _listed_by_its_owner(o, exported)]
+    # One row can be reached twice (a child's inherited reverse relations repeat its
+    # parent's): keep its first place.
+    unique: dict[tuple[Any, Any], Any] = {}
+    for obj in removed:
+        unique.setdefault((type(obj)._meta.concrete_model, obj.pk), obj)
+    removed = list(unique.values())
+    objects = [o for o in removed if not _listed_by_its_owner(o, unique)]
     return objects, removed
 
 
-def _listed_by_its_owner(obj: Any, exported: set[tuple[Any, Any]]) -> bool:
+def _listed_by_its_owner(obj: Any, exported: Container[tuple[Any, Any]]) -> bool:
     """Whether ``obj`` is a link row of an auto-created many-to-many table whose declaring
     row is exported (loaddata would insert it twice: once from the row's list, once as is)."""
     owner = obj._meta.auto_created
