@@ -549,7 +549,7 @@ def test_help_offers_only_the_core_options_volguard_uses(tmp_path: Path) -> None
     assert "run()" not in proc.stdout  # invoke's wording about its shell commands
 
 
-@pytest.mark.parametrize("flag", HIDDEN)
+@pytest.mark.parametrize("flag", [*HIDDEN, "-p", "-e", "-R", "-w", "-T", "-d", "-D", "-F"])
 @pytest.mark.parametrize("where", ["before", "after"])
 def test_a_hidden_invoke_option_is_rejected(incident_dir: Path, flag: str, where: str) -> None:
     args = [flag, "lint"] if where == "before" else ["lint", flag]
