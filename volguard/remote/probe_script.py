@@ -19,10 +19,22 @@ process's environment read from /proc/<pid>/environ (a `fly ssh console`
 session runs as root and may not see the app's secrets, DATABASE_URL among
 them). The argv arrives inside the base64 arguments and is exec'd, never
 given to a shell; stdout and stderr are captured up to a cap.
+
+Three modes serve `volguard recover`, each given stored file names relative to the
+app's MEDIA_ROOT (from its process environment), each name resolved one component at a
+time with O_NOFOLLOW from a descriptor of the root (`..`, absolute names and symlinks are
+refused, never followed):
+- `{"locate": {...}}`, read-only: size, sha256, mtime and mode of each name;
+- `{"send": {...}}`, read-only: the files as frames on stdout (a JSON header line, the
+  bytes, a JSON trailer with their sha256), a chunk at a time;
+- `{"receive": {...}}`: frames from stdin, each written as the app user (with the app
+  process's umask) to a temporary name created O_EXCL, fsynced, its sha256 read back,
+  then linked to its final name (which fails if the name exists: nothing is replaced)
+  and logged once to the change log; one result line per file on stdout.
 """
 
 PROBE_SOURCE = r'''
-import base64, json, os, pwd, shlex, signal, stat, subprocess, sys, threading, time
+import base64, errno, hashlib, json, os, pwd, shlex, signal, stat, subprocess, sys, threading, time
 
 BEGIN, END = "__VOLGUARD_FACTS_BEGIN__", "__VOLGUARD_FACTS_END__"
 PREFIX = ".volguard-probe-"
@@ -31,6 +43,8 @@ PREFIX = ".volguard-probe-"
 def main(args):
     if args.get("manage"):
         return manage(args["manage"])
+    if args.get("locate"):
+        return locate(args["locate"])
     facts = {"errors": []}
     if args.get("look_only"):
         root = args.get("media_root")
@@ -462,9 +476,402 @@ def remove_probe(media_root, name, facts):
         facts["errors"].append("remove %s: %s" % (name, e))
 
 
+# -- recover's modes (`volguard recover`): locate, send, receive ------------------------------
+# Every name is a stored file name relative to MEDIA_ROOT. It is resolved one component at a
+# time from a descriptor of MEDIA_ROOT with O_NOFOLLOW, so `..`, an absolute name, or a
+# symlink anywhere on the way (even one pointing inside the root) is refused, never followed.
+
+STREAM_BEGIN = b"__VOLGUARD_STREAM_BEGIN__"
+RESULT = "__VOLGUARD_RESULT__ "
+TEMP_PREFIX = ".volguard-recover-"
+CHUNK = 1 << 16
+
+
+class Refused(Exception):
+    """A name volguard will not resolve: not plain, or a link or non-directory on the way."""
+
+
+def split_name(name):
+    if not isinstance(name, str) or not name or "\0" in name or name.startswith("/"):
+        raise Refused("not a plain relative name")
+    parts = name.split("/")
+    if any(p in ("", ".", "..") for p in parts):
+        raise Refused("not a plain relative name (empty, '.' or '..' component)")
+    if parts[0] == ".volguard" or parts[-1].startswith(TEMP_PREFIX):
+        raise Refused("a name in volguard's own space")
+    return parts
+
+
+def open_dir(root_fd, parts, create=False):
+    """A descriptor of the directory holding parts[-1], walked without following links;
+    with create, missing directories are made (mode 0777 less the umask, as the app would)."""
+    fd = os.dup(root_fd)
+    try:
+        for part in parts[:-1]:
+            flags = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW
+            try:
+                nfd = os.open(part, flags, dir_fd=fd)
+            except FileNotFoundError:
+                if not create:
+                    raise
+                try:
+                    os.mkdir(part, 0o777, dir_fd=fd)
+                    os.fsync(fd)
+                except FileExistsError:
+                    pass
+                nfd = os.open(part, flags, dir_fd=fd)
+            except OSError as e:
+                if e.errno in (errno.ELOOP, errno.ENOTDIR):
+                    raise Refused("%s: a symlink or not a directory on the way" % part)
+                raise
+            os.close(fd)
+            fd = nfd
+        return fd
+    except BaseException:
+        os.close(fd)
+        raise
+
+
+def open_file(root_fd, name):
+    """(fd, stat) of the regular file `name` under the root, or Refused / FileNotFoundError."""
+    parts = split_name(name)
+    dfd = open_dir(root_fd, parts)
+    try:
+        try:
+            fd = os.open(parts[-1], os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK, dir_fd=dfd)
+        except OSError as e:
+            if e.errno in (errno.ELOOP, errno.ENOTDIR):
+                raise Refused("a symlink, not a file")
+            raise
+    finally:
+        os.close(dfd)
+    st = os.fstat(fd)
+    if not stat.S_ISREG(st.st_mode):
+        os.close(fd)
+        raise Refused("not a regular file")
+    return fd, st
+
+
+def digest_fd(fd):
+    h = hashlib.sha256()
+    offset = 0
+    while True:
+        chunk = os.pread(fd, CHUNK, offset)
+        if not chunk:
+            return h.hexdigest(), offset
+        h.update(chunk)
+        offset += len(chunk)
+
+
+def recover_root(spec, out):
+    """MEDIA_ROOT as the app process on this Machine sees it (its environment), else the
+    configured one; None with an error when neither is known."""
+    procs = app_processes(spec.get("app_user"), spec.get("group"))
+    root = procs[0].get("media_root") if procs else None
+    root = root or spec.get("media_root")
+    if not root:
+        out["errors"].append("no app process with MEDIA_ROOT in its environment on this Machine")
+    return root, procs
+
+
+def locate(spec):
+    """Read-only: for each name, the file under MEDIA_ROOT: size, sha256, mtime, mode."""
+    out = {"errors": []}
+    root, _ = recover_root(spec, out)
+    if not root:
+        return out
+    out["media_root"] = root
+    try:
+        root_fd = os.open(root, os.O_RDONLY | os.O_DIRECTORY)
+    except OSError as e:
+        out["errors"].append("MEDIA_ROOT %s: %s" % (root, e))
+        return out
+    files = {}
+    try:
+        for name in spec.get("names") or []:
+            try:
+                fd, st = open_file(root_fd, name)
+            except Refused as e:
+                files[name] = {"status": "refused", "why": str(e)}
+                continue
+            except FileNotFoundError:
+                files[name] = {"status": "absent"}
+                continue
+            except OSError as e:
+                files[name] = {"status": "error", "why": str(e)}
+                continue
+            try:
+                sha, size = digest_fd(fd)
+            finally:
+                os.close(fd)
+            files[name] = {
+                "status": "found", "size": size, "sha256": sha, "mtime": st.st_mtime,
+                "mode": "%04o" % stat.S_IMODE(st.st_mode),
+            }
+    finally:
+        os.close(root_fd)
+    out["files"] = files
+    return out
+
+
+def line_out(stream, obj):
+    stream.write(json.dumps(obj, sort_keys=True).encode() + b"\n")
+
+
+def send(spec):
+    """Write each file as a frame on stdout: a JSON header line, exactly `size` bytes, a JSON
+    trailer line with the sha256 of what was sent. Read-only; memory bounded by one chunk."""
+    stdout = sys.stdout.buffer
+    stdout.write(STREAM_BEGIN + b"\n")
+    out = {"errors": []}
+    root, _ = recover_root(spec, out)
+    root_fd = None
+    if root:
+        try:
+            root_fd = os.open(root, os.O_RDONLY | os.O_DIRECTORY)
+        except OSError as e:
+            out["errors"].append("MEDIA_ROOT %s: %s" % (root, e))
+    for name in (spec.get("names") or []) if root_fd is not None else []:
+        try:
+            fd, st = open_file(root_fd, name)
+        except (Refused, OSError) as e:
+            line_out(stdout, {"name": name, "error": str(e) or type(e).__name__})
+            continue
+        try:
+            size = st.st_size
+            line_out(stdout, {"name": name, "size": size, "mtime": st.st_mtime,
+                              "mode": "%04o" % stat.S_IMODE(st.st_mode)})
+            h, offset = hashlib.sha256(), 0
+            while offset < size:
+                chunk = os.pread(fd, min(CHUNK, size - offset), offset)
+                if not chunk:  # the file shrank: pad, and the trailer says so
+                    chunk = b"\0" * min(CHUNK, size - offset)
+                    h.update(b"short")
+                h.update(chunk)
+                stdout.write(chunk)
+                offset += len(chunk)
+            line_out(stdout, {"sha256": h.hexdigest()})
+        finally:
+            os.close(fd)
+    line_out(stdout, {"end": True, "errors": out["errors"]})
+    stdout.flush()
+    return 0
+
+
+def app_umask(pid):
+    try:
+        with open("/proc/%d/status" % pid) as fh:
+            for line in fh:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError):
+        pass
+    return 0o022
+
+
+class LogSeen:
+    """The restore_file entries already in the change log: (name, sha256) pairs."""
+
+    def __init__(self, path):
+        self.path, self.seen = path, set()
+        try:
+            with open(path, "rb") as fh:
+                for raw in fh:
+                    try:
+                        entry = json.loads(raw.decode("utf-8"))
+                    except ValueError:
+                        continue
+                    if isinstance(entry, dict) and entry.get("action") == "restore_file":
+                        after = entry.get("after") or {}
+                        if isinstance(after, dict):
+                            self.seen.add((entry.get("target"), after.get("sha256")))
+        except OSError:
+            pass
+
+    def log(self, name, sha, more, run_id, user):
+        if (name, sha) in self.seen:
+            return False
+        entry = {
+            "time": time.strftime("%Y-%m-%dT%H:%M:%S+00:00", time.gmtime()),
+            "user": user, "host": os.uname()[1], "command": "recover", "action": "restore_file",
+            "target": name, "before": None, "after": dict(more, sha256=sha), "run": run_id,
+        }
+        data = json.dumps(entry, sort_keys=True).encode() + b"\n"
+        fd = os.open(self.path, os.O_RDWR | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW, 0o600)
+        try:
+            size = os.fstat(fd).st_size
+            if size and os.pread(fd, 1, size - 1) != b"\n":  # a torn last line stays alone
+                data = b"\n" + data
+            os.write(fd, data)
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        self.seen.add((name, sha))
+        return True
+
+
+def receive(spec):
+    """Read frames from stdin and restore each file under MEDIA_ROOT as the app user: a temp
+    name created O_EXCL, fsync, sha256 read back, link to the final name (never replacing),
+    one change-log line, unlink the temp. One result line per file on stdout."""
+    stdout, stdin = sys.stdout.buffer, sys.stdin.buffer
+
+    def result(obj):
+        stdout.write((RESULT + json.dumps(obj, sort_keys=True) + "\n").encode())
+        stdout.flush()
+
+    out = {"errors": []}
+    root, procs = recover_root(spec, out)
+    if not root or not procs:
+        if not procs and not out["errors"]:
+            out["errors"].append("no app process found on this Machine")
+        result({"ready": False, "errors": out["errors"]})
+        return 1
+    user = spec.get("app_user") or procs[0]["user"]
+    try:
+        entry = pwd.getpwnam(user)
+    except KeyError:
+        result({"ready": False, "errors": ["no such user %s" % user]})
+        return 1
+    for path in spec.get("make_dirs") or []:
+        make_dir_for(path, entry, out)
+    umask = app_umask(procs[0]["pid"])
+    if os.getuid() == 0:
+        os.initgroups(user, entry.pw_gid)
+        os.setgid(entry.pw_gid)
+        os.setuid(entry.pw_uid)
+    os.umask(umask)
+    try:
+        root_fd = os.open(root, os.O_RDONLY | os.O_DIRECTORY)
+    except OSError as e:
+        result({"ready": False, "errors": out["errors"] + ["MEDIA_ROOT %s: %s" % (root, e)]})
+        return 1
+    run_id = str(spec.get("run_id") or "run")
+    stale = tuple(TEMP_PREFIX + str(r) + "-" for r in spec.get("stale_runs") or [])
+    log = LogSeen(spec["audit_log"]) if spec.get("audit_log") else None
+    result({"ready": True, "media_root": root, "user": user, "uid": entry.pw_uid,
+            "umask": "%04o" % umask, "errors": out["errors"]})
+    cleaned, n = set(), 0
+    while True:
+        header = stdin.readline(1 << 20)
+        if not header.endswith(b"\n"):
+            result({"end": False, "errors": ["the stream ended before its end frame"]})
+            return 1
+        frame = json.loads(header.decode("utf-8"))
+        if frame.get("end"):
+            result({"end": True})
+            return 0
+        n += 1
+        name, size, want = frame["name"], int(frame["size"]), frame["sha256"]
+        mode = int(frame.get("mode") or "0644", 8) & 0o777
+        status = restore_one(root_fd, name, size, want, mode, stdin, run_id, n, stale, cleaned)
+        if status.get("status") == "truncated":
+            result(dict(status, name=name))
+            return 1
+        if log and status["status"] in ("restored", "present_identical"):
+            more = {"size": size, "source": frame.get("source"), "mode": "%04o" % mode}
+            try:
+                status["logged"] = log.log(name, want, more, run_id, user)
+            except OSError as e:
+                status["log_error"] = str(e)
+        result(dict(status, name=name))
+
+
+def drain(stdin, size):
+    left = size
+    while left:
+        chunk = stdin.read(min(CHUNK, left))
+        if not chunk:
+            return False
+        left -= len(chunk)
+    return True
+
+
+def restore_one(root_fd, name, size, want, mode, stdin, run_id, n, stale, cleaned):
+    try:
+        parts = split_name(name)
+        dfd = open_dir(root_fd, parts, create=True)
+    except (Refused, OSError) as e:
+        if not drain(stdin, size):
+            return {"status": "truncated"}
+        return {"status": "refused", "why": str(e) or type(e).__name__}
+    temp = None
+    try:
+        key = os.fstat(dfd)[:2]
+        if stale and key not in cleaned:  # temp files of earlier runs of this recovery
+            for entry in os.listdir(dfd):
+                if entry.startswith(stale):
+                    try:
+                        os.unlink(entry, dir_fd=dfd)
+                    except OSError:
+                        pass
+            cleaned.add(key)
+        final = parts[-1]
+        try:
+            st = os.stat(final, dir_fd=dfd, follow_symlinks=False)
+        except FileNotFoundError:
+            st = None
+        if st is not None:
+            if not drain(stdin, size):
+                return {"status": "truncated"}
+            same = False
+            if stat.S_ISREG(st.st_mode):
+                fd = os.open(final, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK, dir_fd=dfd)
+                try:
+                    same = digest_fd(fd)[0] == want
+                finally:
+                    os.close(fd)
+            return {"status": "present_identical" if same else "target_exists"}
+        temp = "%s%s-%d" % (TEMP_PREFIX, run_id, n)
+        fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600,
+                     dir_fd=dfd)
+        try:
+            left = size
+            while left:
+                chunk = stdin.read(min(CHUNK, left))
+                if not chunk:
+                    return {"status": "truncated"}
+                os.write(fd, chunk)
+                left -= len(chunk)
+            os.fchmod(fd, mode)
+            os.fsync(fd)
+            got, length = digest_fd(fd)
+        finally:
+            os.close(fd)
+        if got != want or length != size:
+            return {"status": "mismatch", "sha256": got}
+        try:
+            os.link(temp, final, src_dir_fd=dfd, dst_dir_fd=dfd, follow_symlinks=False)
+        except FileExistsError:
+            return {"status": "target_exists"}
+        os.fsync(dfd)
+        st = os.stat(final, dir_fd=dfd, follow_symlinks=False)
+        return {"status": "restored", "sha256": got, "size": length,
+                "mode": "%04o" % stat.S_IMODE(st.st_mode), "uid": st.st_uid, "gid": st.st_gid}
+    except OSError as e:
+        return {"status": "failed", "why": str(e)}
+    finally:
+        if temp is not None:
+            try:
+                os.unlink(temp, dir_fd=dfd)  # ours, made in this run: never anything else
+                os.fsync(dfd)
+            except OSError:
+                pass
+        os.close(dfd)
+
+
+def stream_main(arguments):
+    """The streaming modes print their own framed output; the exit status says how they ended."""
+    if arguments.get("send"):
+        return send(arguments["send"])
+    return receive(arguments["receive"])
+
+
 if __name__ == "__main__":
     signal.signal(signal.SIGHUP, signal.SIG_DFL)
     arguments = json.loads(base64.b64decode(sys.argv[-1]).decode())
+    if arguments.get("send") or arguments.get("receive"):
+        sys.exit(stream_main(arguments))
     try:
         result = main(arguments)
     except Exception as e:  # report, so the caller can tell a broken probe from a broken host

@@ -39,6 +39,7 @@ import shutil
 import signal
 import subprocess
 import tempfile
+import threading
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -274,6 +275,35 @@ class Transport:
         self.sessions[machine.id] = self.sessions.get(machine.id, 0) + 1
         return self.host(machine).run(command)
 
+    def stream(self, machine: Machine, command: str, *, timeout: float | None = None) -> Stream:
+        """One session running ``command`` (a POSIX sh script) whose stdin and stdout the
+        caller pipes through (`Stream`): for copying files without holding them in memory.
+
+        The same command lines as `run` (flyctl's ``--command`` — stdin is piped to the
+        remote command, fly-facts §4.1 —, ssh after ``--`` with the ControlMaster, or a local
+        ``sh -c``), with a wall-clock deadline (``timeout``, default the options') after
+        which the session's process group is killed.
+        """
+        self.sessions[machine.id] = self.sessions.get(machine.id, 0) + 1
+        kind = self.options.kind
+        if kind == "local":
+            return Stream(["sh", "-c", command], timeout or self.options.timeout)
+        if kind == "fly":
+            backend = FlyBackend(machine.id, self.options)
+            argv = [
+                self.options.flyctl, "ssh", "console",
+                f"--app={backend.app}",
+                f"--machine={backend.machine_id}",
+                f"--user={self.options.user}",
+                f"--command=sh -c {shlex.quote(command)}",
+            ]  # fmt: skip
+            return Stream(argv, timeout or self.options.timeout)
+        ssh: Any = self.host(machine).backend
+        cmd, args = ssh._build_ssh_command(command)
+        line = ssh.quote(" ".join(cmd), *args)  # testinfra's own quoting, as run_local does
+        # testinfra's own shape: one command line, quoted by `quote`, run by /bin/sh
+        return Stream(line, timeout or self.options.timeout, shell=True)  # noqa: S604
+
     def close(self) -> None:
         """End ssh ControlMaster connections (all at once) and remove their sockets."""
         exits = [
@@ -326,6 +356,90 @@ class Transport:
                 timeout=max(1, int(self.options.timeout)),
             )
         )
+
+
+class Stream:
+    """A running session with pipes: write to ``stdin``, read ``stdout``; stderr's tail kept.
+
+    Bounded: the caller reads and writes a chunk at a time (the pipes hold 64 KiB each), and
+    at the deadline the whole process group is killed, which ends every read and write.
+    """
+
+    def __init__(self, command: list[str] | str, timeout: float, *, shell: bool = False) -> None:
+        try:
+            self.proc = subprocess.Popen(
+                command,
+                shell=shell,
+                stdin=subprocess.PIPE,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                start_new_session=True,  # its own process group, to be killed as one
+            )
+        except FileNotFoundError:
+            name = command[0] if isinstance(command, list) else "sh"
+            raise Unreachable(f"{name} is not installed or not on PATH") from None
+        assert self.proc.stdin is not None
+        assert self.proc.stdout is not None
+        self.stdin = self.proc.stdin
+        self.stdout = self.proc.stdout
+        self.timeout = timeout
+        self.expired = False
+        self._stderr = bytearray()
+        threading.Thread(target=self._read_stderr, daemon=True).start()
+        self._timer = threading.Timer(timeout, self._expire)
+        self._timer.daemon = True
+        self._timer.start()
+
+    def _read_stderr(self) -> None:
+        assert self.proc.stderr is not None
+        fd = self.proc.stderr.fileno()
+        with contextlib.suppress(OSError, ValueError):
+            while chunk := os.read(fd, 1 << 16):
+                self._stderr.extend(chunk)
+                if len(self._stderr) > MAX_STDERR:
+                    del self._stderr[: len(self._stderr) - MAX_STDERR]
+
+    def _expire(self) -> None:
+        self.expired = True
+        self.kill()
+
+    @property
+    def stderr_tail(self) -> str:
+        return bytes(self._stderr[-MAX_STDERR:]).decode("utf-8", "replace")
+
+    def close_stdin(self) -> None:
+        with contextlib.suppress(OSError):
+            self.stdin.close()
+
+    def wait(self) -> int:
+        """The session's exit status (after the deadline: Unreachable)."""
+        left = max(0.0, self.timeout)
+        try:
+            returncode = self.proc.wait(timeout=left)
+        except subprocess.TimeoutExpired:
+            self._expire()
+            returncode = self.proc.wait()
+        if self.expired:
+            raise Unreachable(f"no answer within the session's deadline of {self.timeout:g} s")
+        return returncode
+
+    def kill(self) -> None:
+        if self.proc.returncode is None:
+            _kill_group(self.proc)
+
+    def __enter__(self) -> Stream:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._timer.cancel()
+        self.close_stdin()
+        if self.proc.poll() is None:
+            self.kill()
+        with contextlib.suppress(OSError):
+            self.stdout.close()
+        if self.proc.stderr is not None:
+            with contextlib.suppress(OSError):
+                self.proc.stderr.close()
 
 
 def _kill_group(proc: subprocess.Popen[bytes]) -> None:
