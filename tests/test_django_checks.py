@@ -457,3 +457,23 @@ def test_manage_py_check_deploy_honours_silenced_system_checks(tmp_path):
     assert result.returncode == 0, output
     assert "volguard.E103" not in output
     assert "1 silenced" in output
+
+
+def test_an_audit_only_project_without_fly_toml_passes_check_deploy(tmp_path):
+    """volguard.django installed for check_missing_files alone: no fly.toml, no error."""
+    project = make_project(tmp_path, "")
+    settings_py = project / "mysite" / "settings.py"
+    settings_py.write_text(
+        settings_py.read_text(encoding="utf-8").replace("VOLGUARD_FLY_TOML = ''\n", ""),
+        encoding="utf-8",
+    )
+    assert "VOLGUARD_FLY_TOML" not in settings_py.read_text(encoding="utf-8")
+
+    result = manage(project, "check", "--deploy")
+    output = result.stdout + result.stderr
+    assert result.returncode == 0, output
+    assert "volguard." not in output
+
+    # Asked for by name, a missing fly.toml is still an error.
+    (message,) = run_check(VOLGUARD_FLY_TOML=str(tmp_path / "nope.toml"))
+    assert message.id == "volguard.E100"

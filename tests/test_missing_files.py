@@ -770,6 +770,11 @@ def test_findings_and_recheck(site: Site) -> None:
         (["--batch-size", "many"], "argument --batch-size: invalid int value: 'many'"),
         (["--batch-size", "0"], "batch size must be at least 1"),
         (["--bogus-flag"], "unrecognized arguments: --bogus-flag"),
+        (["--user-id", "99999999999999999999999"], "bad filter for services.UserDataFile"),
+        (["--filter", "owner=99999999999999999999999"], "bad filter for services.UserDataFile"),
+        (["--filter", "processing_status__nope=1"], "Unsupported lookup 'nope'"),
+        (["--filter", "owner__username__nope=1"], "Unsupported lookup 'nope'"),
+        (["--filter", "pk__in=1,x"], "services.UserDataFile"),
     ],
 )
 def test_bad_input_exits_1_with_one_line(site: Site, args: list[str], message: str) -> None:
@@ -1109,3 +1114,74 @@ def test_a_zero_byte_file_is_finding_vg405_distinct_from_a_missing_one() -> None
     assert found.id == "VG405"
     assert found.message == "row 7 of app.Photo.image: file 'p/7.jpg' holds 0 bytes (/m/p/7.jpg)"
     assert missing.to_finding().id == "VG401"
+
+
+def test_boolean_filters_take_the_spellings_isnull_takes(shapes: Site) -> None:
+    pks = _shapes_seed(
+        shapes,
+        "for key, hidden in [('shown', False), ('hidden', True)]:\n"
+        "    obj = Folder(hidden=hidden, file=f'folders/{key}.pdf'); obj.save(); pks[key] = obj.pk",
+    )
+    folder = ("--model", "vg_audit_shapes.Folder")
+    for spelling, expected in [("true", "hidden"), ("TRUE", "hidden"), ("1", "hidden"),
+                               ("False", "shown"), ("0", "shown")]:  # fmt: skip
+        document = shapes.check_json(
+            *folder, "--filter", f"hidden={spelling}", settings=SHAPES_SETTINGS
+        )
+        assert _reasons(document) == {(pks[expected], "missing")}, spelling
+    bad = shapes.check(*folder, "--filter", "hidden=maybe", settings=SHAPES_SETTINGS)
+    assert bad.returncode == 1
+    assert bad.stderr.startswith("CommandError: bad filter for vg_audit_shapes.Folder")
+
+
+@pytest.mark.parametrize("database", ["sqlite"], indirect=True)
+def test_fix_on_a_model_without_a_status_field_is_refused_up_front(site: Site) -> None:
+    pks = site.seed(
+        users=["alice"],
+        rows={"r": {"owner": "alice", "name": "gone.csv"}},
+        attachments={"a": {"owner": "alice", "document": "docs/gone.pdf"}},
+    )
+    log = site.media.parent / "log.jsonl"
+    setting = "VOLGUARD_MISSING_FILES['vg_audit_testapp.Attachment']['status_field']"
+
+    for args in (["--model", "vg_audit_testapp.Attachment"], []):
+        proc = site.check(
+            *args, "--fix", "--max-missing", "100%", "--audit-log", str(log),
+            settings=TEST_SETTINGS,
+        )  # fmt: skip
+        assert proc.returncode == 1, proc.stdout + proc.stderr
+        line = proc.stderr.strip().splitlines()[-1]
+        assert line.startswith(
+            "CommandError: --fix cannot mark rows of vg_audit_testapp.Attachment"
+        )
+        assert setting in line
+        assert "unmounted" not in proc.stdout + proc.stderr
+    assert not log.exists()
+    status = site.shell(
+        "from apps.services.models import UserDataFile as U\n"
+        f"print(U.objects.get(pk={pks['r']}).processing_status)"
+    )
+    assert status.split()[-1] == "pending"  # nothing marked, not even the model that could be
+
+
+@pytest.mark.parametrize("database", ["sqlite"], indirect=True)
+def test_a_database_error_mid_run_is_one_line(site: Site) -> None:
+    site.seed(users=["alice"], rows={"r": {"owner": "alice", "name": "gone.csv"}})
+    rename = "from django.db import connection\nconnection.cursor().execute({!r})"
+    # The audit reads the rows; the text output then asks the users' table for names.
+    site.shell(rename.format("ALTER TABLE auth_user RENAME TO auth_user_gone"))
+    try:
+        proc = site.check()
+    finally:
+        site.shell(rename.format("ALTER TABLE auth_user_gone RENAME TO auth_user"))
+    assert proc.returncode == 1, proc.stdout + proc.stderr
+    assert proc.stderr.strip().splitlines() == [
+        "CommandError: database error: no such table: auth_user"
+    ]
+
+
+@pytest.mark.parametrize("database", ["sqlite"], indirect=True)
+def test_a_primary_key_beyond_any_integer_matches_nothing(site: Site) -> None:
+    site.seed(users=["alice"], rows={"r": {"owner": "alice", "name": "gone.csv"}})
+    document = site.check_json("--filter", "pk=99999999999999999999999", code=0)
+    assert (document["total_rows"], document["rows"]) == (0, [])

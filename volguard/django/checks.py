@@ -14,7 +14,10 @@ Settings read:
 
 - ``VOLGUARD_FLY_TOML``: the fly.toml to lint. Default ``fly.toml``; a relative
   path is taken relative to ``BASE_DIR`` when the settings define it, else to the
-  current directory.
+  current directory. When it is not set and the default fly.toml does not exist, the
+  check reports nothing: a project may install ``volguard.django`` only for the
+  missing-file audit (``check_missing_files``), with no fly.toml beside it. A
+  ``VOLGUARD_FLY_TOML`` that names a missing file is still ``volguard.E100``.
 - ``MEDIA_ROOT``: the media root to check. When empty, fly.toml's ``[env]
   MEDIA_ROOT`` is used, as by ``volguard lint``.
 - ``VOLGUARD_MEDIA_GROUPS``: the process groups that handle media (default: all).
@@ -56,6 +59,8 @@ def check_fly_toml(app_configs: Any = None, **kwargs: Any) -> list[CheckMessage]
     fly_toml: str | None = None
     try:
         fly_toml = fly_toml_path()
+        if not getattr(settings, "VOLGUARD_FLY_TOML", None) and not os.path.lexists(fly_toml):
+            return []  # volguard.django installed for the audit only: nothing to lint
         return lint_messages(fly_toml, media_root(), media_groups())
     except VolguardError as e:
         return [

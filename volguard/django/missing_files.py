@@ -289,7 +289,9 @@ class _FieldAudit:
         except storage_index.StorageIndexError as e:
             raise AuditError(str(e)) from e
         except DatabaseError as e:
-            raise AuditError(f"cannot read {self.target}: {str(e).strip()}") from e
+            raise AuditError(f"cannot read {self.target}: {_one_line(e)}") from e
+        except OverflowError as e:  # SQLite: a filter value beyond 64 bits
+            raise AuditError(f"bad filter for {self.target.label}: {_one_line(e)}") from e
         self.report.strategy = index.strategy
         self.report.strategy_detail = index.detail
         self.report.storage_requests = index.requests
@@ -419,7 +421,7 @@ class _FieldAudit:
         base = self.target.rows().order_by()
         try:
             for key, value in self.lookups:
-                base = base.filter(**{key: value})
+                base = base.filter(**{key: _boolean(self.target.model, key, value)})
         except (FieldError, ValueError, TypeError, ValidationError) as e:
             message = "; ".join(e.messages) if isinstance(e, ValidationError) else str(e)
             raise AuditError(f"bad filter for {self.target.label}: {message}") from None
@@ -673,6 +675,39 @@ def _plan(
     models = ", ".join(sorted({t.label for t in targets}))
     fields = ", ".join(repr(f) for f in sorted(unknown_fields))
     raise AuditError(f"bad filter: {models} has no field {fields}")
+
+
+#: The spellings ``--filter …__isnull=`` takes (`check_missing_files.parse_filter`).
+_BOOLEANS = {"true": True, "1": True, "false": False, "0": False}
+
+
+def _boolean(model: type[Model], key: str, value: Any) -> Any:
+    """``value`` as a bool when ``key`` is an exact lookup on a BooleanField and ``value``
+    one of the spellings ``__isnull`` takes (``true``, ``False``, ``1``, ``0``); Django's own
+    BooleanField refuses ``true``. Anything else unchanged."""
+    from django.core.exceptions import FieldDoesNotExist
+    from django.db.models import BooleanField
+
+    if not isinstance(value, str) or value.strip().lower() not in _BOOLEANS:
+        return value
+    parts = key.split("__")
+    if parts[-1] == "exact":
+        parts.pop()
+    field: Any = None
+    for part in parts:
+        if field is not None:
+            if not field.is_relation or field.related_model is None:
+                return value
+            model = field.related_model
+        try:
+            field = model._meta.pk if part == "pk" else model._meta.get_field(part)
+        except FieldDoesNotExist:
+            return value
+    return _BOOLEANS[value.strip().lower()] if isinstance(field, BooleanField) else value
+
+
+def _one_line(error: BaseException) -> str:
+    return " ".join(str(error).split())
 
 
 def _has_field(model: type[Model], lookup: str) -> bool:

@@ -184,6 +184,17 @@ class Command(BaseCommand):
             sys.exit(self.exit_code)
 
     def handle(self, *args: Any, **options: Any) -> None:
+        from django.db import DatabaseError
+
+        try:
+            self._handle(options)
+        except (DatabaseError, OverflowError) as e:
+            # A database that fails mid-run (a lost connection, a dropped table, a value
+            # out of range) is one line, as every other failure; the rows are as they were
+            # or as the audit log says.
+            raise CommandError(f"database error: {' '.join(str(e).split())}") from None
+
+    def _handle(self, options: dict[str, Any]) -> None:
         action = "fix" if options["fix"] else "delete" if options["delete"] else None
         try:
             max_missing = parse_max_missing(options["max_missing"])
@@ -198,8 +209,11 @@ class Command(BaseCommand):
         if action != "delete" and options["allow_delete_receivers"]:
             raise CommandError(f"{repair.ALLOW_RECEIVERS_FLAG} needs --delete")
         try:
+            targets = discover(options["model"])
+            if action == "fix" and options["model"]:
+                _require_status_fields(t.model for t in targets)  # before a long audit
             result = audit(
-                discover(options["model"]),
+                targets,
                 filters=filters,
                 user_id=options["user_id"],
                 older_than=older_than,
@@ -247,6 +261,13 @@ class Command(BaseCommand):
                 f"{dropped} rolled back"
             )
         report, rows = repair.plan(result, action)
+        if action == "fix":
+            from django.apps import apps
+
+            try:
+                _require_status_fields(apps.get_model(label) for label in {r.model for r in rows})
+            except UsageError as e:
+                raise CommandError(str(e)) from None
         report.audit_log = options["audit_log"]
         say("")
         say(f"Plan (--{action}): {_counts(report.planned) or 'nothing to do'}")
@@ -485,6 +506,21 @@ def format_duration(value: timedelta) -> str:
         if seconds and seconds % _DURATION_UNITS[unit] == 0:
             return f"{seconds // _DURATION_UNITS[unit]}{unit}"
     return f"{seconds}s" if seconds else "0"
+
+
+def _require_status_fields(models: Iterable[Any]) -> None:
+    """``--fix`` marks rows through a status field: a model without one is refused before
+    anything runs, naming the setting (a `UsageError`, exit 1), rather than planned and then
+    left unmarked."""
+    from volguard.django.targets import SETTING, model_config
+
+    lacking = sorted({m._meta.label for m in models if model_config(m).status_field is None})
+    if lacking:
+        settings = ", ".join(f"{SETTING}[{label!r}]['status_field']" for label in lacking)
+        raise UsageError(
+            f"--fix cannot mark rows of {', '.join(lacking)}: no status field; set {settings} "
+            "(and failed_value), or leave the model out with --model"
+        )
 
 
 def _owner_names(result: AuditResult) -> dict[tuple[str, Any], str]:
