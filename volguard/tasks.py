@@ -551,6 +551,111 @@ OPTIONAL_POSITIONALS["deploy"] = "path"
 @task(
     auto_shortflags=False,
     help={
+        "path": "fly.toml naming the media mounts (default: volguard.fly_toml, i.e. fly.toml)",
+        "app": "Fly app (default: volguard.app, else fly.toml `app`)",
+        "apply": "copy the found files to the target Machine (after the gate and a snapshot)",
+        "yes": "--apply without asking (for CI)",
+        "sources": "where to look, comma-separated: machines, volumes, snapshots (default: "
+        "all; today only machines is available, the others are named as not yet available)",
+        "format": "stdout format: text or json (default: text)",
+        "resume": "continue the latest recover --apply run of this app; nothing verified is "
+        "copied again",
+        "prefer": "settle a conflict between copies that differ: newest or largest",
+        "transport": "how to reach each Machine: fly, ssh or local (default: volguard.transport)",
+        "machine": "the target: this started Machine of a media group (default: the first "
+        "started Machine of the web group)",
+        "manage_py": "how to run manage.py in the app's directory (default: volguard.manage_py, "
+        "else python3 manage.py)",
+        "timeout": "seconds one audit or search session may take (default 900)",
+    },
+)
+@_edge
+def recover(
+    c: Context,
+    path: str | None = None,
+    app: str | None = None,
+    apply: bool = False,
+    yes: bool = False,
+    sources: str = "",
+    format: str = "text",
+    resume: bool = False,
+    prefer: str = "",
+    transport: str | None = None,
+    machine: str | None = None,
+    manage_py: str | None = None,
+    timeout: str = "",
+) -> None:
+    """Find the app's lost uploads on its other Machines; --apply copies them back, verified.
+
+    Plan by default: the rows whose file is missing (the audit on the target Machine), and
+    for each, the copies on every other started Machine (found, conflict or not_found).
+    Exit 0 when every missing row is found (or restored with --apply), 2 when some remain,
+    1 when volguard could not run. See docs/recover.md.
+    """
+    import json as json_module
+
+    from volguard.audit_log import AuditLog
+    from volguard.config import Settings
+    from volguard.recover import RecoverContext, RecoverOptions, parse_sources, render_text
+    from volguard.recover import recover as run_recover
+    from volguard.recover_document import PREFERENCES
+
+    if format not in ("text", "json"):
+        raise UsageError(f"--format {format!r}: choose text or json")
+    if prefer and prefer not in PREFERENCES:
+        raise UsageError(f"--prefer {prefer!r}: choose {' or '.join(PREFERENCES)}")
+    for flag, given in (("--yes", yes), ("--resume", resume)):
+        if given and not apply:
+            raise UsageError(f"{flag} needs --apply")
+    kinds, _ = parse_sources(sources)
+    seconds = _whole_number("--timeout", timeout, 10, 86400) or 900
+    _, config, app_name, token = _platform_inputs(c, path, app)
+    settings = Settings.load(
+        c.config.get("volguard"), app=app, transport=transport, manage_py=manage_py
+    )
+    as_json = format == "json"
+
+    def note(line: str) -> None:
+        print(line, file=sys.stderr if as_json else sys.stdout)
+
+    options = RecoverOptions(
+        apply=apply,
+        sources=kinds,
+        prefer=prefer or None,
+        resume=resume,
+        fly_toml=path or settings.fly_toml,
+        machine_id=machine or None,
+        timeout=float(seconds),
+    )
+    outcome = run_recover(
+        RecoverContext(
+            settings,
+            config,
+            app_name,
+            token,
+            options,
+            confirm=None if yes else _confirm,
+            audit=AuditLog(command="recover"),
+            out=note,
+        )
+    )
+    if as_json:
+        print(json_module.dumps(outcome.as_dict(), indent=2, default=str))
+    else:
+        sys.stdout.write(render_text(outcome))
+    sys.stdout.flush()
+    if outcome.error is not None:
+        raise outcome.error
+    if outcome.exit_code:
+        raise Exit(code=outcome.exit_code)
+
+
+ns.add_task(recover)
+
+
+@task(
+    auto_shortflags=False,
+    help={
         "workdir": "where the demo's project, database and run records go "
         "(default: a new temporary directory, kept afterwards)",
     },

@@ -1,0 +1,909 @@
+"""`volguard recover`: find the lost uploads where the platform stranded them, copy them back.
+
+In the incidents volguard exists for, the files a row names are usually not destroyed, only
+stranded: on the worker's volume (the split, VG103/VG205), on a sibling app Machine's volume
+(VG206). Without ``--apply`` it only reads:
+
+1. what is missing: ``check_missing_files --json`` on the target Machine (the first started
+   Machine of the web group, as `volguard remediate` chooses it), through remediate's own
+   `audit_on` — the rows whose reason is ``missing`` or ``empty_file``;
+2. where it may be: every `Source`, read-only, cheapest first. Today the source kind is
+   ``machines`` (`MachineSource`: every other started Machine of the app, every group, in
+   ONE probe session each: size, sha256, mtime of each name under that Machine's own
+   MEDIA_ROOT); ``volumes`` and ``snapshots`` need temporary volumes and Machines and are
+   named "not available yet";
+3. the plan (`volguard.recover_document`): each row ``found``, ``conflict`` or
+   ``not_found``.
+
+With ``--apply``, the runbook's steps (`STEPS`), each recorded in a run record
+(`volguard.runs`, kind ``recover``) under a per-app lock, ``--resume`` from the first that
+did not finish: ``gate`` (verify-volume for the target passes), ``audit``, ``search``,
+``confirm`` (``--yes`` for CI), ``snapshot`` (the target's volume, waited on until
+``created``), ``copy`` (ONE streaming session per source Machine and ONE on the target: the
+source's send mode writes frames, volguard relays them a chunk at a time into the target's
+receive mode, which never replaces a file and verifies each sha256), ``restore-rows``
+(not built yet: rows an earlier ``--fix`` marked failed keep that status), ``re-audit``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import posixpath
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from volguard.audit_log import AuditLog
+from volguard.config import Settings
+from volguard.errors import (
+    ProbeError,
+    RemoteCommandError,
+    StepFailed,
+    Unreachable,
+    UsageError,
+    VolguardError,
+)
+from volguard.findings import Severity
+from volguard.fly.client import MachinesClient, Token
+from volguard.fly.fleet import Fleet, load_fleet
+from volguard.fly.models import Machine
+from volguard.flytoml import FlyConfig
+from volguard.lint import static_context
+from volguard.recover_document import (
+    MACHINE_KIND,
+    PREFERENCES,
+    VERIFIED,
+    Applied,
+    Copy,
+    MissingRow,
+    PlanRow,
+    RecoverDocument,
+    Transfer,
+    classify,
+    missing_rows,
+    transfers,
+)
+from volguard.remediate import (
+    DEFAULT_MANAGE_PY,
+    STATE_DIR,
+    _transport,
+    audit_on,
+    choose_machine,
+    media_destination,
+    read_audit,
+)
+from volguard.remote.probe import exit_status, parse_facts, probe_script
+from volguard.remote.transports import Stream, Transport
+from volguard.report import RAN, Report
+from volguard.runs import RUNS_DIR, SKIPPED, RunLock, RunRecord, Step, write_step_summary
+from volguard.terminal import printable
+
+Out = Callable[[str], None]
+Confirm = Callable[[str], bool]
+ClientFactory = Callable[[Token], MachinesClient]
+
+#: Source kinds, in the order of their cost; only these are searched today.
+SOURCE_KINDS = ("machines", "volumes", "snapshots")
+AVAILABLE_KINDS = ("machines",)
+NOT_YET = (
+    "not available yet: searching it needs temporary volumes and Machines, which this "
+    "version of volguard does not create"
+)
+STEPS = ("gate", "audit", "search", "confirm", "snapshot", "copy", "restore-rows", "re-audit")
+#: Error findings that describe the split recover repairs (files stranded on other volumes),
+#: not a fault of the target's storage: they do not stop the gate.
+SPLIT_IDS = frozenset({"VG103", "VG112", "VG205", "VG206", "VG306"})
+#: Must match the probe program's markers (volguard/remote/probe_script.py).
+STREAM_BEGIN = b"__VOLGUARD_STREAM_BEGIN__"
+RESULT = b"__VOLGUARD_RESULT__ "
+CHUNK = 1 << 16
+MAX_LINE = 1 << 20
+#: How often the run record is rewritten while files are being verified (seconds).
+SAVE_EVERY = 0.5
+
+
+# -- options and the public entry ------------------------------------------------------------
+
+
+def parse_sources(text: str | None) -> tuple[tuple[str, ...], bool]:
+    """``--sources`` as kinds, and whether they were asked for; a kind that is not
+    available yet, asked for by name, is a one-line UsageError (exit 1)."""
+    if not text:
+        return SOURCE_KINDS, False
+    kinds = tuple(dict.fromkeys(k.strip() for k in text.split(",") if k.strip()))
+    unknown = [k for k in kinds if k not in SOURCE_KINDS]
+    if unknown or not kinds:
+        raise UsageError(
+            f"--sources {text!r}: choose from {', '.join(SOURCE_KINDS)} (comma-separated)"
+        )
+    not_yet = [k for k in kinds if k not in AVAILABLE_KINDS]
+    if not_yet:
+        raise UsageError(
+            f"--sources {','.join(not_yet)}: {NOT_YET}; today only "
+            f"{', '.join(AVAILABLE_KINDS)} can be searched"
+        )
+    return kinds, True
+
+
+@dataclass
+class RecoverOptions:
+    """What to search, whether to act, and how long to wait."""
+
+    apply: bool = False
+    sources: tuple[str, ...] = SOURCE_KINDS
+    prefer: str | None = None  # newest | largest: settles a conflict
+    resume: bool = False
+    fly_toml: str | None = None
+    machine_id: str | None = None  # the target; default: as remediate chooses
+    timeout: float = 900.0  # one audit or search session
+    copy_timeout: float = 6 * 3600.0  # one copy session
+    snapshot_timeout: float = 300.0
+    snapshot_poll: float = 1.0
+
+
+@dataclass
+class Outcome:
+    app: str
+    exit_code: int = 0
+    target: Machine | None = None
+    document: RecoverDocument | None = None
+    record: RunRecord | None = None
+    after_missing: list[dict[str, Any]] | None = None
+    error: VolguardError | None = None
+
+    def as_dict(self) -> dict[str, Any]:
+        """The ``--format json`` document (docs/recover.md)."""
+        document = self.document or RecoverDocument(plan=[])
+        out = document.as_dict()
+        summary = out["summary"]
+        summary["app"] = self.app
+        summary["target"] = (
+            {"machine": self.target.id, "group": self.target.group, "region": self.target.region}
+            if self.target
+            else None
+        )
+        summary["exit_code"] = self.exit_code
+        summary["record"] = self.record.path if self.record else None
+        summary["status"] = self.record.status if self.record else None
+        summary["error"] = str(self.error) if self.error else None
+        if self.after_missing is not None:
+            summary["still_missing"] = self.after_missing
+            summary["next"] = next_step(self.after_missing)
+        return out
+
+
+@dataclass
+class RecoverContext:
+    """What every step reads: inputs, options, and the `Outcome` the steps fill."""
+
+    settings: Settings
+    config: FlyConfig
+    app: str
+    token: Token
+    options: RecoverOptions = field(default_factory=RecoverOptions)
+    confirm: Confirm | None = None  # None: --yes
+    client_factory: ClientFactory = MachinesClient
+    audit: AuditLog | None = None  # the local change log (snapshots)
+    runs_dir: str = RUNS_DIR
+    out: Out = print
+    outcome: Outcome = field(init=False)
+    fleet: Fleet | None = None
+    previous: RunRecord | None = None  # the run --resume continues
+    missing: list[MissingRow] = field(default_factory=list)  # what the audit step found
+
+    def __post_init__(self) -> None:
+        self.outcome = Outcome(app=self.app)
+
+    @property
+    def media_groups(self) -> tuple[str, ...]:
+        return tuple(static_context(self.config, self.settings).media_groups)
+
+    @property
+    def manage_py(self) -> str:
+        return self.settings.manage_py or DEFAULT_MANAGE_PY
+
+    @property
+    def target(self) -> Machine:
+        assert self.outcome.target is not None
+        return self.outcome.target
+
+    @property
+    def document(self) -> RecoverDocument:
+        assert self.outcome.document is not None
+        return self.outcome.document
+
+    def load_fleet(self) -> Fleet:
+        with self.client_factory(self.token) as client:
+            self.fleet = load_fleet(client, self.app)
+        return self.fleet
+
+    def choose_target(self) -> Machine:
+        fleet = self.fleet or self.load_fleet()
+        self.outcome.target = choose_machine(fleet, self.media_groups, self.options.machine_id)
+        return self.outcome.target
+
+    def transport(self, timeout: float | None = None) -> Transport:
+        return _transport(self.settings, self.app, timeout or self.options.timeout)
+
+    def sources(self, transport: Transport) -> list[Source]:
+        """The sources to search, cheapest first: today every other started Machine."""
+        fleet = self.fleet or self.load_fleet()
+        target = self.target
+        found: list[Source] = []
+        if "machines" in self.options.sources:
+            found += [
+                MachineSource(transport, m, self.settings, self.options.timeout, self.token)
+                for m in fleet.machines
+                if m.state == "started" and m.id != target.id
+            ]
+        return found
+
+
+def recover(ctx: RecoverContext) -> Outcome:
+    """Plan (no ``--apply``) or run the recovery runbook; see the module docstring."""
+    options, outcome = ctx.options, ctx.outcome
+    if options.prefer not in (None, *PREFERENCES):
+        raise UsageError(f"--prefer {options.prefer}: choose {' or '.join(PREFERENCES)}")
+    if options.resume and not options.apply:
+        raise UsageError("--resume needs --apply")
+    if not options.apply:
+        ctx.choose_target()
+        missing = _audit(ctx)
+        outcome.document = _search(ctx, missing)
+        outcome.exit_code = outcome.document.exit_code()
+        return outcome
+
+    with RunLock(ctx.app, ctx.runs_dir):
+        fly_toml = options.fly_toml or ctx.settings.fly_toml
+        run_options = {
+            "sources": list(options.sources),
+            "prefer": options.prefer,
+            "machine": options.machine_id,
+            "transport": ctx.settings.transport,
+        }
+        if options.resume:
+            record = RunRecord.resume(
+                "recover", ctx.app, STEPS, fly_toml=fly_toml, runs_dir=ctx.runs_dir,
+                options=run_options, mask=ctx.token.redact,
+            )  # fmt: skip
+            assert record.resumed_from is not None
+            ctx.previous = RunRecord.load(os.path.join(ctx.runs_dir, f"{record.resumed_from}.json"))
+            record.options["chain"] = [*ctx.previous.options.get("chain", []), ctx.previous.id]
+        else:
+            record = RunRecord.new(
+                "recover", ctx.app, STEPS, fly_toml=fly_toml, runs_dir=ctx.runs_dir,
+                options=run_options, mask=ctx.token.redact,
+            )  # fmt: skip
+        outcome.record = record
+        try:
+            _carry_over(ctx, record)
+            for name in STEPS:
+                step = record.get(name)
+                if step.carried_over or step.status == SKIPPED:
+                    continue
+                with record.step(name) as step:
+                    STEP_FUNCTIONS[name](ctx, step)
+            document = outcome.document
+            outcome.exit_code = document.exit_code() if document else 0
+        except VolguardError as e:
+            outcome.error = e
+            outcome.exit_code = e.exit_code
+        finally:
+            record.finish()
+            try:
+                write_step_summary(record)
+            except OSError as e:
+                print(f"volguard: warning: cannot append to $GITHUB_STEP_SUMMARY: {e}",
+                      file=sys.stderr)  # fmt: skip
+    return outcome
+
+
+def _carry_over(ctx: RecoverContext, record: RunRecord) -> None:
+    """A resumed run: the target and the plan from the steps carried over (the plan executed
+    is the plan confirmed), and the copies already verified."""
+    gate_step_ = record.get("gate")
+    if gate_step_.carried_over:
+        fleet = ctx.load_fleet()
+        target_id = gate_step_.detail.get("target")
+        target = next((m for m in fleet.machines if m.id == target_id), None)
+        if target is None or target.state != "started":
+            raise StepFailed(f"--resume: the target Machine {target_id} is no longer started")
+        ctx.outcome.target = target
+    search = record.get("search")
+    if search.carried_over:
+        ctx.outcome.document = _document_from(search.detail, ctx.options.prefer)
+    if record.get("copy").carried_over:
+        _applied_from(ctx, record.get("copy").detail.get("verified") or {})
+
+
+# -- the steps -------------------------------------------------------------------------------
+
+
+def gate_step(ctx: RecoverContext, step: Step) -> None:
+    """verify-volume for the target Machine must pass (its volume mounted, writable, …);
+    the split itself (SPLIT_IDS) is what recover repairs and does not stop it."""
+    from volguard.verify import verify
+
+    target = ctx.choose_target()
+    report = verify(
+        ctx.settings,
+        ctx.options.fly_toml,
+        token=ctx.token,
+        client_factory=ctx.client_factory,
+        machine_ids=(target.id,),
+        groups=(target.group,),
+    )
+    passed, line, ids = gate(report, target)
+    step.detail = {"target": target.id, "group": target.group, "finding_ids": ids}
+    if not passed:
+        step.failed(line)
+        raise StepFailed(line)
+    step.ok(line)
+
+
+def audit_step(ctx: RecoverContext, step: Step) -> None:
+    """The rows whose file is missing on the target; none stops the run here."""
+    missing = _audit(ctx)
+    step.detail = {"rows": len(missing)}
+    ctx.outcome.document = RecoverDocument(plan=[])
+    if not missing:
+        step.ok("nothing is missing: nothing to recover")
+        _skip_rest(ctx, "audit", "nothing to recover")
+        return
+    ctx.missing = missing
+    step.ok(f"{_files(len(missing), 'row')} without their file on {ctx.target.id}")
+
+
+def search_step(ctx: RecoverContext, step: Step) -> None:
+    """Every source, read-only: the plan."""
+    missing = ctx.missing or _audit(ctx)  # a resumed run: the audit step was carried over
+    document = ctx.outcome.document = _search(ctx, missing)
+    step.detail = document.as_dict()
+    summary = document.summary()
+    line = (
+        f"found {summary['found']}, conflict {summary['conflict']}, not found "
+        f"{summary['not_found']}; {_files(summary['files_to_copy'])} "
+        f"({summary['bytes_to_copy']} bytes) to copy"
+    )
+    if not summary["files_to_copy"]:
+        step.ok(f"{line}: nothing to copy")
+        _skip_rest(ctx, "search", "no copy to restore", keep=("re-audit",))
+        return
+    step.ok(line)
+
+
+def confirm_step(ctx: RecoverContext, step: Step) -> None:
+    summary = ctx.document.summary()
+    question = (
+        f"Copy {_files(summary['files_to_copy'])} ({summary['bytes_to_copy']} bytes) to "
+        f"Machine {ctx.target.id} of app {ctx.app}?"
+    )
+    if ctx.confirm is None:
+        step.ok("--yes")
+    elif ctx.confirm(question):
+        step.ok("confirmed at the terminal")
+    else:
+        step.failed("not confirmed")
+        raise VolguardError("not confirmed: nothing was copied")
+
+
+def snapshot_step(ctx: RecoverContext, step: Step) -> None:
+    """A snapshot of the target's volume, waited on until `created`, before any write."""
+    from volguard.fly.snapshots import snapshot_volumes
+
+    fleet = ctx.fleet or ctx.load_fleet()
+    mount = ctx.target.mount
+    volume = fleet.volume(mount.volume) if mount else None
+    if volume is None:
+        step.failed(f"Machine {ctx.target.id} has no volume: refusing to copy without a backup")
+        raise StepFailed(step.summary)
+    audit = ctx.audit or AuditLog(command="recover")
+
+    def taken(v: Any, snapshot_id: str) -> None:
+        audit.record("create_snapshot", v.id, after={"snapshot": snapshot_id}, app=ctx.app)
+        ctx.out(f"{v.id}: snapshot {snapshot_id} created")
+
+    with ctx.client_factory(ctx.token) as client:
+        taken_ids = snapshot_volumes(
+            client,
+            ctx.app,
+            [volume],
+            timeout=ctx.options.snapshot_timeout,
+            poll=ctx.options.snapshot_poll,
+            on_taken=taken,
+            progress=lambda line: print(line, file=sys.stderr, flush=True),
+        )
+    step.detail = {"snapshots": taken_ids}
+    step.changed(", ".join(f"{v}: {s}" for v, s in taken_ids.items()))
+
+
+def copy_step(ctx: RecoverContext, step: Step) -> None:
+    """Stream each chosen copy to the target; what is verified goes into the record at once."""
+    record = ctx.outcome.record
+    assert record is not None
+    moves = transfers(ctx.document.plan)
+    earlier = (ctx.previous.get("copy").detail.get("verified") or {}) if ctx.previous else {}
+    verified: dict[str, str] = {
+        t.name: t.copy.sha256 for t in moves if earlier.get(t.name) == t.copy.sha256
+    }
+    results: dict[str, dict[str, Any]] = {}
+    step.detail = {"verified": verified, "results": results, "carried": len(verified)}
+    record.save()  # what earlier runs verified stays in the record even if this one is killed
+    todo = [t for t in moves if t.name not in verified]
+    lock = threading.Lock()
+    last_save = [time.monotonic()]
+
+    def on_result(result: dict[str, Any]) -> None:
+        name = result.get("name")
+        if not isinstance(name, str):
+            return
+        with lock:
+            results[name] = {k: v for k, v in result.items() if k != "name"}
+            if result.get("status") in VERIFIED:
+                verified[name] = str(result.get("sha256") or _sha_of(moves, name))
+            if time.monotonic() - last_save[0] >= SAVE_EVERY:
+                record.save()
+                last_save[0] = time.monotonic()
+
+    if todo:
+        _copy(ctx, todo, on_result, record)
+    with lock:
+        record.save()
+    _applied_from(ctx, verified)
+    restored = sum(1 for r in results.values() if r.get("status") == "restored")
+    problems = {n: r for n, r in results.items() if r.get("status") not in VERIFIED}
+    not_sent = [t.name for t in todo if t.name not in results]
+    for name in not_sent:
+        problems[name] = {"status": "not_sent"}
+    step.detail["problems"] = problems
+    line = f"{_files(restored)} restored and verified"
+    if verified and len(verified) > restored:
+        line += f", {len(verified) - restored} already in place"
+    if problems:
+        kinds = sorted({str(p.get("status")) for p in problems.values()})
+        line += f"; {_files(len(problems))} not restored ({', '.join(kinds)})"
+    if restored:
+        step.changed(line)
+    else:
+        step.ok(line)
+
+
+def restore_rows_step(ctx: RecoverContext, step: Step) -> None:
+    """Rows an earlier --fix marked failed: restoring their fields is not built yet."""
+    step.skipped("not built yet: rows an earlier --fix marked failed keep it (row_restored false)")
+
+
+def reaudit_step(ctx: RecoverContext, step: Step) -> None:
+    """The audit again: the rows still without their file, and what to do next."""
+    left = _audit(ctx)
+    ctx.outcome.after_missing = [
+        {"model": r.model, "pk": r.pk, "field": r.field, "name": r.name, "reason": r.reason}
+        for r in left
+    ]
+    step.detail = {"still_missing": ctx.outcome.after_missing}
+    step.ok(f"{_files(len(left), 'row')} still without their file; {next_step(left)}")
+
+
+STEP_FUNCTIONS: dict[str, Callable[[RecoverContext, Step], None]] = {
+    "gate": gate_step,
+    "audit": audit_step,
+    "search": search_step,
+    "confirm": confirm_step,
+    "snapshot": snapshot_step,
+    "copy": copy_step,
+    "restore-rows": restore_rows_step,
+    "re-audit": reaudit_step,
+}
+
+
+# -- the gate --------------------------------------------------------------------------------
+
+
+def gate(report: Report, target: Machine) -> tuple[bool, str, list[str]]:
+    """Pass with the Machine layer run on the target and no unwaived error finding other
+    than the split's own (SPLIT_IDS): (passed, line, blocking ids)."""
+    blocking = [
+        f for f in report.sorted_findings() if f.counts_at(Severity.ERROR) and f.id not in SPLIT_IDS
+    ]
+    if blocking:
+        ids = list(dict.fromkeys(f.id for f in blocking))
+        where = ", ".join(f"{f.id} ({f.location})" for f in blocking[:6])
+        return (
+            False,
+            f"recovery refused: verify-volume finds {where}; never copy onto a volume that is "
+            "not mounted and writable (nothing was copied)",
+            ids,
+        )
+    layer = report.layers.get("machine")
+    if layer is None or layer.status != RAN:
+        why = f"{layer.status}: {layer.reason}" if layer else "not run"
+        return False, f"recovery refused: the Machine layer did not run on {target.id} ({why})", []
+    return True, f"verify-volume passed for Machine {target.id}", []
+
+
+# -- what is missing, where it is --------------------------------------------------------------
+
+
+def _audit(ctx: RecoverContext) -> list[MissingRow]:
+    run, _ = audit_on(
+        ctx.settings, ctx.app, ctx.target, ctx.manage_py, ctx.token, ctx.options.timeout
+    )
+    return missing_rows(read_audit(run, ctx.token))
+
+
+def _search(ctx: RecoverContext, missing: Sequence[MissingRow]) -> RecoverDocument:
+    names = list(dict.fromkeys(r.name for r in missing))
+    unavailable = {k: NOT_YET for k in ctx.options.sources if k not in AVAILABLE_KINDS}
+    document = RecoverDocument(plan=[], unavailable=unavailable, prefer=ctx.options.prefer)
+    copies: dict[str, list[Copy]] = {n: [] for n in names}
+    if names:
+        with ctx.transport() as transport:
+            for source in ctx.sources(transport):
+                document.searched.append(source.id)
+                try:
+                    found = source.search(names)
+                except VolguardError as e:
+                    document.source_errors[source.id] = ctx.token.redact(str(e))
+                    continue
+                for name, copy in found.items():
+                    copies.setdefault(name, []).append(copy)
+    document.plan = [classify(r, copies.get(r.name, ()), ctx.options.prefer) for r in missing]
+    return document
+
+
+def _document_from(detail: dict[str, Any], prefer: str | None) -> RecoverDocument:
+    summary = detail.get("summary") or {}
+    return RecoverDocument(
+        plan=[PlanRow.from_dict(p) for p in detail.get("plan") or ()],
+        searched=list(summary.get("sources_searched") or ()),
+        unavailable=dict(summary.get("sources_not_available") or {}),
+        source_errors=dict(summary.get("sources_failed") or {}),
+        prefer=summary.get("prefer", prefer),
+    )
+
+
+def _applied_from(ctx: RecoverContext, verified: dict[str, str]) -> None:
+    document = ctx.outcome.document
+    if document is None:
+        return
+    document.applied = [
+        Applied(r.model, r.pk, t.name, t.copy.sha256)
+        for t in transfers(document.plan)
+        if verified.get(t.name) == t.copy.sha256
+        for r in t.rows
+    ]
+
+
+class Source(Protocol):
+    """Where a lost file may be. Read-only: ``search`` looks, ``open_reader`` streams the
+    named files as frames (`FrameReader`). Kinds to come (an unattached volume forked onto a
+    temporary Machine, a snapshot restored into one) plug in here."""
+
+    kind: str
+
+    @property
+    def id(self) -> str: ...
+
+    def describe(self) -> str: ...
+
+    def search(self, names: Sequence[str]) -> dict[str, Copy]: ...
+
+    def open_reader(
+        self, names: Sequence[str], timeout: float
+    ) -> contextlib.AbstractContextManager[FrameReader]: ...
+
+
+@dataclass
+class MachineSource:
+    """A started Machine of the app: its files under its own MEDIA_ROOT, as its app sees it."""
+
+    transport: Transport
+    machine: Machine
+    settings: Settings
+    timeout: float
+    token: Token | None = None
+    kind: str = MACHINE_KIND
+
+    @property
+    def id(self) -> str:
+        return self.machine.id
+
+    def describe(self) -> str:
+        m = self.machine
+        return f"Machine {m.id} (group {m.group}, {m.region})"
+
+    def _spec(self, names: Sequence[str]) -> dict[str, Any]:
+        return {
+            "names": list(names),
+            "group": self.machine.group,
+            "app_user": self.settings.app_user,
+            "media_root": self.settings.media_root,
+        }
+
+    def search(self, names: Sequence[str]) -> dict[str, Copy]:
+        """One probe session: each name's size, sha256 and mtime (absent names left out)."""
+        where = f"{self.describe()} over the {self.transport.options.kind} transport"
+        try:
+            done = self.transport.run(self.machine, probe_script({"locate": self._spec(names)}))
+        except Unreachable as e:
+            raise RemoteCommandError(f"{where} is unreachable: {e}") from None
+        except Exception as e:  # testinfra/ssh raise assorted errors for a dead host
+            raise RemoteCommandError(f"{where} is unreachable: {type(e).__name__}") from None
+        if exit_status(done.stdout) is None:
+            raise RemoteCommandError(f"{where} is unreachable: {_last(done.stderr)}")
+        try:
+            facts = parse_facts(done.stdout)
+        except ProbeError as e:
+            raise RemoteCommandError(f"{where}: {e}") from None
+        files = facts.get("files")
+        if not isinstance(files, dict):
+            errors = "; ".join(str(e) for e in facts.get("errors") or ()) or "no answer"
+            raise RemoteCommandError(f"{where}: {errors}")
+        found: dict[str, Copy] = {}
+        for name, seen in files.items():
+            if isinstance(seen, dict) and seen.get("status") == "found":
+                found[name] = Copy(
+                    self.kind, self.id, int(seen["size"]), str(seen["sha256"]),
+                    float(seen["mtime"]),
+                )  # fmt: skip
+        return found
+
+    @contextlib.contextmanager
+    def open_reader(self, names: Sequence[str], timeout: float) -> Iterator[FrameReader]:
+        """One streaming session of the probe's send mode."""
+        command = probe_script({"send": self._spec(names)})
+        with self.transport.stream(self.machine, command, timeout=timeout) as stream:
+            reader = FrameReader(stream, self.describe())
+            reader.start()
+            yield reader
+
+
+class FrameReader:
+    """The send mode's frames: a JSON header line, exactly ``size`` bytes, a JSON trailer."""
+
+    def __init__(self, stream: Stream, where: str) -> None:
+        self.stream, self.where = stream, where
+
+    def start(self) -> None:
+        """Skip what a transport prints before the stream (at most MAX_LINE)."""
+        skipped = 0
+        while True:
+            line = self.stream.stdout.readline(MAX_LINE)
+            if not line:
+                raise RemoteCommandError(
+                    f"{self.where}: no stream ({_last(self.stream.stderr_tail)})"
+                )
+            if line.rstrip(b"\r\n") == STREAM_BEGIN:
+                return
+            skipped += len(line)
+            if skipped > MAX_LINE:
+                raise RemoteCommandError(f"{self.where}: no stream in the first {MAX_LINE} bytes")
+
+    def header(self) -> dict[str, Any]:
+        line = self.stream.stdout.readline(MAX_LINE)
+        if not line.endswith(b"\n"):
+            raise RemoteCommandError(
+                f"{self.where}: the stream ended early ({_last(self.stream.stderr_tail)})"
+            )
+        data = json.loads(line)
+        if not isinstance(data, dict):
+            raise RemoteCommandError(f"{self.where}: a frame header that is not an object")
+        return data
+
+    def chunks(self, size: int) -> Iterator[bytes]:
+        left = size
+        while left:
+            chunk = self.stream.stdout.read(min(CHUNK, left))
+            if not chunk:
+                raise RemoteCommandError(f"{self.where}: the stream ended inside a file")
+            left -= len(chunk)
+            yield chunk
+
+
+class Receiver:
+    """The target's receive session: frames in on stdin, one result line per file out."""
+
+    def __init__(self, stream: Stream, on_result: Callable[[dict[str, Any]], None]) -> None:
+        self.stream, self.on_result = stream, on_result
+        self.ready: dict[str, Any] | None = None
+        self.ended: dict[str, Any] | None = None
+        self._ready = threading.Event()
+        self._thread = threading.Thread(target=self._read, daemon=True)
+        self._thread.start()
+
+    def _read(self) -> None:
+        try:
+            while line := self.stream.stdout.readline(MAX_LINE):
+                if not line.startswith(RESULT):
+                    continue
+                try:
+                    result = json.loads(line[len(RESULT) :])
+                except ValueError:
+                    continue
+                if "ready" in result:
+                    self.ready = result
+                    self._ready.set()
+                elif "end" in result:
+                    self.ended = result
+                elif "name" in result:
+                    self.on_result(result)
+        except (OSError, ValueError):
+            pass
+        finally:
+            self._ready.set()
+
+    def wait_ready(self, where: str) -> dict[str, Any]:
+        self._ready.wait(self.stream.timeout)
+        if not self.ready or not self.ready.get("ready"):
+            errors = "; ".join((self.ready or {}).get("errors") or ()) or _last(
+                self.stream.stderr_tail
+            )
+            raise RemoteCommandError(f"{where}: cannot receive files: {errors}")
+        return self.ready
+
+    def send(self, header: dict[str, Any], chunks: Iterator[bytes]) -> None:
+        self.stream.stdin.write(json.dumps(header, sort_keys=True).encode() + b"\n")
+        for chunk in chunks:
+            self.stream.stdin.write(chunk)
+
+    def finish(self) -> None:
+        self.stream.stdin.write(b'{"end": true}\n')
+        self.stream.close_stdin()
+        self._thread.join(self.stream.timeout)
+        self.stream.wait()
+
+
+def _copy(
+    ctx: RecoverContext,
+    todo: Sequence[Transfer],
+    on_result: Callable[[dict[str, Any]], None],
+    record: RunRecord,
+) -> None:
+    """ONE receive session on the target; ONE send session per source Machine, relayed a
+    chunk at a time (memory bounded by the pipes and one chunk)."""
+    target = ctx.target
+    state = posixpath.join(media_destination(ctx.config, target.group), STATE_DIR)
+    spec = {
+        "group": target.group,
+        "app_user": ctx.settings.app_user,
+        "media_root": ctx.settings.media_root,
+        "run_id": record.id,
+        "stale_runs": list(record.options.get("chain") or ()),
+        "make_dirs": [state],
+        "audit_log": posixpath.join(state, "audit.jsonl"),
+    }
+    where = f"Machine {target.id} (the target)"
+    timeout = ctx.options.copy_timeout
+    by_source: dict[str, list[Transfer]] = {}
+    for t in todo:
+        by_source.setdefault(t.copy.id, []).append(t)
+    with ctx.transport(timeout) as transport:
+        sources = {s.id: s for s in ctx.sources(transport)}
+        missing = [i for i in by_source if i not in sources]
+        if missing:
+            raise StepFailed(f"source Machine(s) {', '.join(missing)} no longer started")
+        command = probe_script({"receive": spec})
+        with transport.stream(target, command, timeout=timeout) as stream:
+            receiver = Receiver(stream, on_result)
+            receiver.wait_ready(where)
+            try:
+                for source_id, wanted in by_source.items():
+                    _relay(sources[source_id], wanted, receiver, timeout)
+                receiver.finish()
+            except BrokenPipeError:
+                raise RemoteCommandError(
+                    f"{where}: the receiving session ended early: {_last(stream.stderr_tail)}"
+                ) from None
+
+
+def _relay(source: Source, wanted: Sequence[Transfer], receiver: Receiver, timeout: float) -> None:
+    by_name = {t.name: t for t in wanted}
+    with source.open_reader(list(by_name), timeout) as reader:
+        while True:
+            header = reader.header()
+            if header.get("end"):
+                return
+            name = header.get("name")
+            move = by_name.get(name) if isinstance(name, str) else None
+            if move is None:
+                raise RemoteCommandError(f"{source.describe()}: sent {name!r}, never asked for")
+            if "error" in header:
+                receiver.on_result({"name": name, "status": "source_error",
+                                    "why": str(header["error"])})  # fmt: skip
+                continue
+            size = int(header["size"])
+            receiver.send(
+                {"name": name, "size": size, "sha256": move.copy.sha256,
+                 "mode": header.get("mode"), "source": source.id},
+                reader.chunks(size),
+            )  # fmt: skip
+            reader.header()  # the trailer; the target checks the sha256 itself
+
+
+# -- text ------------------------------------------------------------------------------------
+
+
+def next_step(left: Sequence[Any]) -> str:
+    if not left:
+        return "nothing left to do"
+    return "for the rest, `volguard remediate --fix` marks the rows failed for their owners"
+
+
+def render_text(outcome: Outcome, limit: int = 50) -> str:
+    lines: list[str] = []
+    document, target = outcome.document, outcome.target
+    if target:
+        lines.append(
+            f"app {outcome.app}: recover onto Machine {target.id} (group {target.group}, "
+            f"{target.region})"
+        )
+    if document is not None:
+        s = document.summary()
+        searched = ", ".join(s["sources_searched"]) or "none"
+        lines.append(f"searched: {searched}")
+        for kind, why in s["sources_not_available"].items():
+            lines.append(f"  {kind}: {why}")
+        for sid, why in s["sources_failed"].items():
+            lines.append(f"  {sid}: could not be searched: {printable(why)}")
+        for p in document.plan[:limit]:
+            where = ", ".join(f"{c.id} ({c.size} bytes, sha256 {c.sha256[:12]})" for c in p.sources)
+            lines.append(
+                f"  {p.status:<10} {p.row.model} ID {printable(p.row.pk)}: "
+                f"{printable(p.row.name)}" + (f"  <- {where}" if where else "")
+            )
+        if len(document.plan) > limit:
+            lines.append(f"  … {len(document.plan) - limit} more rows (--format json lists all)")
+        lines.append(
+            f"found {s['found']}, conflict {s['conflict']}, not found {s['not_found']} of "
+            f"{_files(s['rows'], 'row')}; {_files(s['files_to_copy'])} "
+            f"({s['bytes_to_copy']} bytes) to copy"
+            + (
+                f"; conflicts settled by --prefer {s['prefer']}: {s['conflicts_resolved']}"
+                if s["conflicts_resolved"]
+                else ""
+            )
+        )
+        if s["conflict"]:
+            lines.append("conflicts: copies differ; none is chosen (--prefer newest|largest)")
+        lines.append(f"note: {s['rows_note']}")
+        if document.applied is not None:
+            lines.append(f"restored: {_files(len(document.applied), 'row')}")
+    if outcome.record is not None:
+        record = outcome.record
+        lines += ["", f"recover --apply: {record.status}", record.text()]
+        if outcome.after_missing is not None:
+            lines.append(
+                f"after: {_files(len(outcome.after_missing), 'row')} still without their file; "
+                f"{next_step(outcome.after_missing)}"
+            )
+        lines.append(f"run record: {record.path}")
+    return "\n".join(lines) + "\n"
+
+
+# -- helpers ---------------------------------------------------------------------------------
+
+
+def _skip_rest(ctx: RecoverContext, after: str, why: str, keep: tuple[str, ...] = ()) -> None:
+    record = ctx.outcome.record
+    assert record is not None
+    for name in STEPS[STEPS.index(after) + 1 :]:
+        if name not in keep:
+            record.get(name).skipped(why)
+
+
+def _sha_of(moves: Sequence[Transfer], name: str) -> str:
+    return next((t.copy.sha256 for t in moves if t.name == name), "")
+
+
+def _files(count: int, word: str = "file") -> str:
+    return f"{count} {word}" if count == 1 else f"{count} {word}s"
+
+
+def _last(text: str | None) -> str:
+    lines = [line.strip() for line in (text or "").splitlines() if line.strip()]
+    return printable(lines[-1][:300]) if lines else "no output"
