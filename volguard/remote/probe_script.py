@@ -823,7 +823,7 @@ def restore_one(root_fd, name, size, want, mode, stdin, run_id, n, stale, cleane
                     os.close(fd)
             return {"status": "present_identical" if same else "target_exists"}
         temp = "%s%s-%d" % (TEMP_PREFIX, run_id, n)
-        fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600,
+        fd = os.open(temp, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600,
                      dir_fd=dfd)
         try:
             left = size
