@@ -456,8 +456,8 @@ def test_max_missing_is_a_share_of_the_rows_that_name_a_file(site: ta.Site, tmp_
     before = _rows(site)
     log = tmp_path / "audit.jsonl"
 
-    proc = _run(
-        site,
+    proc = _run_env(
+        site.env(ta.TEST_SETTINGS),  # the settings that install the Attachment model
         "--delete",
         "--yes",
         "--max-missing",
@@ -474,6 +474,10 @@ def test_max_missing_is_a_share_of_the_rows_that_name_a_file(site: ta.Site, tmp_
         proc.stderr
     )
     assert _rows(site) == before
+    count = (
+        "from vg_audit_testapp.models import Attachment as A\nprint(f'VG_N={A.objects.count()}')"
+    )
+    assert "VG_N=10" in site.shell(count)
     assert not log.exists()
 
 
