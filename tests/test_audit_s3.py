@@ -13,10 +13,7 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import subprocess
-import sys
-import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -25,6 +22,7 @@ from typing import Any
 
 import pytest
 from conftest import IN_CI, manage_example, require
+from s3_server import ServerDidNotStart, moto_server
 
 REPO = Path(__file__).resolve().parents[1]
 EXAMPLE = REPO / "example"
@@ -82,41 +80,13 @@ def s3_endpoint(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     require("storages")
     require("boto3")
     require("moto.server")
-    log = tmp_path_factory.mktemp("moto") / "server.log"
-    with open(log, "wb") as out:
-        # Port 0: the OS picks a free one; the server prints which. Its log goes to a file,
-        # not a pipe: it logs every request, and a full pipe would block it.
-        server = subprocess.Popen(
-            [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", "0"],
-            stdout=out,
-            stderr=subprocess.STDOUT,
-        )
     try:
-        yield _wait_for_port(server, log)
-    finally:
-        server.terminate()
-        try:
-            server.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            server.kill()
-            server.wait()
-
-
-def _wait_for_port(server: subprocess.Popen, log: Path) -> str:
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
-        match = re.search(
-            r"Running on (http://127\.0\.0\.1:\d+)", log.read_text("utf-8", "replace")
-        )
-        if match:
-            return match.group(1)
-        if server.poll() is not None:
-            break
-        time.sleep(0.1)
-    message = f"moto's S3 server did not start: {log.read_text('utf-8', 'replace')[-2000:]}"
-    if IN_CI:
-        pytest.fail(message)
-    pytest.skip(message)
+        with moto_server(tmp_path_factory.mktemp("moto") / "server.log") as endpoint:
+            yield endpoint
+    except ServerDidNotStart as e:
+        if IN_CI:
+            pytest.fail(str(e))
+        pytest.skip(str(e))
 
 
 # -- the site: a bucket with objects, a database with rows --------------------------------
@@ -224,6 +194,7 @@ def test_the_whole_table_is_one_paginated_listing(s3site: S3Site) -> None:
     assert document["per_reason"] == {
         "missing": len(MISSING),
         "empty": 0,
+        "empty_file": 0,
         "invalid_name": 0,
         "shared": 0,
     }

@@ -22,6 +22,7 @@ meaning, the base catches all::
     ├── AuditError                the missing-file audit cannot run (Django side)
     ├── StorageIndexError         a storage cannot be listed or checked (Django side)
     ├── RemediationError          ``--fix``/``--delete`` cannot run (Django side)
+    ├── MediaMigrationError       ``migrate_media`` cannot run: alias, credentials, refused write
     └── MissingFilesError         ``require_files``: rows whose file is missing (user code)
 
 ``MissingFilesError`` is raised in the user's own app code; it is public API importable
@@ -114,6 +115,10 @@ class StorageIndexError(VolguardError):
 
 class RemediationError(VolguardError):
     """Remediation cannot run: bad input, or a model without the configured fields."""
+
+
+class MediaMigrationError(VolguardError):
+    """``migrate_media`` cannot run: a bad alias, credentials refused, a store refusing writes."""
 
 
 #: How many missing rows `MissingFilesError` names in its one-line message.

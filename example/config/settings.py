@@ -9,6 +9,10 @@
   ``MEDIA_LOCATION`` (default ``media``). ``fly storage create`` (Tigris) sets it with
   ``AWS_ENDPOINT_URL_S3``, ``AWS_ACCESS_KEY_ID`` and ``AWS_SECRET_ACCESS_KEY``
   (https://fly.io/docs/python/do-more/add-object-storage/); ``AWS_REGION`` is optional.
+- ``MIGRATE_MEDIA_BUCKET`` (without ``BUCKET_NAME``): uploads stay on the volume
+  (``STORAGES["default"]``, also ``"volume"``) and this bucket is ``STORAGES["bucket"]``,
+  the target of ``manage.py migrate_media --to bucket``; with ``MEDIA_FALLBACK=1`` the
+  default is volguard's FallbackStorage (the bucket first, then the volume) for the cutover.
 - ``DATABASE_URL``: ``sqlite:///relative.db``, ``sqlite:////absolute.db`` or
   ``postgres://user:password@host:port/name?sslmode=…`` (default: ``db.sqlite3`` here).
 - ``CELERY_BROKER_URL``: default ``memory://`` (in-process only, so tasks then run eagerly).
@@ -141,6 +145,34 @@ if os.environ.get("BUCKET_NAME"):  # object storage every Machine reaches (crede
                 "location": os.environ.get("MEDIA_LOCATION", "media"),
                 "endpoint_url": os.environ.get("AWS_ENDPOINT_URL_S3") or None,
                 "region_name": os.environ.get("AWS_REGION") or None,
+            },
+        },
+        "staticfiles": {"BACKEND": "django.contrib.staticfiles.storage.StaticFilesStorage"},
+    }
+elif os.environ.get("MIGRATE_MEDIA_BUCKET"):  # the move to object storage (migrate_media)
+    from botocore.config import Config
+
+    _VOLUME = {"BACKEND": "django.core.files.storage.FileSystemStorage"}
+    _FALLBACK = {
+        "BACKEND": "volguard.django.storage.FallbackStorage",
+        "OPTIONS": {"primary": "bucket", "fallback": "volume"},
+    }
+    STORAGES = {
+        "default": _FALLBACK if env_bool("MEDIA_FALLBACK") else _VOLUME,
+        "volume": _VOLUME,
+        "bucket": {
+            "BACKEND": "storages.backends.s3.S3Storage",
+            "OPTIONS": {
+                "bucket_name": os.environ["MIGRATE_MEDIA_BUCKET"],
+                "location": os.environ.get("MEDIA_LOCATION", "media"),
+                "endpoint_url": os.environ.get("AWS_ENDPOINT_URL_S3") or None,
+                "region_name": os.environ.get("AWS_REGION") or None,
+                # botocore 1.36+ otherwise uploads aws-chunked bodies with a trailing
+                # checksum over HTTPS, which Tigris and other S3-compatible stores refuse.
+                "client_config": Config(
+                    request_checksum_calculation="when_required",
+                    response_checksum_validation="when_required",
+                ),
             },
         },
         "staticfiles": {"BACKEND": "django.contrib.staticfiles.storage.StaticFilesStorage"},
