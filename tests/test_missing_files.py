@@ -313,7 +313,13 @@ def test_json_is_one_document_with_totals_reasons_strategy_and_rows(site: Site) 
     assert document["skipped_recent"] == 0
     assert document["older_than_seconds"] == 600
     assert document["problem_rows"] == 2
-    assert document["per_reason"] == {"missing": 1, "empty": 1, "invalid_name": 0, "shared": 0}
+    assert document["per_reason"] == {
+        "missing": 1,
+        "empty": 1,
+        "empty_file": 0,
+        "invalid_name": 0,
+        "shared": 0,
+    }
     assert document["strategy"] == {UDF: "exists"}
     assert document["storage_requests"] == 2  # one check per row that names a file
     assert isinstance(document["duration_seconds"], float)
@@ -1185,3 +1191,37 @@ def test_a_primary_key_beyond_any_integer_matches_nothing(site: Site) -> None:
     site.seed(users=["alice"], rows={"r": {"owner": "alice", "name": "gone.csv"}})
     document = site.check_json("--filter", "pk=99999999999999999999999", code=0)
     assert (document["total_rows"], document["rows"]) == (0, [])
+
+
+@pytest.mark.parametrize("database", ["sqlite"], indirect=True)
+def test_fix_acts_only_on_the_confirmed_plan_and_refuses_a_changed_one(site: Site) -> None:
+    from volguard.audit_document import Plan
+
+    pks = site.seed(
+        users=["alice"],
+        rows={k: {"owner": "alice", "name": f"u/{k}.csv"} for k in ("a", "b", "c", "ok")},
+    )
+    site.files("u/ok.csv", "u/c.csv")
+    log = site.media.parent / "log.jsonl"
+    confirmed = Plan.of([(UDF.rsplit(".", 1)[0], "file", str(pks[k])) for k in ("a", "b")])
+    (site.media / "u/c.csv").unlink()  # after the operator confirmed a and b, c goes too
+
+    args = ("--fix", "--max-missing", "100%", "--audit-log", str(log))
+    refused = site.check("--json", *args, "--plan", confirmed.encode())
+    assert refused.returncode == 2, refused.stdout + refused.stderr
+    document = json.loads(refused.stdout)
+    assert document["refused"]["id"] == "plan_changed"
+    assert document["refused"]["reasons"] == [
+        f"1 row appeared (services.UserDataFile.file#pk={pks['c']})"
+    ]
+    assert "nothing changed" in refused.stderr
+    assert not log.exists()
+    digest = site.check(*args, "--plan", confirmed.encode(max_chars=0))
+    assert digest.returncode == 2
+    assert "2 rows confirmed, 3 rows found now" in digest.stderr
+    assert not log.exists()
+
+    site.files("u/c.csv")  # as confirmed again: exactly a and b are marked
+    done = site.check_json(*args, "--plan", confirmed.encode())
+    assert done["remediation"]["changed"] == 2
+    assert len(log.read_text().splitlines()) == 2

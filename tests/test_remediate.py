@@ -480,7 +480,13 @@ def test_the_plan_runs_as_the_app_user_with_the_apps_environment(
     assert "DATABASE_URL" not in root_env
     assert (plan.total_rows, plan.audited_rows) == (8, 8)
     assert plan.problems == 4
-    assert plan.per_reason == {"missing": 3, "empty": 1, "invalid_name": 0, "shared": 2}
+    assert plan.per_reason == {
+        "missing": 3,
+        "empty": 1,
+        "empty_file": 0,
+        "invalid_name": 0,
+        "shared": 2,
+    }
     alice, bob = site.pks["user:alice"], site.pks["user:bob"]
     assert plan.per_owner == {f"user {alice}": 2, f"user {bob}": 2}
     assert [s.name for s in plan.samples["missing"]] == [
@@ -644,3 +650,76 @@ def test_fix_then_delete_on_a_healthy_fleet(tmp_path: Path) -> None:
         assert site.sim.token not in proc.stdout + proc.stderr
     for record_file in (tmp_path / ".volguard" / "runs").glob("*.json"):
         assert site.sim.token not in record_file.read_text()
+
+
+# -- the confirmed plan is the plan executed (#8 item 6) --------------------------------------
+
+
+def test_the_acting_run_carries_the_rows_the_plan_showed() -> None:
+    from volguard.audit_document import Plan
+
+    plan = AuditSummary.from_document(DOCUMENT)
+    fix, delete = Plan.decode(plan.plans["fix"]), Plan.decode(plan.plans["delete"])
+    assert fix.keys == {("m", "f", "1"), ("m", "f", "2"), ("m", "f", "3"), ("m", "f", "5")}
+    assert delete.keys == {("m", "f", "1"), ("m", "f", "2"), ("m", "f", "5")}  # 3 is shared
+    assert "plans" not in plan.as_dict()  # the run record keeps the counts, not the keys
+
+    argv = remote_argv("fix", export="/e", audit_log="/l", plan=plan.plans["fix"])
+    assert argv[-2:] == ["--plan", plan.plans["fix"]]
+
+
+def test_a_plan_that_changed_is_refused_naming_the_rows_that_appeared_and_went() -> None:
+    from volguard.audit_document import Plan
+
+    confirmed = Plan.of([("m", "f", "1"), ("m", "f", "2")])
+    assert confirmed.change([("m", "f", "2"), ("m", "f", "1")]) is None
+    why = confirmed.change([("m", "f", "1"), ("m", "f", "9")])
+    assert why == "1 row appeared (m.f#pk=9); 1 row went (m.f#pk=2)"
+    # What travels is what was confirmed, listed or (too large to list) as a digest.
+    assert Plan.decode(confirmed.encode()).keys == confirmed.keys
+    digest = Plan.decode(confirmed.encode(max_chars=10))
+    assert (digest.keys, digest.count) == (None, 2)
+    assert digest.change([("m", "f", "1"), ("m", "f", "2")]) is None
+    assert digest.change([("m", "f", "1")]) == (
+        "2 rows confirmed, 1 row found now (the rows differ: the plan was too large to list, "
+        "only its digest was kept)"
+    )
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "",
+        "rows:",
+        "rows:!!!",
+        "sha256:abc:1",
+        "sha256:" + "0" * 64 + ":x",
+        "rows:eJzLSM3JyQcABiwCFQ==",
+    ],
+)
+def test_a_malformed_plan_is_a_usage_error(text: str) -> None:
+    from volguard.audit_document import Plan
+
+    with pytest.raises(UsageError, match="bad --plan"):
+        Plan.decode(text)
+
+
+def test_a_plan_that_inflates_past_16_mib_is_refused() -> None:
+    import base64
+    import zlib
+
+    from volguard.audit_document import Plan
+
+    bomb = base64.urlsafe_b64encode(zlib.compress(b"[" + b" " * (1 << 25), 9)).decode()
+    with pytest.raises(UsageError, match="more than 16 MiB"):
+        Plan.decode("rows:" + bomb)
+
+
+def test_a_changed_plan_refusal_is_read_from_the_document() -> None:
+    from volguard.audit_document import plan_refusal
+
+    document = {**DOCUMENT, "refused": plan_refusal("1 row appeared (m.f#pk=9)")}
+    run = ManageRun(2, json.dumps(document), "", "app", "/app", 4)
+    with pytest.raises(StepFailed, match=r"rows changed since the plan was confirmed: 1 row") as e:
+        remediation_section(run)
+    assert e.value.exit_code == 2

@@ -14,15 +14,21 @@ What it defines:
 - the ``--max-missing`` value (`parse_max_missing`), checked by both sides;
 - the VG404 refusal (`Refusal`): under ``--json`` a refused ``--fix``/``--delete`` prints
   the audit with ``{"refused": {"id": "VG404", "reasons": […], "message": "…"}}`` on stdout
-  and exits 2, so a caller reads the refusal instead of searching stderr for its id.
+  and exits 2, so a caller reads the refusal instead of searching stderr for its id;
+- the confirmed plan (`Plan`, ``--plan``): the rows an operator confirmed, as the Fly side
+  passes them to the acting run, which refuses (``{"refused": {"id": "plan_changed", …}}``,
+  exit 2) when the rows it would act on are not exactly those.
 
 Documented for users in docs/remediate.md ("The JSON document").
 """
 
 from __future__ import annotations
 
+import base64
+import hashlib
 import json
 import re
+import zlib
 from collections.abc import Callable, Hashable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any, TypedDict, TypeVar
@@ -226,3 +232,115 @@ def find_document(stdout: str) -> dict[str, Any] | None:
         if isinstance(value, dict):
             return value
     return None
+
+
+# -- the confirmed plan -----------------------------------------------------------------------
+
+#: The refusal id of an acting run whose rows are not the confirmed plan's.
+PLAN_CHANGED = "plan_changed"
+#: Longest ``--plan`` value that lists the rows; a larger plan travels as a digest and a count.
+#: (The argv reaches the Machine as one command-line argument, at most 128 KiB on Linux.)
+PLAN_MAX_CHARS = 32 * 1024
+#: How many appeared or gone rows a refusal names.
+PLAN_SHOWN = 10
+
+PlanKey = tuple[str, str, str]  # (app.Model, field, str(pk))
+
+
+@dataclass(frozen=True)
+class Plan:
+    """The rows a confirmed ``--fix``/``--delete`` may act on, as ``--plan`` carries them.
+
+    ``rows:<base64 of zlib'd JSON>`` lists every row (``{"app.Model.field": [pk, …]}``), so a
+    changed plan is refused naming the rows that appeared and those that went;
+    ``sha256:<hex>:<count>`` (a plan longer than `PLAN_MAX_CHARS`) carries the digest of the
+    same JSON and the row count, so a changed plan is refused with the counts only.
+    """
+
+    digest: str
+    count: int
+    keys: frozenset[PlanKey] | None = None
+
+    @classmethod
+    def of(cls, keys: Iterable[PlanKey]) -> Plan:
+        found = frozenset(keys)
+        return cls(hashlib.sha256(_canonical(found)).hexdigest(), len(found), found)
+
+    def encode(self, max_chars: int = PLAN_MAX_CHARS) -> str:
+        if self.keys is not None:
+            packed = zlib.compress(_canonical(self.keys), 9)
+            text = "rows:" + base64.urlsafe_b64encode(packed).decode("ascii")
+            if len(text) <= max_chars:
+                return text
+        return f"sha256:{self.digest}:{self.count}"
+
+    @classmethod
+    def decode(cls, text: str) -> Plan:
+        """A ``--plan`` value; anything malformed is a `UsageError`."""
+        kind, _, rest = text.strip().partition(":")
+        try:
+            if kind == "rows":
+                inflate = zlib.decompressobj()
+                raw = inflate.decompress(base64.urlsafe_b64decode(rest.encode("ascii")), 1 << 24)
+                if inflate.unconsumed_tail:
+                    raise ValueError("more than 16 MiB of rows")
+                fields = json.loads(raw)
+                if not isinstance(fields, dict):
+                    raise ValueError("not an object")
+                keys: set[PlanKey] = set()
+                for label, pks in fields.items():
+                    model, _, name = str(label).rpartition(".")
+                    if not model or not isinstance(pks, list):
+                        raise ValueError(f"bad entry {label!r}")
+                    keys.update((model, name, str(pk)) for pk in pks)
+                return cls.of(keys)
+            if kind == "sha256":
+                digest, _, count = rest.partition(":")
+                if re.fullmatch(r"[0-9a-f]{64}", digest) and count.isdigit():
+                    return cls(digest, int(count))
+        except (ValueError, UnicodeError, zlib.error, RecursionError) as e:
+            raise UsageError(f"bad --plan: {' '.join(str(e).split())[:200]}") from None
+        raise UsageError("bad --plan: use the value volguard remediate passes (rows:… or sha256:…)")
+
+    def change(self, keys: Iterable[PlanKey]) -> str | None:
+        """Why ``keys`` (the rows a run would act on) are not this plan, or None when they are."""
+        now = Plan.of(keys)
+        if now.digest == self.digest:
+            return None
+        if self.keys is None:
+            return (
+                f"{_rows(self.count)} confirmed, {_rows(now.count)} found now (the rows "
+                "differ: the plan was too large to list, only its digest was kept)"
+            )
+        assert now.keys is not None
+        parts = []
+        for what, keys_ in (("appeared", now.keys - self.keys), ("went", self.keys - now.keys)):
+            if keys_:
+                shown = ", ".join(f"{m}.{f}#pk={pk}" for m, f, pk in sorted(keys_)[:PLAN_SHOWN])
+                more = f" and {len(keys_) - PLAN_SHOWN} more" if len(keys_) > PLAN_SHOWN else ""
+                parts.append(f"{_rows(len(keys_))} {what} ({shown}{more})")
+        return "; ".join(parts)
+
+
+def plan_refusal(why: str) -> RefusalJSON:
+    """The ``refused`` object of an acting run whose rows are not the confirmed plan's."""
+    return {
+        "id": PLAN_CHANGED,
+        "reasons": [why],
+        "message": (
+            f"remediation refused: the rows changed since the plan was confirmed: {why}; "
+            "nothing changed (run it again to review the new plan)"
+        ),
+    }
+
+
+def _canonical(keys: Iterable[PlanKey]) -> bytes:
+    fields: dict[str, list[str]] = {}
+    for model, field_name, pk in keys:
+        fields.setdefault(f"{model}.{field_name}", []).append(str(pk))
+    ordered = {label: sorted(pks) for label, pks in sorted(fields.items())}
+    return json.dumps(ordered, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
+
+
+def _rows(count: int) -> str:
+    return f"{count} row" if count == 1 else f"{count} rows"

@@ -89,21 +89,34 @@ class AuditLog:
         self.append_lines(_lines(entries))
 
     def append_lines(self, data: bytes) -> None:
-        """Append already serialized JSON lines in one write and one fsync."""
+        """Append already serialized JSON lines in one write and one fsync.
+
+        All or nothing, so the log stays valid JSONL whatever happens: under an exclusive
+        ``flock`` (one writer at a time), a write or fsync that fails (ENOSPC on a full
+        disk, EIO) is cut back off before the error is raised, and a torn last line left by
+        a killed writer is dropped before appending (its entries are still in their
+        journal, which `recover` logs). The caller's journal stays until this returns.
+        """
         if not data:
             return
         os.makedirs(os.path.dirname(os.path.abspath(self.path)), exist_ok=True)
-        # O_NONBLOCK: a FIFO where the log should be fails at once (ENXIO) or is refused below
+        _refuse_special(self.path)  # a FIFO or device is never even opened
+        # O_NONBLOCK: a FIFO planted since fails at once (ENXIO) or is refused below
         fd = os.open(self.path, os.O_RDWR | os.O_APPEND | os.O_CREAT | os.O_NONBLOCK, 0o644)
         try:
             _require_regular(fd, self.path)
-            size = os.fstat(fd).st_size
-            if size and os.pread(fd, 1, size - 1) != b"\n":
-                data = b"\n" + data  # a torn last line (a full disk, a kill) stays on its own
-            view = memoryview(data)
-            while view:
-                view = view[os.write(fd, view) :]
-            os.fsync(fd)
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            size = _drop_torn_line(fd, os.fstat(fd).st_size)
+            try:
+                view = memoryview(data)
+                while view:
+                    view = view[os.write(fd, view) :]
+                os.fsync(fd)
+            except OSError:
+                os.ftruncate(fd, size)  # never leave half a batch: the journal holds it
+                with contextlib.suppress(OSError):
+                    os.fsync(fd)
+                raise
         finally:
             os.close(fd)
 
@@ -303,6 +316,43 @@ def _read_lines(fd: int, path: str) -> list[dict[str, Any]]:
             raise ValueError(f"{path}:{number}: not a journal entry volguard wrote")
         entries.append(entry)
     return entries
+
+
+def _drop_torn_line(fd: int, size: int) -> int:
+    """The log's size once a torn last line (no newline: a killed writer) is cut off.
+
+    A last line that is a whole JSON object but lacks its newline gets one instead.
+    """
+    if not size or os.pread(fd, 1, size - 1) == b"\n":
+        return size
+    start = size
+    while start > 0:
+        block = max(0, start - (1 << 16))
+        found = os.pread(fd, start - block, block).rfind(b"\n")
+        if found >= 0:
+            start = block + found + 1
+            break
+        start = block
+    tail = os.pread(fd, size - start, start)
+    try:
+        whole = isinstance(json.loads(tail), dict)
+    except (ValueError, RecursionError):
+        whole = False
+    if whole:
+        os.write(fd, b"\n")
+        return size + 1
+    os.ftruncate(fd, start)
+    return start
+
+
+def _refuse_special(path: str) -> None:
+    """Refuse a FIFO, directory or device at ``path`` before opening it (following links)."""
+    try:
+        mode = os.stat(path).st_mode
+    except FileNotFoundError:
+        return
+    if not stat.S_ISREG(mode):
+        raise ValueError(f"{path}: not a regular file (a FIFO, directory or device); refused")
 
 
 def _require_regular(fd: int, path: str) -> None:

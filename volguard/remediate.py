@@ -10,8 +10,11 @@ a run record (`volguard.runs`, kind ``remediate``) under a per-app lock:
 2. ``audit``: the plan; nothing to do stops here;
 3. ``confirm``: ``--delete`` asks, naming the app and the count (``--yes`` for CI);
 4. ``snapshot``: an on-demand snapshot of every media volume, confirmed listed;
-5. ``remediate``: ``check_missing_files --fix|--delete --yes --json --export … --audit-log …``
-   with the export and the log beside MEDIA_ROOT, under ``<mount destination>/.volguard/``;
+5. ``remediate``: ``check_missing_files --fix|--delete --yes --json --export … --audit-log …
+   --plan …`` with the export and the log beside MEDIA_ROOT, under
+   ``<mount destination>/.volguard/``; ``--plan`` carries the rows step 2 showed (and step 3
+   confirmed), so the Machine acts on exactly those or refuses, naming the rows that
+   appeared or went since;
 6. ``re-audit``: what is left.
 
 The steps are small functions over one `RemediateContext` (the options and what the steps
@@ -40,6 +43,7 @@ from volguard.audit_document import (
     PROBLEM_REASONS,
     REASONS,
     SHARED,
+    Plan,
     Refusal,
     candidates,
     find_document,
@@ -335,12 +339,14 @@ def remediate_step(ctx: RemediateContext, step: Step) -> None:
     outcome, action, machine = ctx.outcome, ctx.action, ctx.machine
     assert outcome.record is not None
     state = posixpath.join(media_destination(ctx.config, machine.group), STATE_DIR)
+    assert outcome.plan is not None
     argv = remote_argv(
         action,
         export=posixpath.join(state, "exports", f"{outcome.record.id}.json"),
         audit_log=posixpath.join(state, "audit.jsonl"),
         max_missing=ctx.options.max_missing,
         force=ctx.options.force,
+        plan=outcome.plan.plans.get(action),
     )
     with _transport(ctx.settings, ctx.app, ctx.options.timeout) as transport:
         run = run_manage(
@@ -518,9 +524,9 @@ def read_audit(run: ManageRun, token: Token | None = None) -> dict[str, Any]:
 def remediation_section(run: ManageRun, token: Token | None = None) -> dict[str, Any]:
     """The ``remediation`` section of a ``--fix``/``--delete --json`` run.
 
-    A refusal (VG404, the Django-side interlock: the document's ``refused`` object) is
-    StepFailed, exit 2. Anything else that did not produce the section is
-    RemoteCommandError, exit 1.
+    A refusal (the document's ``refused`` object: VG404, the Django-side interlock, or
+    ``plan_changed``, rows that are not the confirmed plan's) is StepFailed, exit 2.
+    Anything else that did not produce the section is RemoteCommandError, exit 1.
     """
     mask = token.redact if token else _same
     document = find_document(run.stdout)
@@ -529,6 +535,9 @@ def remediation_section(run: ManageRun, token: Token | None = None) -> dict[str,
     refusal = Refusal.from_document(document) if document is not None else None
     if refusal is not None:
         raise StepFailed(mask(refusal.message))
+    refused = document.get("refused") if document is not None else None
+    if isinstance(refused, dict) and isinstance(refused.get("message"), str):
+        raise StepFailed(mask(refused["message"]))  # the plan changed since it was confirmed
     line = mask(run.last_error_line())
     raise RemoteCommandError(
         f"manage.py check_missing_files failed (exit {run.returncode}): {line}"
@@ -542,14 +551,18 @@ def remote_argv(
     audit_log: str,
     max_missing: str | None = None,
     force: bool = False,
+    plan: str | None = None,
 ) -> list[str]:
-    """The acting ``check_missing_files`` command line (an argv, never given to a shell)."""
+    """The acting ``check_missing_files`` command line (an argv, never given to a shell);
+    ``plan`` is the confirmed plan's ``--plan`` value (`volguard.audit_document.Plan`)."""
     argv = ["check_missing_files", f"--{action}", "--yes", "--json"]
     argv += ["--export", export, "--audit-log", audit_log]
     if max_missing is not None:
         argv += ["--max-missing", max_missing]
     if force:
         argv.append("--force")
+    if plan is not None:
+        argv += ["--plan", plan]
     return argv
 
 
@@ -645,6 +658,8 @@ class AuditSummary:
     deletable: int  # rows --delete acts on: those, minus any whose file another row uses
     not_failed: int  # fixable rows whose status is not yet "failed"
     fields: tuple[str, ...] = ()
+    #: Per action, the ``--plan`` value binding the acting run to these rows (not shown).
+    plans: dict[str, str] = field(default_factory=dict, compare=False, repr=False)
 
     @classmethod
     def from_document(cls, document: dict[str, Any], samples: int = 3) -> AuditSummary:
@@ -680,6 +695,7 @@ class AuditSummary:
                 for f in document.get("fields") or ()
                 if isinstance(f, dict)
             ),
+            plans={FIX: _plan(fixable), DELETE: _plan(deletable)},
         )
 
     def actionable(self, action: str) -> int:
@@ -800,6 +816,12 @@ def _where(machine: Machine, run: ManageRun) -> dict[str, Any]:
         "cwd": run.cwd,
         "pid": run.pid,
     }
+
+
+def _plan(rows: Sequence[dict[str, Any]]) -> str:
+    """The ``--plan`` value naming ``rows`` (pks as text, as the Django side names them)."""
+    keys = ((str(r.get("model")), str(r.get("field")), str(r.get("pk"))) for r in rows)
+    return Plan.of(keys).encode()
 
 
 def _key(row: dict[str, Any]) -> tuple[Any, ...]:

@@ -41,8 +41,11 @@ from volguard.audit_document import (
     REASONS,
     SHARED,
     MaxMissing,
+    Plan,
+    PlanKey,
     Refusal,
     parse_max_missing,
+    plan_refusal,
 )
 from volguard.audit_log import DEFAULT_PATH as DEFAULT_AUDIT_LOG
 from volguard.audit_log import AuditLog
@@ -160,6 +163,13 @@ class Command(BaseCommand):
             help="override the VG404 interlock (recorded in the audit log)",
         )
         parser.add_argument(
+            "--plan",
+            metavar="PLAN",
+            help="act only if the rows to change are exactly this confirmed plan (the value "
+            "volguard remediate passes: rows:… or sha256:…); else refuse, naming the rows "
+            "that appeared and went, and change nothing (exit 2)",
+        )
+        parser.add_argument(
             "--audit-log",
             default=DEFAULT_AUDIT_LOG,
             metavar="PATH",
@@ -200,10 +210,11 @@ class Command(BaseCommand):
             max_missing = parse_max_missing(options["max_missing"])
             filters = [parse_filter(text) for text in options["filter"]]
             older_than = parse_duration(options["older_than"])
+            plan = Plan.decode(options["plan"]) if options["plan"] else None
         except UsageError as e:
             raise CommandError(str(e)) from None
         if action is None:
-            for flag in ("yes", "force", "export"):
+            for flag in ("yes", "force", "export", "plan"):
                 if options[flag]:
                     raise CommandError(f"--{flag} needs --fix or --delete")
         if action != "delete" and options["allow_delete_receivers"]:
@@ -233,7 +244,7 @@ class Command(BaseCommand):
             return
         if not options["json"]:
             _Text(self, result, int(options["verbosity"])).write()
-        report = self._remediate(action, result, max_missing, options)
+        report = self._remediate(action, result, max_missing, options, plan)
         if options["json"]:
             document = result.as_dict()
             document["remediation"] = report.as_dict()
@@ -245,6 +256,7 @@ class Command(BaseCommand):
         result: AuditResult,
         max_missing: MaxMissing,
         options: dict[str, Any],
+        plan: Plan | None = None,
     ) -> repair.Remediation:
         """Plan, interlock, confirm, then act; the plan and the outcome in text mode."""
         text = not options["json"]
@@ -268,6 +280,12 @@ class Command(BaseCommand):
                 _require_status_fields(apps.get_model(label) for label in {r.model for r in rows})
             except UsageError as e:
                 raise CommandError(str(e)) from None
+        if plan is not None and (why := plan.change(_plan_keys(rows))):
+            refused = plan_refusal(why)
+            if options["json"]:
+                document = {**result.as_dict(), "refused": refused}
+                self.stdout.write(json.dumps(document, default=str, ensure_ascii=False))
+            raise CommandError(refused["message"], returncode=2)
         report.audit_log = options["audit_log"]
         say("")
         say(f"Plan (--{action}): {_counts(report.planned) or 'nothing to do'}")
@@ -506,6 +524,11 @@ def format_duration(value: timedelta) -> str:
         if seconds and seconds % _DURATION_UNITS[unit] == 0:
             return f"{seconds // _DURATION_UNITS[unit]}{unit}"
     return f"{seconds}s" if seconds else "0"
+
+
+def _plan_keys(rows: Iterable[AuditRow]) -> list[PlanKey]:
+    """The rows as a confirmed plan names them (`volguard.audit_document.Plan`)."""
+    return [(r.model, r.field, str(r.pk)) for r in rows]
 
 
 def _require_status_fields(models: Iterable[Any]) -> None:
