@@ -356,7 +356,7 @@ def incident(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Deployment]:
         site.sh(WORKER_B, WORKER_B_FILES, user="app")
         site.sh(WORKER_B, "cp /dev/null /tmp/x")  # (root) nothing else on worker B
         w2 = site.fleet.exec(WORKER, ["cat", "/data/media/" + NAMES["w2"]], text=False).stdout
-        site.sh(WORKER_B, f"mkdir -p /data/media/user_data/deep/er && chown -R app /data/media")
+        site.sh(WORKER_B, "mkdir -p /data/media/user_data/deep/er && chown -R app /data/media")
         site.fleet.exec(WORKER_B, ["sh", "-c", f"cat > /data/media/{NAMES['w2']}"],
                         input=w2, text=False, user="app")  # fmt: skip
         yield site
@@ -509,7 +509,24 @@ def test_apply_copies_verified_files_without_replacing_one_uploaded_meanwhile(
     assert outcome.exit_code == 2
     assert "remediate --fix" in outcome.as_dict()["summary"]["next"]
     # one session to search and one to send, per source Machine, whatever the file count
-    assert sessions[WORKER] <= 3 and sessions[WORKER_B] <= 3, sessions
+    assert sessions[WORKER] <= 3, sessions
+    assert sessions[WORKER_B] <= 3, sessions
+
+
+SLOW_DRIVER = """\
+import sys, time
+import volguard.recover as recover
+send = recover.Receiver.send
+
+def slow(self, header, chunks):
+    send(self, header, chunks)
+    time.sleep(0.15)
+
+recover.Receiver.send = slow
+from volguard.cli import main
+sys.argv = ["volguard", *sys.argv[1:]]
+main()
+"""
 
 
 @needs_fleet
@@ -519,11 +536,13 @@ def test_a_run_killed_during_the_copy_resumes_and_restores_each_file_once(
     names = {f"f{i}": f"user_data/big/f{i:02d}.bin" for i in range(24)}
     with deployment(tmp_path, names) as site:
         site.sh(WORKER, "mkdir -p /data/media/user_data/big && cd /data/media/user_data/big && "
-                "for i in $(seq -w 0 23); do head -c 4000000 /dev/urandom > f$i.bin; done",
+                "for i in $(seq -w 0 23); do head -c 200000 /dev/urandom > f$i.bin; done",
                 user="app")  # fmt: skip
         source = site.files(WORKER)
+        # the real command, slowed to one file per 0.15 s so that the kill lands mid-copy
+        args = site.cli("--apply", "--yes", "--transport", "ssh", "--format", "json")[1:]
         proc = subprocess.Popen(
-            site.cli("--apply", "--yes", "--transport", "ssh", "--format", "json"),
+            [sys.executable, "-c", SLOW_DRIVER, *args],
             cwd=site.workdir,
             env=site.cli_env(),
             stdin=subprocess.DEVNULL,

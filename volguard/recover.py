@@ -750,6 +750,7 @@ class Receiver:
         self.stream.stdin.write(json.dumps(header, sort_keys=True).encode() + b"\n")
         for chunk in chunks:
             self.stream.stdin.write(chunk)
+        self.stream.stdin.flush()  # the target verifies and links it now, not at the next file
 
     def finish(self) -> None:
         self.stream.stdin.write(b'{"end": true}\n')
