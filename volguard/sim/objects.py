@@ -1,10 +1,12 @@
 """The Machine, Volume and Snapshot JSON the API returns, with the documented keys.
 
-Shapes follow fly-facts §3.2/§3.3 (DOCS examples, FLYGO structs). Where the platform is
-surprising, the surprise is kept on purpose: `attached_machine_id` is null (not absent)
-when unattached, a never-attached volume reports 0 blocks and an empty fstype, a Machine
-on a sick host carries `incomplete_config` instead of `config`, and each object family
-writes its timestamps in its own format.
+Shapes follow fly-facts §3.2/§3.3/§7 (DOCS examples, FLYGO structs), and
+tests/test_api_schema.py holds them to the Swagger copy plus fly-go's fields. Where the
+platform is surprising, the surprise is kept on purpose: `attached_machine_id` is null (not
+absent) when unattached, a volume may be attached by `attached_alloc_id` alone, a
+never-attached volume reports 0 blocks and an empty fstype, a Machine on a sick host
+carries `incomplete_config` instead of `config`, a snapshot being taken is listed without
+an id or a time, and each object family writes its timestamps in its own format.
 """
 
 from __future__ import annotations
