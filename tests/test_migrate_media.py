@@ -316,6 +316,29 @@ def test_an_object_with_other_bytes_is_a_conflict_and_is_never_overwritten(site:
     assert site.verified_names() == {"c/same.csv", "c/new.csv"}
 
 
+def test_an_object_written_by_someone_else_during_the_upload_is_not_replaced(
+    site: Site,
+) -> None:
+    """Between the check and the upload another writer creates the object: the upload is
+    conditional (``If-None-Match: *``), the store refuses it, and it is a conflict."""
+    site.seed({"r/race.csv": b"ours"})
+    s3 = site.s3()
+
+    fired: list[str] = []
+
+    def another_writer(key: str) -> None:
+        if key == site.key("r/race.csv") and not fired:
+            fired.append(key)
+            s3.put_object(Bucket=site.bucket, Key=key, Body=b"theirs, meanwhile")
+
+    site.proxy.on_put = another_writer
+    document = site.migrate("--apply", code=2)
+    assert [c["name"] for c in document["conflicts"]] == ["r/race.csv"]
+    assert document["conflicts"][0]["destination_size"] == len(b"theirs, meanwhile")
+    assert site.object("r/race.csv")["body"] == b"theirs, meanwhile"
+    assert site.verified_names() == set()
+
+
 def test_files_written_during_the_copy_are_picked_up_by_the_delta_pass(site: Site) -> None:
     files = {f"d/{i:02d}.bin": _content(i, 1000) for i in range(10)}
     site.seed(files)

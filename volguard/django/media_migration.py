@@ -38,6 +38,7 @@ import os
 import sys
 import threading
 import time
+from collections import OrderedDict
 from collections.abc import Callable, Iterator
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
@@ -64,6 +65,10 @@ PART_SIZE = 64 << 20
 #: Verified entries between two fsyncs of the manifest (and at most FSYNC_SECONDS apart).
 #: Each line is written with one ``write`` to an ``O_APPEND`` descriptor as soon as its object
 #: is verified, so a killed process loses nothing; the fsync bounds what a power cut loses.
+#: Keys of one S3 "directory" held from a listing at most (about 100 bytes each); a larger
+#: directory gets one ``HEAD`` per file instead. And how many directories' listings are kept.
+LISTING_MAX_KEYS = 20_000
+LISTINGS_KEPT = 32
 FSYNC_EVERY = 200
 FSYNC_SECONDS = 1.0
 
@@ -321,7 +326,10 @@ class StorageDestination:
     def preflight(self) -> None:
         pass
 
-    def head(self, name: str) -> Existing | None:
+    def forget(self) -> None:
+        pass
+
+    def head(self, name: str, *, fresh: bool = False) -> Existing | None:
         try:
             if not self.storage.exists(name):
                 return None
@@ -337,8 +345,17 @@ class StorageDestination:
         """What a later check reads for an object just written: here, its bytes' hash."""
         return self.read_sha256(name)[0]
 
-    def put(self, name: str, source: Callable[[], IO[bytes]], size: int, sha256: str) -> bool:
-        """Write the object; False when the name was taken meanwhile (a conflict)."""
+    def put(
+        self,
+        name: str,
+        source: Callable[[], IO[bytes]],
+        size: int,
+        sha256: str,
+        *,
+        if_absent: bool = True,
+    ) -> bool:
+        """Write the file; False when the name was taken meanwhile. Saving never replaces
+        a file here (the storage picks another name), so ``if_absent`` holds always."""
         from django.core.files import File
 
         with source() as f:
@@ -390,6 +407,9 @@ class S3Destination:
             )
         except Exception as e:
             raise MediaMigrationError(f"cannot set up the S3 client: {_s3_reason(e)}") from e
+        self.conditional = True
+        self._listings: OrderedDict[str, Future] = OrderedDict()
+        self._listing_lock = threading.Lock()
 
     def describe(self) -> str:
         return f"s3://{self.bucket}/{storage_index.s3_key_prefix(self.storage, '')}".rstrip("/")
@@ -405,11 +425,24 @@ class S3Destination:
                 f"cannot reach the bucket {self.bucket!r}: {_s3_reason(e)}"
             ) from e
 
-    def head(self, name: str) -> Existing | None:
+    def forget(self) -> None:
+        with self._listing_lock:
+            self._listings.clear()
+
+    def head(self, name: str, *, fresh: bool = False) -> Existing | None:
+        """The object under ``name``, or None. Absence is read from a listing of the
+        object's "directory" (one request per 1,000 keys, instead of one ``HEAD`` per file);
+        a key that is listed, or a directory too large to hold, gets a ``HEAD`` (its sha256
+        metadata is not in listings). ``fresh``: always a ``HEAD``."""
         from botocore.exceptions import ClientError
 
+        key = self.key(name)
+        if not fresh:
+            listing = self._listing(key.rpartition("/")[0])
+            if listing is not None and key not in listing:
+                return None
         try:
-            found = self.client.head_object(Bucket=self.bucket, Key=self.key(name))
+            found = self.client.head_object(Bucket=self.bucket, Key=key)
         except ClientError as e:
             if e.response.get("ResponseMetadata", {}).get("HTTPStatusCode") == 404:
                 return None
@@ -428,10 +461,65 @@ class S3Destination:
         """What a later check reads for an object just written: its sha256 metadata."""
         return sent
 
-    def put(self, name: str, source: Callable[[], IO[bytes]], size: int, sha256: str) -> bool:
+    def _listing(self, directory: str) -> set[str] | None:
+        """The keys directly under ``directory``, listed once per pass (shared by the
+        workers that need it: the first lists, the others wait); None when there are more
+        than `LISTING_MAX_KEYS`. The last `LISTINGS_KEPT` directories are kept."""
+        with self._listing_lock:
+            entry = self._listings.get(directory)
+            owner = entry is None
+            if owner:
+                entry = self._listings[directory] = Future()
+                while len(self._listings) > LISTINGS_KEPT:
+                    self._listings.popitem(last=False)
+            else:
+                self._listings.move_to_end(directory)
+        if owner:
+            try:
+                entry.set_result(self._list(directory))
+            except BaseException as e:
+                entry.set_exception(e)
+                with self._listing_lock:
+                    self._listings.pop(directory, None)
+        return entry.result()
+
+    def _list(self, directory: str) -> set[str] | None:
+        keys: set[str] = set()
+        prefix = f"{directory}/" if directory else ""
+        try:
+            pages = self.client.get_paginator("list_objects_v2").paginate(
+                Bucket=self.bucket, Prefix=prefix, Delimiter="/"
+            )
+            for page in pages:
+                keys.update(o["Key"] for o in page.get("Contents", ()))
+                if len(keys) > LISTING_MAX_KEYS:
+                    return None
+        except Exception as e:
+            raise MediaMigrationError(
+                f"cannot list {prefix or 'the bucket'!r} in {self.bucket!r}: {_s3_reason(e)}"
+            ) from e
+        return keys
+
+    def put(
+        self,
+        name: str,
+        source: Callable[[], IO[bytes]],
+        size: int,
+        sha256: str,
+        *,
+        if_absent: bool = True,
+    ) -> bool:
+        """Upload; False when ``if_absent`` and the key exists by now.
+
+        ``If-None-Match: *`` makes the store itself refuse to replace an object written
+        since the check (S3, Tigris, R2, MinIO honour it); a store that answers that it
+        does not implement it gets plain uploads for the rest of the run.
+        """
         key = self.key(name)
         params = self._write_parameters(key)
         params["Metadata"] = {**params.get("Metadata", {}), "sha256": sha256}
+        if if_absent and self.conditional:
+            params["IfNoneMatch"] = "*"
         try:
             with source() as f:
                 if size <= MULTIPART_THRESHOLD:
@@ -444,6 +532,12 @@ class S3Destination:
                 else:
                     self._multipart(key, f, size, params)
         except Exception as e:
+            code = _error_code(e)
+            if code in {"PreconditionFailed", "412", "ConditionalRequestConflict"}:
+                return False
+            if "IfNoneMatch" in params and code in {"NotImplemented", "501"}:
+                self.conditional = False
+                return self.put(name, source, size, sha256, if_absent=if_absent)
             raise MediaMigrationError(f"cannot upload {name!r}: {_s3_reason(e)}") from e
         return True
 
@@ -460,6 +554,8 @@ class S3Destination:
         return params
 
     def _multipart(self, key: str, f: IO[bytes], size: int, params: dict[str, Any]) -> None:
+        params = dict(params)
+        condition = {"IfNoneMatch": params.pop("IfNoneMatch")} if "IfNoneMatch" in params else {}
         upload = self.client.create_multipart_upload(Bucket=self.bucket, Key=key, **params)
         upload_id = upload["UploadId"]
         parts = []
@@ -476,7 +572,11 @@ class S3Destination:
                 )
                 parts.append({"PartNumber": number, "ETag": found["ETag"]})
             self.client.complete_multipart_upload(
-                Bucket=self.bucket, Key=key, UploadId=upload_id, MultipartUpload={"Parts": parts}
+                Bucket=self.bucket,
+                Key=key,
+                UploadId=upload_id,
+                MultipartUpload={"Parts": parts},
+                **condition,
             )
         except BaseException:
             with contextlib.suppress(Exception):
@@ -509,6 +609,14 @@ class _Slice:
 
     def __len__(self) -> int:
         return self._length
+
+
+def _error_code(e: BaseException) -> str:
+    response = getattr(e, "response", None)
+    if not isinstance(response, dict):
+        return ""
+    code = (response.get("Error") or {}).get("Code")
+    return str(code or (response.get("ResponseMetadata") or {}).get("HTTPStatusCode") or "")
 
 
 def _s3_reason(e: BaseException) -> str:
@@ -745,6 +853,7 @@ class _Run:
 
     def pass_over(self, *, first: bool) -> None:
         self.first = first
+        self.destination.forget()  # listings taken before this pass are stale
         report = self.report
         # The final state of the lists is the last pass's: a row whose file appeared, or a
         # conflict settled, during the copy is not reported.
@@ -815,30 +924,36 @@ class _Run:
             with self.lock:
                 report.changing.append(name)
             return
-        existing = self.destination.head(name)
-        if existing is not None:
-            theirs, read_back = existing.sha256, False
-            if theirs is None and (existing.size == size or self.manifest.knows(name)):
-                theirs, _ = self.destination.read_sha256(name)
-                read_back = True
-            if theirs == sha256 and existing.size == size:
-                if self.options.apply:
-                    if not read_back:  # metadata is a claim: the bytes are the proof
-                        self._verify(name, size, sha256)
-                    self.manifest.record(name, size, mtime_ns, sha256)
+        fresh = False
+        while True:
+            existing = self.destination.head(name, fresh=fresh)
+            if existing is not None:
+                theirs, read_back = existing.sha256, False
+                if theirs is None and (existing.size == size or self.manifest.knows(name)):
+                    theirs, _ = self.destination.read_sha256(name)
+                    read_back = True
+                if theirs == sha256 and existing.size == size:
+                    if self.options.apply:
+                        if not read_back:  # metadata is a claim: the bytes are the proof
+                            self._verify(name, size, sha256)
+                        self.manifest.record(name, size, mtime_ns, sha256)
+                    with self.lock:
+                        report.identical.add(size)
+                    return
+                if theirs is None or not self.manifest.wrote(name, theirs):
+                    self._conflict(label, pk, name, sha256, size, existing, theirs)
+                    return
+            if not self.options.apply:
                 with self.lock:
-                    report.identical.add(size)
+                    report.to_copy.add(size)
                 return
-            if theirs is None or not self.manifest.wrote(name, theirs):
-                self._conflict(label, pk, name, sha256, size, existing, theirs)
+            opener = lambda: self.source.open(name)  # noqa: E731
+            if self.destination.put(name, opener, size, sha256, if_absent=existing is None):
+                break
+            if fresh:  # appeared, then went away again: someone else is writing it
+                self._conflict(label, pk, name, sha256, size, None, None)
                 return
-        if not self.options.apply:
-            with self.lock:
-                report.to_copy.add(size)
-            return
-        if not self.destination.put(name, lambda: self.source.open(name), size, sha256):
-            self._conflict(label, pk, name, sha256, size, self.destination.head(name), None)
-            return
+            fresh = True  # the name was taken meanwhile: judge what is there now
         if self.source.stat(name) != (size, mtime_ns):
             # Changed while uploading: the object is volguard's own but unverified; recorded
             # so that the next pass may replace it rather than call it a conflict.
