@@ -27,7 +27,7 @@ from volguard.fly.client import MachinesClient, RateLimiter, Token
 from volguard.fly.volumes import ensure_volumes, snapshot_media_volumes
 from volguard.flytoml import parse_fly_toml
 from volguard.sim.api import SimServer, load_scenario, make_fleet_scenario, shipped_scenarios
-from volguard.sim.scenario import Limits
+from volguard.sim.scenario import Limits, Scenario
 from volguard.verify import verify
 
 SCHEMA = json.loads(
@@ -173,10 +173,11 @@ class Recorder(httpx.BaseTransport):
         self.inner.close()
 
 
-def run_volguard(name: str, tmp_path: Path) -> Recorder:
+def run_volguard(name: str | Scenario, tmp_path: Path) -> Recorder:
     """verify-volume, create-volume --apply and snapshot-volumes --apply, as a user runs them."""
     recorder = Recorder()
-    with SimServer(replace(load_scenario(name), limits=NO_LIMITS)) as sim:
+    scenario = load_scenario(name) if isinstance(name, str) else name
+    with SimServer(replace(scenario, limits=NO_LIMITS)) as sim:
         factory = partial(
             MachinesClient,
             base_url=sim.url,
@@ -211,6 +212,43 @@ def test_every_request_volguard_sends_and_every_answer_has_the_apis_shape(name, 
         p for m, path, _b, status, body in recorder.exchanges
         for p in check_response(m, path, status, body)
     ] == []  # fmt: skip
+
+
+def test_create_volume_sends_what_flyctl_sends_for_a_group(tmp_path):
+    """The group's guest as `compute`, `require_unique_zone`, and the mount's snapshot
+    settings (FLYCTL deploy/deploy_first.go, scale/machine_defaults.go @ad0172fa); the
+    auto-extend settings belong to the Machine's mount, not to this body."""
+    healthy = load_scenario("healthy")
+    fly_toml = healthy.fly_toml.replace(
+        'destination = "/data"\n',
+        'destination = "/data"\n  snapshot_retention = 14\n  scheduled_snapshots = false\n'
+        '  auto_extend_size_threshold = 80\n  auto_extend_size_increment = "1GB"\n'
+        '  auto_extend_size_limit = "10GB"\n',
+    ).replace('memory = "1gb"\n  cpu_kind = "shared"', 'memory = "4gb"\n  cpu_kind = "performance"')
+    recorder = run_volguard(replace(healthy, fly_toml=fly_toml), tmp_path)
+    (body,) = [
+        json.loads(sent) for m, p, sent, _s, _r in recorder.exchanges
+        if sent and route(m, p) == ("POST", "volumes")
+    ]  # fmt: skip
+    assert body == {
+        "name": "data",
+        "region": "syd",
+        "size_gb": 1,
+        "encrypted": True,
+        "require_unique_zone": True,
+        "snapshot_retention": 14,
+        "auto_backup_enabled": False,
+        "compute": {"cpu_kind": "performance", "cpus": 1, "memory_mb": 4096},
+    }
+    assert problems(REQUESTS[("POST", "volumes")], body) == []
+
+
+def test_the_create_volume_schema_takes_fly_gos_null_compute() -> None:
+    """`compute` is a *MachineGuest in fly-go: flyctl's first deploy sends null for it."""
+    request = {"name": "data", "region": "syd", "compute": None}
+    assert problems(REQUESTS[("POST", "volumes")], request) == []
+    assert problems(REQUESTS[("POST", "volumes")], {**request, "compute": {"cpus": "2"}})
+    assert problems(REQUESTS[("POST", "volumes")], {**request, "auto_extend_size_limit": 10})
 
 
 # -- the reference itself ---------------------------------------------------------------

@@ -64,9 +64,17 @@ def config(text: str) -> FlyConfig:
     return parsed
 
 
-def machine(id: str, region: str = "syd", group: str = "app", volume: str | None = None):
+def machine(
+    id: str,
+    region: str = "syd",
+    group: str = "app",
+    volume: str | None = None,
+    guest: dict | None = None,
+):
     mounts = (MachineMount(volume, "/data", "data"),) if volume else ()
-    return Machine(id=id, state="started", region=region, group=group, mounts=mounts)
+    return Machine(
+        id=id, state="started", region=region, group=group, mounts=mounts, guest=guest or {}
+    )
 
 
 def volume(
@@ -326,6 +334,81 @@ def test_request_keeps_scheduled_snapshots_true():
     text = SINGLE + "  scheduled_snapshots = true\n"
     (need,) = plan_volumes(config(text), fleet())
     assert need.request()["auto_backup_enabled"] is True
+
+
+# -- the guest the volume is placed for (compute) --------------------------------------------
+
+PERF_2X = {"cpu_kind": "performance", "cpus": 2, "memory_mb": 4096}
+
+
+def test_request_carries_the_groups_guest_as_compute():
+    """flyctl sends the group's guest so the volume lands on a host that fits the Machine
+    (FLYCTL scale/machine_defaults.go `CreateVolumeRequest`: ComputeRequirements)."""
+    (need,) = plan_volumes(config(SINGLE), fleet([machine("m1", guest=PERF_2X)]))
+    assert need.request()["compute"] == PERF_2X
+
+
+def test_each_group_gets_its_own_guest():
+    machines = [
+        machine("m_a", group="app", guest=PERF_2X),
+        machine("m_w", group="worker", guest={"cpu_kind": "shared", "cpus": 1, "memory_mb": 512}),
+    ]
+    plan = plan_volumes(config(INCIDENT), fleet(machines))
+    assert {n.group: n.request()["compute"]["memory_mb"] for n in plan} == {
+        "app": 4096,
+        "worker": 512,
+    }
+
+
+def test_compute_keeps_only_fly_gos_guest_fields_that_are_set():
+    guest = {
+        **PERF_2X,
+        "gpus": 0,
+        "gpu_kind": "",
+        "kernel_args": ["quiet"],
+        "persist_rootfs": "never",
+        "future_field": 1,
+        "max_memory_mb": True,
+    }
+    (need,) = plan_volumes(config(SINGLE), fleet([machine("m1", guest=guest)]))
+    assert need.request()["compute"] == PERF_2X
+
+
+def test_the_last_listed_machine_with_a_guest_gives_the_groups_guest():
+    """`lo.Associate` in flyctl's scale defaults keeps the last Machine of each group."""
+    machines = [
+        machine("m1", "syd", guest={"cpu_kind": "shared", "cpus": 1, "memory_mb": 256}),
+        machine("m2", "ams", guest=PERF_2X),
+        machine("m3", "ams"),
+    ]
+    plan = plan_volumes(config(SINGLE), fleet(machines))
+    assert [n.request()["compute"] for n in plan] == [PERF_2X, PERF_2X]
+
+
+def test_no_machine_no_compute():
+    (need,) = plan_volumes(config(SINGLE), fleet())
+    assert "compute" not in need.request()
+
+
+def test_auto_extend_settings_stay_out_of_the_create_body():
+    """fly-go's CreateVolumeRequest has no auto-extend field: flyctl sets them on the
+    Machine's mount (FLYCTL appconfig/machines.go), and the API schema is closed."""
+    text = SIZED + (
+        "  auto_extend_size_threshold = 80\n"
+        '  auto_extend_size_increment = "1GB"\n'
+        '  auto_extend_size_limit = "100GB"\n'
+    )
+    (need,) = plan_volumes(config(text), fleet([machine("m1", guest=PERF_2X)]))
+    assert set(need.request()) == {
+        "name",
+        "region",
+        "size_gb",
+        "encrypted",
+        "require_unique_zone",
+        "snapshot_retention",
+        "auto_backup_enabled",
+        "compute",
+    }
 
 
 # -- idempotence -----------------------------------------------------------------------------

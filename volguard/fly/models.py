@@ -47,6 +47,7 @@ class Machine:
     env: dict[str, str] = field(default_factory=dict)
     host_status: str = "ok"
     private_ip: str = ""
+    guest: dict[str, Any] = field(default_factory=dict)  # config.guest, as sent
 
     @classmethod
     def from_api(cls, data: Any) -> Machine:
@@ -58,6 +59,7 @@ class Machine:
         group = _s(metadata.get("fly_process_group")) or _s(metadata.get("process_group"))
         mounts = config.get("mounts") if isinstance(config.get("mounts"), list) else []
         env = config.get("env") if isinstance(config.get("env"), dict) else {}
+        guest = config.get("guest") if isinstance(config.get("guest"), dict) else {}
         return cls(
             id=_required(obj, "id"),
             name=_s(obj.get("name")),
@@ -72,6 +74,7 @@ class Machine:
             env={str(k): _s(v) for k, v in env.items()},
             host_status=_s(obj.get("host_status")) or "ok",
             private_ip=_s(obj.get("private_ip")),
+            guest={str(k): v for k, v in guest.items()},
         )
 
     @property

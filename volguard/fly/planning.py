@@ -7,20 +7,47 @@ volume with the mount's name in its own region, and otherwise it fails. So
 per group and region: the volumes needed (one per Machine, or `count`), minus
 those attached to the group's Machines there, minus the unattached ones there.
 Running the plan twice creates the shortfall once.
+
+Each volume is asked for as flyctl asks for a group's volume (FLYCTL
+internal/command/deploy/deploy_first.go `provisionVolumesOnFirstDeploy`,
+internal/command/scale/machine_defaults.go `CreateVolumeRequest` and
+internal/command/volumes/create.go `runCreate`, all @ad0172fa; the body is FLYGO
+volume_types.go `CreateVolumeRequest` @22d6e518): the mount's size, snapshot retention and
+scheduled snapshots, `require_unique_zone`, and the group's guest as `compute`, so the
+volume lands on a host with room for the Machine that will mount it. The mount's
+auto-extend settings are not part of that body: flyctl puts them on the Machine's mount
+(FLYCTL internal/appconfig/machines.go, `ExtendThresholdPercent`/`AddSizeGb`/
+`SizeGbLimit`), so `fly deploy` applies them, not the volume create (fly-facts §2.3).
 """
 
 from __future__ import annotations
 
 from collections import Counter
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
 from volguard.errors import UsageError
 from volguard.fly.fleet import Fleet
+from volguard.fly.models import Machine
 from volguard.flytoml import FlyConfig
 from volguard.units import SizeError, parse_size_gb
 
 FLYCTL_DEFAULT_SIZE_GB = 1  # fly-facts §0.7: flyctl's default, not the API's 3
+
+#: The fields of FLYGO machine_types.go `MachineGuest` @22d6e518 that describe the size
+#: placement must fit, with their JSON types. All are `omitempty`, so a zero is left out;
+#: keys fly-go does not declare are dropped, as decoding into fly-go's struct drops them
+#: before flyctl sends the guest back.
+GUEST_FIELDS: dict[str, type] = {
+    "cpu_kind": str,
+    "cpus": int,
+    "memory_mb": int,
+    "max_memory_mb": int,
+    "gpus": int,
+    "gpu_kind": str,
+    "host_dedication_id": str,
+}
 
 
 @dataclass(frozen=True)
@@ -35,6 +62,7 @@ class VolumeNeed:
     snapshot_retention: int | None = None
     auto_backup_enabled: bool | None = None
     require_unique_zone: bool = True
+    compute: Mapping[str, Any] | None = None  # the group's guest; None when it has no Machine
 
     def describe(self) -> str:
         noun = "volume" if self.count == 1 else "volumes"
@@ -44,7 +72,10 @@ class VolumeNeed:
         )
 
     def request(self) -> dict[str, Any]:
-        """The create-volume body; `size_gb` always explicit (the API defaults to 3 GB)."""
+        """The create-volume body; `size_gb` always explicit (the API defaults to 3 GB).
+
+        Fields volguard has no value for are left out rather than sent as fly-go's null:
+        the API reads both as "its default"."""
         body: dict[str, Any] = {
             "name": self.name,
             "region": self.region,
@@ -56,6 +87,8 @@ class VolumeNeed:
             body["snapshot_retention"] = self.snapshot_retention
         if self.auto_backup_enabled is not None:
             body["auto_backup_enabled"] = self.auto_backup_enabled
+        if self.compute:
+            body["compute"] = dict(self.compute)
         return body
 
 
@@ -79,6 +112,7 @@ def plan_volumes(
             continue
         mount = mounts[0]
         machines = fleet.machines_of(group)
+        compute = group_guest(machines)
         wanted = _wanted_per_region(config, group, machines, count)
         for region in sorted(wanted):
             attached = sum(
@@ -103,9 +137,35 @@ def plan_volumes(
                         snapshot_retention=mount.snapshot_retention,
                         auto_backup_enabled=mount.scheduled_snapshots,
                         require_unique_zone=require_unique_zone,
+                        compute=compute,
                     )
                 )
     return plan
+
+
+def group_guest(machines: list[Machine]) -> dict[str, Any] | None:
+    """The guest the group's Machines run with, as `fly scale count` sends it for a new
+    volume: the last listed Machine's that has one (FLYCTL scale/machine_defaults.go
+    `newDefaults`, `lo.Associate` keeps the last @ad0172fa). None when no Machine of the
+    group reports a guest: a first deploy sends fly.toml's `[[vm]]` (or none), which
+    volguard does not read, so the API's default placement applies."""
+    compute: dict[str, Any] | None = None
+    for machine in machines:
+        guest = {
+            key: value
+            for key, kind in GUEST_FIELDS.items()
+            if _sized(value := machine.guest.get(key), kind)
+        }
+        if guest:
+            compute = guest
+    return compute
+
+
+def _sized(value: Any, kind: type) -> bool:
+    """A value of the field's JSON type that `omitempty` would write (not 0, not "")."""
+    if kind is int:
+        return isinstance(value, int) and not isinstance(value, bool) and value > 0
+    return isinstance(value, str) and value != ""
 
 
 def _wanted_per_region(

@@ -30,7 +30,10 @@ REQUIRED = {
     ),
     "Machine": ("image_ref", "cordoned"),
 }  # fmt: skip
-ROOTS = ("Machine", "Volume", "VolumeSnapshot", "CreateVolumeRequest", "ErrorResponse")
+ROOTS = (
+    "Machine", "Volume", "VolumeSnapshot", "CreateVolumeRequest", "CreateMachineRequest",
+    "ErrorResponse",
+)  # fmt: skip
 
 
 def derive(swagger: dict[str, Any]) -> dict[str, Any]:
@@ -83,13 +86,25 @@ def derive(swagger: dict[str, Any]) -> dict[str, Any]:
     for field, prop in kept["CreateVolumeRequest"]["properties"].items():
         if field not in ("name", "region", "compute_image", "compute", "machines_only"):
             prop["type"] = [prop["type"], "null"]  # fly-go pointers: unset is sent as null
+    # `compute` is a *MachineGuest: flyctl's first deploy sends null when fly.toml has no
+    # [[vm]] (FLYCTL internal/command/deploy/deploy_first.go @ad0172fa).
+    kept["CreateVolumeRequest"]["properties"]["compute"] = {
+        "anyOf": [{"$ref": "#/definitions/fly.MachineGuest"}, {"type": "null"}],
+        "x-source": f"{request_go}: ComputeRequirements *MachineGuest",
+    }
+    guest_go = f"{FLYGO} machine_types.go MachineGuest"
+    add("fly.MachineGuest", "max_memory_mb", {"type": "integer"}, guest_go)
+    add("fly.MachineGuest", "persist_rootfs", {"type": "string",
+        "enum": ["never", "always", "restart"]}, f"{guest_go} (deprecated there)")  # fmt: skip
     kept["ErrorResponse"]["properties"]["status"] = {
         "type": "string",
         "x-source": f"{SWAGGER} main.statusCode (unknown, insufficient_capacity) and "
         f"{FLYGO} flaps/flaps_error.go (name_taken): open, more codes exist",
     }
 
-    for name in ("Machine", "Volume", "VolumeSnapshot", "CreateVolumeRequest"):
+    # CreateMachineRequest (the body of POST /machines, temporary Machines of #10) is the
+    # SWAGGER definition as is: fly-go's LaunchMachineInput adds only keys volguard never sends.
+    for name in ("Machine", "Volume", "VolumeSnapshot", "CreateVolumeRequest", "CreateMachineRequest"):
         kept[name]["additionalProperties"] = False
     # Go's encoder always writes a field whose tag has no `omitempty`: with fly-go's structs
     # on both ends, these keys are in every answer (the Swagger copy requires none).
