@@ -774,7 +774,9 @@ def test_findings_and_recheck(site: Site) -> None:
         (["--user-id", "alice"], "expected a number but got 'alice'"),
         (["--older-than", "10"], "bad duration '10'"),
         (["--batch-size", "many"], "argument --batch-size: invalid int value: 'many'"),
-        (["--batch-size", "0"], "batch size must be at least 1"),
+        (["--batch-size", "0"], "batch size must be from 1 to 1,000,000, not 0"),
+        (["--batch-size", "99999999999999999999999"], "batch size must be from 1 to 1,000,000"),
+        (["--older-than", "99999999999999999999d"], "at most 36500d"),
         (["--bogus-flag"], "unrecognized arguments: --bogus-flag"),
         (["--user-id", "99999999999999999999999"], "bad filter for services.UserDataFile"),
         (["--filter", "owner=99999999999999999999999"], "bad filter for services.UserDataFile"),
@@ -849,7 +851,7 @@ def test_parse_duration(text: str, seconds: int) -> None:
     assert parse_duration(format_duration(timedelta(seconds=seconds))).total_seconds() == seconds
 
 
-@pytest.mark.parametrize("text", ["", "10", "m", "-1m", "1w", "1.5h"])
+@pytest.mark.parametrize("text", ["", "10", "m", "-1m", "1w", "1.5h", "36501d", "9" * 30 + "s"])
 def test_parse_duration_rejects(text: str) -> None:
     with pytest.raises(UsageError, match="bad duration"):
         parse_duration(text)
@@ -883,7 +885,13 @@ def test_the_json_document_has_the_shape_both_sides_share() -> None:
     assert set(document["rows"][0]) == set(AuditRowJSON.__annotations__)
     # problem_rows counts rows without a usable file; per_reason.missing only the missing
     assert document["problem_rows"] == 4
-    assert document["per_reason"] == {"missing": 2, "empty": 1, "invalid_name": 1, "shared": 1}
+    assert document["per_reason"] == {
+        "missing": 2,
+        "empty": 1,
+        "empty_file": 0,
+        "invalid_name": 1,
+        "shared": 1,
+    }
 
     # the Fly side applies the same candidate rule to the document's rows
     def key(r: dict) -> tuple:

@@ -85,6 +85,8 @@ if TYPE_CHECKING:
 #: Settings override of `storage_index.PER_ROW_MAX` (rows up to which a volume is stat'ed).
 PER_ROW_MAX_SETTING = "VOLGUARD_AUDIT_PER_ROW_MAX"
 DEFAULT_BATCH_SIZE = 2000
+#: Largest batch: rows fetched at a time are held in memory, and drivers take a C integer.
+MAX_BATCH_SIZE = 1_000_000
 
 
 def audit(
@@ -112,8 +114,8 @@ def audit(
     from django.conf import settings
     from django.utils import timezone
 
-    if batch_size < 1:
-        raise AuditError(f"batch size must be at least 1, not {batch_size}")
+    if not 1 <= batch_size <= MAX_BATCH_SIZE:
+        raise AuditError(f"batch size must be from 1 to {MAX_BATCH_SIZE:,}, not {batch_size}")
     started = time.perf_counter()
     result = AuditResult(older_than=older_than)
     lookups = [tuple(f) for f in filters]

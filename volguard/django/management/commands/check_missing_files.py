@@ -59,6 +59,8 @@ from volguard.errors import UsageError, VolguardError
 _FILTER_KEY = re.compile(r"[A-Za-z_]\w*(?:__\w+)*")
 _DURATION = re.compile(r"(\d+)([smhd]?)")
 _DURATION_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+#: Longest --older-than: a century (``now`` minus more is before year 1 for Python).
+MAX_DURATION_DAYS = 36500
 
 
 class Command(BaseCommand):
@@ -514,7 +516,10 @@ def parse_duration(text: str) -> timedelta:
         raise UsageError(
             f"bad duration {text!r}: use a number and a unit (30s, 10m, 2h, 1d), or 0 to disable"
         )
-    return timedelta(seconds=int(match[1]) * _DURATION_UNITS.get(match[2], 1))
+    seconds = int(match[1]) * _DURATION_UNITS.get(match[2], 1)
+    if seconds > MAX_DURATION_DAYS * 86400:
+        raise UsageError(f"bad duration {text!r}: at most {MAX_DURATION_DAYS}d")
+    return timedelta(seconds=seconds)
 
 
 def format_duration(value: timedelta) -> str:
