@@ -1,4 +1,4 @@
-"""Machine rules VG301–VG309 over hand-built MachineFacts, and parsing the probe's answer.
+"""Machine rules VG301–VG311 over hand-built MachineFacts, and parsing the probe's answer.
 
 Pure: no probe runs here. A healthy Machine's facts are the baseline (no finding at all); each
 test changes one fact and asserts exactly which findings the rules yield.

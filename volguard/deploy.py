@@ -120,7 +120,7 @@ def run_deploy(ctx: DeployContext) -> RunRecord:
 
 
 def lint_step(ctx: DeployContext, step: Step) -> None:
-    """The offline gate: fly.toml and MEDIA_ROOT (VG100–VG112)."""
+    """The offline gate: fly.toml and MEDIA_ROOT (VG100–VG114)."""
     from volguard.lint import lint
 
     report = lint(ctx.settings, ctx.options.fly_toml)

@@ -9,7 +9,8 @@ a run record (`volguard.runs`, kind ``remediate``) under a per-app lock:
    actually run (never remediate a fleet whose volume is not mounted);
 2. ``audit``: the plan; nothing to do stops here;
 3. ``confirm``: ``--delete`` asks, naming the app and the count (``--yes`` for CI);
-4. ``snapshot``: an on-demand snapshot of every media volume, confirmed listed;
+4. ``snapshot``: an on-demand snapshot of every media volume, waited for until it is
+   ``created`` (`volguard.fly.snapshots`);
 5. ``remediate``: ``check_missing_files --fix|--delete --yes --json --export … --audit-log …
    --plan …`` with the export and the log beside MEDIA_ROOT, under
    ``<mount destination>/.volguard/``; ``--plan`` carries the rows step 2 showed (and step 3

@@ -68,7 +68,7 @@ def check_machine_layer(
     machine_ids: tuple[str, ...] = (),
     groups: tuple[str, ...] = (),
 ) -> list[Finding]:
-    """The Machine layer: probe each started Machine of the media groups (VG300–VG309)."""
+    """The Machine layer: probe each started Machine of the media groups (VG300–VG311)."""
     from volguard.remote.layer import check_machines, targets_of
     from volguard.remote.transports import TransportOptions
     from volguard.rules.machine import MachineContext, machine_check_ids

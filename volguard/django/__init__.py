@@ -1,7 +1,7 @@
 """volguard's Django side: a reusable app that runs volguard's checks inside Django.
 
 Add ``"volguard.django"`` to ``INSTALLED_APPS`` and ``manage.py check --deploy`` reports
-volguard's fly.toml and MEDIA_ROOT rules (VG100–VG112) as system checks ``volguard.E101`` …
+volguard's fly.toml and MEDIA_ROOT rules (VG100–VG114) as system checks ``volguard.E101`` …
 (see ``volguard.django.checks`` and docs/checks.md, "Django system checks").
 
 Kept import-light on purpose: importing this package does not import Django, which stays

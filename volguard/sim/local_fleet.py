@@ -1,6 +1,6 @@
 """The local fleet: each started Machine of a scenario as a real local "Machine" with sshd.
 
-Fly cannot be reached from here, and the Machine checks (VG300–VG307) must be proved
+Fly cannot be reached from here, and the Machine checks (VG300–VG311) must be proved
 against real mounts, users, processes and SSH, so `LocalFleet` builds what the platform
 would run for a scenario — the same scenario file that drives the API simulator — on this
 host, and tears it down again::
