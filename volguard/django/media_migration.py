@@ -11,8 +11,11 @@ root as well. Each file is read once to take its sha256, then:
   make it a *conflict*, never overwritten — unless the manifest says this run or an earlier
   one wrote that object from an older version of the same source file (the file changed
   since: the object is volguard's own copy, brought up to date);
-- otherwise it is uploaded (to S3 with its sha256 in the object's metadata and the content
-  type django-storages would give it) and *verified*: read back and hashed. A store's
+- otherwise it is uploaded (to S3 with its sha256 in the object's metadata, the content
+  type django-storages would give it, and ``If-None-Match: *`` so that the store refuses to
+  replace an object someone wrote since the check: a conflict too) and *verified*: read
+  back and hashed. On S3, absence is read from one listing per "directory" of keys rather
+  than a ``HEAD`` per file. A store's
   ETag is no digest for multipart uploads, and moto's server accepts any claimed checksum,
   so the one check that trusts nothing is the bytes read back.
 
