@@ -881,7 +881,8 @@ _VOLATILE = [
     (re.compile(r"\b[0-9a-f]{14}\b"), "•machine"),
     (re.compile(r"\b(deploy|remediate)-[\w.-]+?-\d{8}T\d+-\d+\b"), r"\1-•run"),
     (re.compile(r"\b\d{8}T\d{6,}Z?\b"), "•time"),
-    (re.compile(r"\b\d+\.\ds\b"), "•s"),
+    # a duration and the padding before it: a slow step (10.6s) takes one column more
+    (re.compile(r" *\b\d+\.\ds\b"), " •s"),
     (re.compile(r"\.volguard-probe-[\w-]+"), ".volguard-probe-•"),
     (re.compile(r"device \d+:\d+"), "device •"),
     (re.compile(r"\b127\.\d+\.\d+\.\d+\b"), "•address"),
