@@ -412,7 +412,7 @@ def test_not_found_is_fly_shaped(api: httpx.Client, path: str) -> None:
 def test_wrong_method_is_405(api: httpx.Client) -> None:
     response = api.delete("/machines")
     assert response.status_code == 405
-    assert response.headers["Allow"] == "GET"
+    assert response.headers["Allow"] == "GET, POST"  # POST: create a Machine (#10)
     assert "error" in response.json()
 
 

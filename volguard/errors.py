@@ -13,6 +13,7 @@ meaning, the base catches all::
     │   ├── FlyNotFound           404: no such app, Machine or volume
     │   └── FlyUnavailable        timeouts, 5xx after retries, answers of the wrong shape
     ├── SnapshotTimeout           a snapshot did not show up in the volume's list in time
+    ├── TemporaryResourceError    a fork, restore or temporary Machine (recover) failed
     ├── LockedError               another run of the same app holds its lock
     ├── StepFailed                a runbook step failed or refused (exit 2)
     ├── Unreachable               a Machine cannot be reached over the transport
@@ -77,6 +78,17 @@ class FlyUnavailable(FlyAPIError):
 
 class SnapshotTimeout(VolguardError):
     """A snapshot was requested but did not show up in the volume's list in time."""
+
+
+class TemporaryResourceError(VolguardError):
+    """A temporary fork, restored volume or Machine could not be made, started or removed.
+
+    The message carries the API's own words (token-free) and says what was left, if
+    anything; ``left`` lists the ids still to destroy (``volguard.fly.temporary.cleanup``)."""
+
+    def __init__(self, message: str, left: list[str] | None = None) -> None:
+        super().__init__(message)
+        self.left = list(left or ())
 
 
 class LockedError(VolguardError):

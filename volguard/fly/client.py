@@ -289,12 +289,84 @@ class MachinesClient:
         except ValueError as e:
             raise FlyUnavailable(f"Fly API create volume: unexpected response ({e})") from None
 
+    def get_volume(self, app: str, volume_id: str) -> Volume:
+        """One volume (FLYGO flaps/flaps_volumes.go `GetVolume` @22d6e518): how a fork's
+        `hydrating` or a restore's `restoring` is seen to end in `created`."""
+        body = self._request("GET", f"/v1/apps/{_seg(app)}/volumes/{_seg(volume_id)}", "get volume")
+        return self._parse(Volume.from_api, body, "get volume")
+
+    def fork_volume(self, app: str, source_volume_id: str, *, name: str, region: str) -> Volume:
+        """A fork: POST /volumes with `source_volume_id` (FLYCTL internal/command/volumes/
+        fork.go @ad0172fa `runFork`). No size: a fork is the source's size."""
+        request = {"name": name, "region": region, "source_volume_id": source_volume_id}
+        body = self._request("POST", f"/v1/apps/{_seg(app)}/volumes", "fork volume", json=request)
+        return self._parse(Volume.from_api, body, "fork volume")
+
+    def restore_volume(
+        self, app: str, snapshot_id: str, *, name: str, region: str, size_gb: int | None = None
+    ) -> Volume:
+        """A new volume from a snapshot: POST /volumes with `snapshot_id` (FLYCTL
+        internal/command/volumes/create.go @ad0172fa, `--snapshot-id`)."""
+        request: dict[str, Any] = {"name": name, "region": region, "snapshot_id": snapshot_id}
+        if size_gb is not None:
+            request["size_gb"] = size_gb
+        body = self._request(
+            "POST", f"/v1/apps/{_seg(app)}/volumes", "restore snapshot", json=request
+        )
+        return self._parse(Volume.from_api, body, "restore snapshot")
+
+    def destroy_volume(self, app: str, volume_id: str) -> None:
+        """DELETE /volumes/{id} (FLYGO flaps_volumes.go `DeleteVolume`). Fly refuses (412
+        `failed_precondition: volume is currently bound to machine: …`) while a Machine
+        holds it: destroy the Machine first."""
+        path = f"/v1/apps/{_seg(app)}/volumes/{_seg(volume_id)}"
+        self._request("DELETE", path, "destroy volume", parse=False)
+
+    def get_machine(self, app: str, machine_id: str) -> Machine:
+        path = f"/v1/apps/{_seg(app)}/machines/{_seg(machine_id)}"
+        return self._parse(
+            Machine.from_api, self._request("GET", path, "get machine"), "get machine"
+        )
+
+    def create_machine(self, app: str, request: dict[str, Any]) -> Machine:
+        """POST /machines with a CreateMachineRequest (FLYGO flaps_machines.go `Launch`):
+        the answer is the Machine, `created`; wait for `started` with `wait_machine`."""
+        body = self._request(
+            "POST", f"/v1/apps/{_seg(app)}/machines", "create machine", json=request
+        )
+        return self._parse(Machine.from_api, body, "create machine")
+
+    def wait_machine(self, app: str, machine_id: str, state: str, timeout: int = 60) -> None:
+        """GET /machines/{id}/wait?state=…&timeout=… (FLYGO flaps/flaps_machines_wait.go
+        @22d6e518): blocks server-side until the state, at most `timeout` seconds (1–60,
+        as fly-go clamps it); a Machine that does not get there is an HTTP 408 error."""
+        timeout = max(1, min(int(timeout), 60))
+        path = f"/v1/apps/{_seg(app)}/machines/{_seg(machine_id)}/wait"
+        self._request(
+            "GET", path, f"wait for machine {state}", params={"state": state, "timeout": timeout},
+            parse=False, call_timeout=timeout + self._timeout,
+        )  # fmt: skip
+
+    def destroy_machine(self, app: str, machine_id: str, *, force: bool = True) -> None:
+        """DELETE /machines/{id}?force=true (SWAGGER `Machines_delete`; fly-go's `Destroy`
+        spells it `kill=true`): a started Machine is killed, its volume released."""
+        path = f"/v1/apps/{_seg(app)}/machines/{_seg(machine_id)}"
+        params = {"force": "true"} if force else None
+        self._request("DELETE", path, "destroy machine", params=params, parse=False)
+
     def create_snapshot(self, app: str, volume_id: str) -> None:
         """Ask for an on-demand snapshot; its body is opaque, poll `list_snapshots` after."""
         path = f"/v1/apps/{_seg(app)}/volumes/{_seg(volume_id)}/snapshots"
         self._request("POST", path, "create snapshot", json={}, parse=False)
 
     # -- plumbing
+
+    @staticmethod
+    def _parse(parse: Callable[[Any], Any], body: Any, what: str) -> Any:
+        try:
+            return parse(body)
+        except ValueError as e:
+            raise FlyUnavailable(f"Fly API {what}: unexpected response ({e})") from None
 
     def _list(self, path: str, what: str, parse: Callable[[Any], Any]) -> list[Any]:
         body = self._request("GET", path, f"list {what}")
@@ -306,13 +378,23 @@ class MachinesClient:
             raise FlyUnavailable(f"Fly API list {what}: unexpected response ({e})") from None
 
     def _request(
-        self, method: str, path: str, what: str, *, json: Any = None, parse: bool = True
+        self,
+        method: str,
+        path: str,
+        what: str,
+        *,
+        json: Any = None,
+        parse: bool = True,
+        params: dict[str, Any] | None = None,
+        call_timeout: float | None = None,
     ) -> Any:
         """One logical call: rate limit, send, retry what is safe, decode JSON.
 
         The whole call, retries and pauses included, ends within the client's ``timeout``
-        from its first send, however slowly the server answers.
+        (``call_timeout`` for a call the server holds on purpose, the wait endpoint) from
+        its first send, however slowly the server answers.
         """
+        limit = call_timeout if call_timeout is not None else self._timeout
         idempotent = method == "GET"
         last_problem = ""
         deadline: float | None = None
@@ -321,10 +403,10 @@ class MachinesClient:
             self._limiter.wait(method, path)
             self._count(method, path)
             if deadline is None:
-                deadline = time.monotonic() + self._timeout
+                deadline = time.monotonic() + limit
             self._deadlines.set_deadline(deadline)
             try:
-                response = self._http.request(method, path, json=json)
+                response = self._http.request(method, path, json=json, params=params, timeout=limit)
             except httpx.ConnectError as e:
                 # Nothing reached the server: safe to retry even a POST.
                 last_problem = f"cannot connect to {self.base_url} ({_reason(e)})"
@@ -369,7 +451,7 @@ class MachinesClient:
                     break
         tries = f"after {attempt} attempt{'' if attempt == 1 else 's'}"
         if deadline is not None and attempt < self._attempts:
-            tries = f"no answer within the {self._timeout:g} s timeout, {tries}"
+            tries = f"no answer within the {limit:g} s timeout, {tries}"
         raise FlyUnavailable(self._token.redact(f"Fly API {what}: {last_problem} ({tries})"))
 
     def _pause(self, attempt: int, retry_after: str | None, deadline: float) -> bool:

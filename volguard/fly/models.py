@@ -48,6 +48,10 @@ class Machine:
     host_status: str = "ok"
     private_ip: str = ""
     guest: dict[str, Any] = field(default_factory=dict)  # config.guest, as sent
+    #: config.image and config.metadata: what a temporary Machine copies from one of the
+    #: app's, and how volguard's own temporary Machines are recognised (fly/temporary.py).
+    image: str = ""
+    metadata: dict[str, str] = field(default_factory=dict)
 
     @classmethod
     def from_api(cls, data: Any) -> Machine:
@@ -75,6 +79,8 @@ class Machine:
             host_status=_s(obj.get("host_status")) or "ok",
             private_ip=_s(obj.get("private_ip")),
             guest={str(k): v for k, v in guest.items()},
+            image=_s(config.get("image")),
+            metadata={str(k): _s(v) for k, v in metadata.items()},
         )
 
     @property

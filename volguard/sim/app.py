@@ -92,6 +92,7 @@ class SimApp:
             started = time.perf_counter()
             fault, response = self._api(request)
             self._record(request, response, fault, time.perf_counter() - started)
+            self.state.emit()  # the fleet follows before the client has the answer
         response.headers.setdefault("fly-request-id", ids.request_id(self.scenario.primary_region))
         return response
 
@@ -238,7 +239,41 @@ def _list_volumes(sim: SimApp, _request: Request, _params: Mapping[str, str]) ->
 
 
 def _create_volume(sim: SimApp, request: Request, _params: Mapping[str, str]) -> Any:
-    return sim.state.create_volume(request.json())
+    body = request.json()
+    if sim.faults.take_action("refuse_volume_next"):
+        raise ApiError(412, _CAPACITY.format("volume"), "insufficient_capacity")
+    return sim.state.create_volume(body)
+
+
+def _destroy_volume(sim: SimApp, _request: Request, params: Mapping[str, str]) -> Any:
+    return sim.state.destroy_volume(params["id"])
+
+
+def _create_machine(sim: SimApp, request: Request, _params: Mapping[str, str]) -> Any:
+    body = request.json()
+    if sim.faults.take_action("refuse_machine_next"):
+        raise ApiError(412, _CAPACITY.format("machine"), "insufficient_capacity")
+    return sim.state.create_machine(body, fails=sim.faults.take_action("machine_fails_next"))
+
+
+def _wait_machine(sim: SimApp, request: Request, params: Mapping[str, str]) -> Any:
+    """fly-go's Wait: ?state=…&timeout=<seconds> (flaps/flaps_machines_wait.go @22d6e518);
+    the SWAGGER default is `started` and 60 s."""
+    query = parse_qs(request.query, keep_blank_values=True)
+    try:
+        timeout = float(query.get("timeout", ["60"])[-1])
+    except ValueError:
+        raise ApiError(400, "invalid timeout") from None
+    state = query.get("state", ["started"])[-1]
+    return sim.state.wait_machine(params["id"], state, timeout)
+
+
+def _destroy_machine(sim: SimApp, request: Request, params: Mapping[str, str]) -> Any:
+    """`?force=true` (SWAGGER `Machines_delete`) or fly-go's `?kill=true` (flaps_machines.go
+    `Destroy` @22d6e518) destroys a started Machine."""
+    query = parse_qs(request.query, keep_blank_values=True)
+    force = any(query.get(k, ["false"])[-1].lower() in ("true", "1") for k in ("force", "kill"))
+    return sim.state.destroy_machine(params["id"], force=force)
 
 
 def _get_volume(sim: SimApp, _request: Request, params: Mapping[str, str]) -> Any:
@@ -260,12 +295,18 @@ def _route(path: str, **methods: Handler) -> Route:
 
 
 ROUTES = (
-    _route("/v1/apps/{app}/machines", GET=_list_machines),
-    _route("/v1/apps/{app}/machines/{id}", GET=_get_machine),
+    _route("/v1/apps/{app}/machines", GET=_list_machines, POST=_create_machine),
+    _route("/v1/apps/{app}/machines/{id}", GET=_get_machine, DELETE=_destroy_machine),
+    _route("/v1/apps/{app}/machines/{id}/wait", GET=_wait_machine),
     _route("/v1/apps/{app}/volumes", GET=_list_volumes, POST=_create_volume),
-    _route("/v1/apps/{app}/volumes/{id}", GET=_get_volume),
+    _route("/v1/apps/{app}/volumes/{id}", GET=_get_volume, DELETE=_destroy_volume),
     _route("/v1/apps/{app}/volumes/{id}/snapshots", GET=_list_snapshots, POST=_create_snapshot),
 )
+
+
+#: Fly's refusal when a host cannot take it (the `insufficient_capacity` code: SWAGGER
+#: main.statusCode, FLYGO flaps/flaps_error.go); UNVERIFIED: the exact text.
+_CAPACITY = "insufficient resources available to fulfill request: could not create {}"
 
 
 def _server_error(status: int) -> Response:

@@ -3,6 +3,12 @@
 A client is judged by how it behaves when the API misbehaves, so tests switch these on
 per request count ("the next 2 requests fail") rather than by chance, which keeps them
 deterministic. Each request consumes at most one fault.
+
+Faults of one action (#10) are consumed only by that action, whatever comes between:
+``refuse_volume_next`` (the next POST /volumes — a fork, a restore, a create — is refused
+with Fly's 412 `insufficient_capacity` body), ``refuse_machine_next`` (the next POST
+/machines likewise) and ``machine_fails_next`` (the next Machine created never starts: it
+ends `stopped`, and a wait for `started` runs into its timeout).
 """
 
 from __future__ import annotations
@@ -12,7 +18,8 @@ from collections.abc import Mapping
 from typing import Any
 
 COUNTERS = ("drop_next", "fail_next", "rate_limit_next", "malformed_next")  # priority order
-KEYS = ("latency_ms", *COUNTERS)
+ACTION_COUNTERS = ("refuse_volume_next", "refuse_machine_next", "machine_fails_next")
+KEYS = ("latency_ms", *COUNTERS, *ACTION_COUNTERS)
 FAIL_STATUSES = (500, 502, 503)
 
 
@@ -59,6 +66,14 @@ class Faults:
                     self._values[key] -= 1
                     return self._name(key)
         return None
+
+    def take_action(self, key: str) -> bool:
+        """Consume one fault of an action (one of ACTION_COUNTERS); True if there was one."""
+        with self._lock:
+            if self._values[key] > 0:
+                self._values[key] -= 1
+                return True
+        return False
 
     def _name(self, key: str) -> str:
         if key == "fail_next":

@@ -17,6 +17,13 @@ simulator and makes the fleet follow through its control socket: restarted Machi
 the new config on the same volume, with the volume's files kept. In-process:
 ``sim.deploy(fly_toml, yes=True); fleet.sync(sim)`` (see `LocalFleet.sync`).
 
+Recovery (#10): ``fleet.follow(sim)`` makes the fleet follow the API simulator by itself,
+before each answer: a snapshot keeps the volume's files as they are when it is asked for,
+a fork (or a restore) starts with its source's files (or the snapshot's), a Machine made
+through the API (a temporary one) starts as a namespace with sshd like the others, in
+ssh_config, and a destroyed one stops. A volume's files live in a host directory per
+volume while no Machine runs it (`volume_dir`, which tests may fill with `seed_volume`).
+
 Each Machine is described in `volguard.sim.local_machine`; this module does what concerns the
 host and the fleet as a whole: SSH keys, ssh_config and known_hosts (host-key checking
 stays on), addresses on loopback, the flyctl stand-in, and sharing the host safely with
@@ -353,6 +360,96 @@ class LocalFleet:
                 self._write_host_files()
             return done
 
+    # -- following the API simulator (#10) ----------------------------------------------
+
+    def follow(self, sim: Any) -> None:
+        """Follow `sim` (a SimServer or SimState) from now on: each event its API calls
+        make (see `SimState.add_listener`) is applied here before the API answers.
+        Machine starts run on the control socket's thread, which outlives them."""
+        state = getattr(sim, "state", sim)
+        state.add_listener(self._follow_event)
+
+    def volume_dir(self, volume_id: str) -> Path:
+        """The host directory holding the files of a volume no running Machine mounts."""
+        return self._volume_store(volume_id)
+
+    def seed_volume(
+        self, volume_id: str, files: Mapping[str, bytes], *, owner: str = "app"
+    ) -> None:
+        """Put files (relative path -> bytes) on a volume no running Machine mounts, owned
+        by `owner`, as if an earlier Machine had written them."""
+        with self._lock:
+            if any(p.plan.volume == volume_id and p.plan.separate_fs for p in self._procs.values()):
+                raise FleetError(f"volume {volume_id} is mounted by a running Machine")
+            uid, gid = self._user(owner)
+            root = self._volume_store(volume_id)
+            root.mkdir(parents=True, exist_ok=True)
+            for name, data in files.items():
+                path = root / name
+                if root not in path.resolve().parents:
+                    raise FleetError(f"{name!r} is not inside the volume")
+                for parent in reversed(path.relative_to(root).parents[:-1]):
+                    (root / parent).mkdir(exist_ok=True)
+                    os.chown(root / parent, uid, gid)
+                path.write_bytes(data)
+                os.chown(path, uid, gid)
+
+    def _follow_event(self, event: Mapping[str, Any]) -> None:
+        """One SimState event; a failure is raised to the API request (a 500 there)."""
+        op = event.get("op")
+        if op == "sync":  # Machines die with the thread that starts them: the control one
+            reply = _send_control(self.control_socket, {"op": "sync", "state": event["state"]})
+            if not reply.get("ok"):
+                raise FleetError(f"the fleet did not follow: {reply.get('error')}")
+            return
+        with self._lock:
+            if op == "snapshot":
+                self._copy_contents(self._current_files(event["volume"]), self._snapshot_store(
+                    event["snapshot"]))  # fmt: skip
+            elif op == "fork":
+                source = self._current_files(event["source_volume_id"])
+                self._copy_contents(source, self._volume_store(event["volume"]))
+            elif op == "restore":
+                store = self._snapshot_store(event["snapshot_id"])
+                self._copy_contents(store if store.is_dir() else None,
+                                    self._volume_store(event["volume"]))  # fmt: skip
+            elif op == "drop_volume":
+                shutil.rmtree(self._volume_store(event["volume"]), ignore_errors=True)
+
+    def _current_files(self, volume_id: str) -> Path | None:
+        """Where a volume's files are now: in the tmpfs of the Machine running it (seen
+        through /proc/<init>/root), else its host directory; None: it has none."""
+        for proc in self._procs.values():
+            plan = proc.plan
+            if plan.volume == volume_id and plan.separate_fs and proc.init_pid:
+                path = Path(f"/proc/{proc.init_pid}/root") / plan.mount_path.lstrip("/")
+                if path.is_dir():
+                    return path
+        store = self._volume_store(volume_id)
+        return store if store.is_dir() else None
+
+    def _snapshot_store(self, snapshot_id: str) -> Path:
+        if not re.fullmatch(r"[A-Za-z0-9_-]+", snapshot_id):
+            raise FleetError(f"unexpected snapshot id {snapshot_id!r}")
+        return self._require(self._run_dir) / "snapshots" / snapshot_id
+
+    def _copy_contents(self, source: Path | None, target: Path) -> None:
+        """`cp -a` source's files into a fresh `target` (owners, modes, times kept); an
+        empty directory when there is no source. The source is only read."""
+        staging = target.with_name(f"{target.name}.copying")
+        shutil.rmtree(staging, ignore_errors=True)
+        staging.mkdir(parents=True)
+        if source is not None:
+            done = subprocess.run(
+                ["cp", "-a", f"{source}/.", f"{staging}/"], capture_output=True, text=True,
+                check=False,
+            )  # fmt: skip
+            if done.returncode != 0:
+                shutil.rmtree(staging, ignore_errors=True)
+                raise FleetError(f"could not copy {source}: {done.stderr.strip()}")
+        shutil.rmtree(target, ignore_errors=True)
+        staging.rename(target)
+
     def _proc(self, machine_id: str) -> MachineProcess:
         try:
             return self._procs[machine_id]
@@ -615,6 +712,22 @@ class LocalFleet:
         path = self.flyctl_dir / "flyctl"
         path.write_text(script)
         path.chmod(0o755)
+
+
+def _send_control(path: Path, request: Mapping[str, Any]) -> dict[str, Any]:
+    """One request on a fleet's control socket, its one-line JSON answer."""
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+        sock.settimeout(120)
+        sock.connect(str(path))
+        sock.sendall(json.dumps(request).encode() + b"\n")
+        data = b""
+        while not data.endswith(b"\n"):
+            chunk = sock.recv(65536)
+            if not chunk:
+                break
+            data += chunk
+    answer = json.loads(data) if data.strip() else {"ok": False, "error": "no answer"}
+    return answer if isinstance(answer, dict) else {"ok": False, "error": "bad answer"}
 
 
 def _api_view(source: Any) -> Mapping[str, Any]:

@@ -394,3 +394,55 @@ def _events(state: str, created: datetime) -> list[dict[str, Any]]:
 def _go_string(value: Any) -> str:
     """fmt.Sprintf("%v"): booleans are lower-case."""
     return str(value).lower() if isinstance(value, bool) else str(value)
+
+
+def launched_machine(
+    app: str, machine_id: str, request: Mapping[str, Any], now: datetime
+) -> dict[str, Any]:
+    """The Machine POST /machines answers (#10): `created`, its config exactly as sent
+    (fly-go's `Launch` reads the answer as a Machine: flaps/flaps_machines.go @22d6e518),
+    its name the request's or a generated one."""
+    config = dict(request.get("config") or {})
+    image = str(config.get("image") or "")
+    repository, _, tag = (
+        image.rpartition(":") if ":" in image.rsplit("/", 1)[-1] else (image, "", "")
+    )
+    registry, _, repository = (
+        repository.partition("/") if "/" in repository else ("", "", repository)
+    )
+    return {
+        "id": machine_id,
+        "name": str(request.get("name") or ids.machine_name(machine_id)),
+        "state": "created",
+        "region": str(request.get("region") or ""),
+        "image_ref": {
+            "registry": registry,
+            "repository": repository,
+            "tag": tag,
+            "digest": f"sha256:{ids.derive(image + '/image', 64)}",
+            "labels": {},
+        },
+        "instance_id": ids.derive(f"{machine_id}/instance", 26, ids.CROCKFORD),
+        "version": ids.derive(f"{machine_id}/version", 26, ids.CROCKFORD),
+        "private_ip": ids.private_ip(machine_id),
+        "created_at": ids.machine_time(now),
+        "updated_at": ids.machine_time(now),
+        "events": [
+            {
+                "type": "launch",
+                "status": "created",
+                "source": "user",
+                "timestamp": ids.epoch_ms(now),
+            }
+        ],
+        "host_status": "ok",
+        "cordoned": False,
+        "config": config,
+    }
+
+
+def machine_event(machine: dict[str, Any], kind: str, status: str, now: datetime) -> None:
+    """A new event, newest first as the docs' example lists them."""
+    event = {"type": kind, "status": status, "source": "flyd", "timestamp": ids.epoch_ms(now)}
+    machine["events"].insert(0, event)
+    machine["updated_at"] = ids.machine_time(now)

@@ -157,6 +157,10 @@ class Limits:
     get_machine_rate: float = 5.0
     get_machine_burst: int = 10
     snapshot_delay_seconds: float = 0.2
+    #: A fork stays `hydrating` (a restore `restoring`) this long, then is `created` (#10).
+    hydrate_seconds: float = 0.2
+    #: A Machine made by POST /machines is `created`, then `started` after this long.
+    machine_start_seconds: float = 0.1
 
 
 @dataclass(frozen=True)

@@ -104,7 +104,13 @@ def derive(swagger: dict[str, Any]) -> dict[str, Any]:
 
     # CreateMachineRequest (the body of POST /machines, temporary Machines of #10) is the
     # SWAGGER definition as is: fly-go's LaunchMachineInput adds only keys volguard never sends.
-    for name in ("Machine", "Volume", "VolumeSnapshot", "CreateVolumeRequest", "CreateMachineRequest"):
+    for name in (
+        "Machine",
+        "Volume",
+        "VolumeSnapshot",
+        "CreateVolumeRequest",
+        "CreateMachineRequest",
+    ):
         kept[name]["additionalProperties"] = False
     # Go's encoder always writes a field whose tag has no `omitempty`: with fly-go's structs
     # on both ends, these keys are in every answer (the Swagger copy requires none).
