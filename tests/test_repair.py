@@ -851,3 +851,34 @@ def test_fix_and_delete_read_rows_a_default_manager_hides(graph: Graph, tmp_path
     assert json.loads(out.split("VG_OUT=", 1)[1]) == [1, 1]
     exported = json.loads(export.read_text())
     assert [(o["pk"], o["fields"]["processing_status"]) for o in exported] == [(pk, "failed")]
+
+
+def test_fix_leaves_alone_a_row_changed_since_its_export(site: ta.Site, tmp_path: Path) -> None:
+    """The export must hold each changed row as it was when it changed."""
+    pks = site.seed(
+        users=["alice"],
+        rows={
+            "edited": {"owner": "alice", "name": "edited.csv"},
+            "gone": {"owner": "alice", "name": "gone.csv"},
+        },
+    )
+    log, export = tmp_path / "audit.jsonl", tmp_path / "export.json"
+    code = textwrap.dedent(f"""
+        import json
+        from apps.services.models import UserDataFile
+        from volguard.audit_log import AuditLog
+        from volguard.django import repair
+        from volguard.django.missing_files import audit
+
+        report, rows = repair.plan(audit(), "fix")
+        repair.export_rows(report, rows, {str(export)!r})
+        UserDataFile.objects.filter(pk={pks["edited"]}).update(processing_log="edited meanwhile")
+        repair.fix(report, rows, log=AuditLog({str(log)!r}), batch_size=10)
+        print("VG_OUT=" + json.dumps(report.as_dict()))
+    """)
+    report = json.loads(site.shell(code).split("VG_OUT=", 1)[1])
+    rows = _rows(site)
+    assert rows[pks["edited"]]["processing_status"] == "pending"
+    assert rows[pks["gone"]]["processing_status"] == "failed"
+    assert report["changed"] == 1
+    assert any("changed since the export" in note for note in report["notes"])

@@ -102,6 +102,8 @@ class Remediation:
     cascade: Counter[str] = field(default_factory=Counter)
     #: pre_delete/post_delete receivers the --delete ran (with --allow-delete-receivers).
     receivers: list[str] = field(default_factory=list)
+    #: ``--fix --export``: the exported rows by ``(model, pk)``, compared under the lock.
+    exported: dict[tuple[str, Any], dict[str, Any]] | None = field(default=None, repr=False)
 
     @property
     def planned_total(self) -> int:
@@ -261,7 +263,11 @@ def fix(
     log: AuditLog,
     batch_size: int,
 ) -> Remediation:
-    """Mark ``rows`` failed and append the message to their log; see the module docstring."""
+    """Mark ``rows`` failed and append the message to their log; see the module docstring.
+
+    After `export_rows` (``--fix --export``), a row changed since its export is left alone,
+    so the export holds every changed row as it was when it changed.
+    """
     for (label, field_name), group in _by_field(rows).items():
         model = _model(label)
         config = model_config(model)
@@ -269,12 +275,17 @@ def fix(
             report.notes.append(f"left {label} alone: no status field (set status_field)")
             continue
         for batch in chunks(group, batch_size):
-            _fix_batch(report, model, field_name, batch, log)
+            _fix_batch(report, model, field_name, batch, log, report.exported)
     return report
 
 
 def _fix_batch(
-    report: Remediation, model: type[Model], field_name: str, batch: list[AuditRow], log: AuditLog
+    report: Remediation,
+    model: type[Model],
+    field_name: str,
+    batch: list[AuditRow],
+    log: AuditLog,
+    exported: dict[tuple[str, Any], dict[str, Any]] | None = None,
 ) -> None:
     from django.db.models import Q
 
@@ -296,6 +307,19 @@ def _fix_batch(
         ]
         still = recheck(same, names=False)
         report.rechecked_away += len(batch) - len(still)
+        if exported is not None and still:
+            now = {o.pk: o for o in pk_in(rows, [r.pk for r in still])}  # locked above
+            unchanged = [
+                r
+                for r in still
+                if all(_as_exported(o, exported) for o in (*_parents(now[r.pk]), now[r.pk]))
+            ]
+            for row in still:
+                if row not in unchanged:
+                    report.notes.append(
+                        f"kept {model._meta.label} #{row.pk}: changed since the export; run again"
+                    )
+            still = unchanged
         entries: list[tuple[Any, dict[str, Any]]] = []
         for row in still:
             before_status = current[row.pk][1]
@@ -523,7 +547,9 @@ def export_rows(report: Remediation, rows: Sequence[AuditRow], path: str) -> Non
             for obj in base_rows(model).filter(pk__in=chunk).order_by("pk"):
                 objects.extend(_parents(obj))
                 objects.append(obj)
-    report.export = _write_export(_serialized(objects), path, rows)
+    exported = _serialized(objects)
+    report.export = _write_export(exported, path, rows)
+    report.exported = {(d["model"], _key(d["pk"])): d for d in exported}
 
 
 def _write_export(
