@@ -221,6 +221,30 @@ def test_a_narrow_prefix_is_listed_in_one_request(s3site: S3Site) -> None:
     assert _missing(document) == {"user_data/user_few/gone.csv"}
 
 
+def test_an_empty_object_is_reported_empty_file_from_the_listings_sizes(s3site: S3Site) -> None:
+    import boto3
+
+    client = boto3.client(
+        "s3",
+        endpoint_url=s3site.endpoint,
+        aws_access_key_id="testing",
+        aws_secret_access_key="testing",
+        region_name="us-east-1",
+    )
+    key = f"{LOCATION}/user_data/user_few/a.csv"
+    client.put_object(Bucket=BUCKET, Key=key, Body=b"")  # a truncated upload
+    try:
+        document = s3site.check_json("--user-id", s3site.user("few"))
+    finally:
+        client.put_object(Bucket=BUCKET, Key=key, Body=b"x")
+    assert document["strategy"] == {UDF: "s3-list"}
+    assert document["storage_requests"] == 1  # the sizes come with the one listing
+    empty = [r for r in document["rows"] if r["reason"] == "empty_file"]
+    assert [r["name"] for r in empty] == ["user_data/user_few/a.csv"]
+    assert empty[0]["path"].endswith(f"/{key}")
+    assert _missing(document) == {"user_data/user_few/gone.csv"}
+
+
 def test_a_few_rows_under_a_wide_prefix_are_checked_per_row(s3site: S3Site) -> None:
     document = s3site.check_json("--user-id", s3site.user("wide"))
     field = document["fields"][0]
