@@ -23,6 +23,7 @@ import pytest
 
 from volguard.audit_log import AuditLog
 from volguard.config import Settings
+from volguard.errors import FlyAPIError
 from volguard.fly.client import MachinesClient, RateLimiter, Token
 from volguard.fly.volumes import ensure_volumes, snapshot_media_volumes
 from volguard.flytoml import parse_fly_toml
@@ -53,6 +54,13 @@ RESPONSES = {
     ("GET", "volume"): validator("Volume"),
     ("GET", "snapshots"): validator("VolumeSnapshot", array=True),
     ("POST", "snapshots"): jsonschema.Draft7Validator({"type": "object"}),
+    # Temporary Machines (#10). POST /machines answers a Machine (SWAGGER Machines_create);
+    # DELETE /volumes/{id} a Volume (SWAGGER Volume_delete); the wait and the Machine's
+    # DELETE have no schema in the copy ("200 OK") and fly-go ignores both bodies.
+    ("POST", "machines"): validator("Machine"),
+    ("DELETE", "volume"): validator("Volume"),
+    ("GET", "wait"): jsonschema.Draft7Validator({"type": "object"}),
+    ("DELETE", "machine"): jsonschema.Draft7Validator({"type": "object"}),
 }
 ERROR = validator("ErrorResponse")
 #: Request bodies: CreateVolumeRequest; the snapshot POST has no body in the Swagger copy
@@ -60,6 +68,7 @@ ERROR = validator("ErrorResponse")
 REQUESTS = {
     ("POST", "volumes"): validator("CreateVolumeRequest"),
     ("POST", "snapshots"): jsonschema.Draft7Validator({"type": "object", "maxProperties": 0}),
+    ("POST", "machines"): validator("CreateMachineRequest"),
 }
 
 
@@ -285,3 +294,48 @@ def test_nulls_only_where_fly_go_has_a_pointer() -> None:
     request = {"name": "data", "size_gb": None, "snapshot_retention": None}
     assert problems(REQUESTS[("POST", "volumes")], request) == []
     assert problems(REQUESTS[("POST", "volumes")], {**request, "name": None})
+
+
+def test_temporary_forks_restores_and_machines_send_and_get_the_apis_shapes(tmp_path):
+    """What volguard.fly.temporary sends (a fork, a restore, a Machine, its wait and the
+    destroys) and every answer, errors included (a refused Machine, a bound volume)."""
+    from volguard.errors import TemporaryResourceError
+    from volguard.fly.snapshots import snapshot_volumes
+    from volguard.fly.temporary import Ledger, temporary_machine
+
+    recorder = Recorder()
+    scenario = replace(load_scenario("incident"), limits=NO_LIMITS)
+    with SimServer(scenario) as sim:
+        app = sim.scenario.app
+        client = MachinesClient(
+            Token(sim.token), base_url=sim.url, transport=recorder, limiter=RateLimiter(rate=0)
+        )
+        volume = client.list_volumes(app)[0]
+        with temporary_machine(client, app, volume, ledger=Ledger.in_memory(), poll=0.05):
+            pass
+        (taken,) = snapshot_volumes(client, app, [volume], poll=0.05).values()
+        with temporary_machine(
+            client, app, volume, ledger=Ledger.in_memory(), snapshot_id=taken, poll=0.05
+        ):
+            pass
+        sim.inject(refuse_machine_next=1)
+        with pytest.raises(TemporaryResourceError):  # noqa: SIM117 - the error is the point
+            with temporary_machine(client, app, volume, ledger=Ledger.in_memory(), poll=0.05):
+                pass
+        with pytest.raises(FlyAPIError):
+            client.destroy_volume(app, volume.id)  # bound to its Machine: 412
+        with client_for(sim) as api:
+            seen = walk(api)  # the Machines and volumes left destroyed read as the API's too
+        client.close()
+    routes = {route(m, p) for m, p, *_ in recorder.exchanges}
+    assert {("POST", "machines"), ("GET", "wait"), ("DELETE", "machine")} <= routes
+    assert {("DELETE", "volume"), ("POST", "volumes")} <= routes
+    sent = [(m, p, json.loads(b)) for m, p, b, _s, _r in recorder.exchanges if b]
+    assert [
+        f"{m} {p}: {e}" for m, p, body in sent for e in problems(REQUESTS[route(m, p)], body)
+    ] == []
+    assert [
+        p for m, path, _b, status, body in recorder.exchanges
+        for p in check_response(m, path, status, body)
+    ] == []  # fmt: skip
+    assert [p for s in seen for p in check_response(*s)] == []
