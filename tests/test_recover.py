@@ -7,41 +7,45 @@ worker each on their own "data" volume) with a second worker Machine on a third 
 that two sources can hold copies that differ. The files exist only on the workers' volumes,
 written there as `app` through the fleet's exec helper.
 
-The fleet needs root and Linux; without it these tests skip, except under CI.
+The deployment is tests/recover_support.py's. These tests search the Machines only
+(``--sources machines``): tests/test_recover_sources.py covers unattached volumes and
+snapshots. The fleet needs root and Linux; without it these tests skip, except under CI.
 """
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
 import os
-import pwd
-import shutil
 import signal
 import subprocess
 import sys
-import tempfile
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
-from functools import partial
 from pathlib import Path
 from typing import Any
 
 import pytest
-import tomlkit
+from recover_support import (
+    APP,
+    NAMES,
+    VOLGUARD,
+    WHY,
+    WORKER,
+    WORKER_B,
+    WORKER_B_FILES,
+    WORKER_FILES,
+    Deployment,
+    deployment,
+    needs_fleet,
+)
 
-from volguard.audit_log import AuditLog
-from volguard.config import Settings
 from volguard.errors import UsageError
 from volguard.fly.client import MachinesClient, Token
-from volguard.flytoml import read_fly_toml
 from volguard.recover import (
     STEP_FUNCTIONS,
     STEPS,
     RecoverContext,
-    RecoverOptions,
     parse_sources,
     recover,
     render_text,
@@ -57,22 +61,6 @@ from volguard.recover_document import (
 )
 from volguard.remote.probe import parse_facts, probe_script
 from volguard.remote.transports import Transport, TransportOptions
-from volguard.sim import example_app
-from volguard.sim.api import SimServer
-from volguard.sim.local_fleet import LocalFleet, fleet_unavailable
-from volguard.sim.scenario import scenario_path
-
-REPO = Path(__file__).resolve().parents[1]
-MANAGE = REPO / "example" / "manage.py"
-VOLGUARD = str(Path(sys.executable).with_name("volguard"))
-
-WHY = fleet_unavailable()
-if WHY and os.environ.get("CI"):
-    raise RuntimeError(f"CI must be able to run the local fleet, but: {WHY}")
-needs_fleet = pytest.mark.skipif(WHY is not None, reason=WHY or "")
-
-APP, WORKER, WORKER_B = "148e21ea4d3089", "e6482d84693162", "0a1b2c3d4e5f60"
-
 
 # -- the pure parts ---------------------------------------------------------------------------
 
@@ -109,12 +97,13 @@ def test_the_document_has_exactly_the_documented_shape() -> None:
     assert document.exit_code() == 0
 
 
-def test_sources_not_built_yet_are_refused_when_asked_for_and_named_by_default() -> None:
+def test_sources_are_kinds_in_the_order_of_their_cost_and_unknown_ones_refused() -> None:
     assert parse_sources("") == (("machines", "volumes", "snapshots"), False)
     assert parse_sources("machines") == (("machines",), True)
-    for asked in ("volumes", "machines,snapshots"):
-        with pytest.raises(UsageError, match="not available yet"):
-            parse_sources(asked)
+    assert parse_sources("snapshots,machines, volumes") == (
+        ("machines", "volumes", "snapshots"),
+        True,
+    )
     with pytest.raises(UsageError, match="choose from"):
         parse_sources("tapes")
 
@@ -124,227 +113,31 @@ def test_each_step_is_one_function_in_order() -> None:
     assert STEPS.index("snapshot") < STEPS.index("copy") < STEPS.index("restore-rows")
 
 
-def test_asking_for_volumes_on_the_command_line_is_one_line_exit_1(tmp_path: Path) -> None:
+def test_an_unknown_source_or_a_bad_time_on_the_command_line_is_one_line_exit_1(
+    tmp_path: Path,
+) -> None:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("INVOKE_", "FLY_"))}
-    proc = subprocess.run(
-        [VOLGUARD, "recover", "--sources", "machines,volumes"],
-        cwd=tmp_path,
-        env={**env, "HOME": str(tmp_path)},
-        stdin=subprocess.DEVNULL,
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
-    assert proc.returncode == 1, proc.stdout + proc.stderr
-    assert proc.stderr.strip().splitlines() == [
-        "volguard: error: --sources volumes: not available yet: searching it needs temporary "
-        "volumes and Machines, which this version of volguard does not create; today only "
-        "machines can be searched"
-    ]
-
-
-# -- the simulated deployment ------------------------------------------------------------------
-
-NAMES = {
-    "w1": "user_data/w1.csv",  # only on worker A
-    "w2": "user_data/deep/er/w2.bin",  # identical on both workers, in a directory the app lacks
-    "c": "user_data/c.csv",  # differs between the workers: a conflict
-    "nowhere": "user_data/nowhere.csv",  # no copy anywhere
-    "link": "user_data/link.csv",  # on worker A a symlink to /etc/passwd: refused
-    "esc": "user_data/esc/hostname",  # through a symlinked directory to /etc: refused
-}
-SEED = """\
-import datetime, json
-from django.contrib.auth import get_user_model
-from django.utils import timezone
-from apps.services.models import UserDataFile
-
-owner = get_user_model().objects.create(username="alice")
-pks = {}
-for key, name in json.loads(NAMES).items():
-    row = UserDataFile(owner=owner, processing_status="done")
-    row.file.name = name
-    row.save()
-    pks[key] = row.pk
-old = timezone.now() - datetime.timedelta(hours=1)
-UserDataFile.objects.update(created_at=old, updated_at=old)
-print("VG_PKS=" + json.dumps(pks))
-"""
-WORKER_FILES = (
-    "umask 027 && mkdir -p /data/media/user_data/deep/er && cd /data/media/user_data && "
-    "printf 'worker one\\n' > w1.csv && head -c 300000 /dev/urandom > deep/er/w2.bin && "
-    "printf 'old copy\\n' > c.csv && touch -d '2026-01-01 00:00' c.csv && "
-    "ln -s /etc/passwd link.csv && ln -s /etc esc"
-)
-WORKER_B_FILES = (
-    "mkdir -p /data/media/user_data && cd /data/media/user_data && "
-    "printf 'the newer, longer copy\\n' > c.csv && touch -d '2026-06-01 00:00' c.csv"
-)
-
-
-def app_python() -> tuple[str, dict[str, str]]:
-    try:
-        return example_app.app_python()
-    except example_app.ExampleAppError as e:
-        if os.environ.get("CI"):
-            pytest.fail(str(e))
-        pytest.skip(str(e))
-
-
-def scenario_file(tmp: Path, env: dict[str, str]) -> Path:
-    """The shipped `incident`, each Machine with ``env``, plus a second worker on its own
-    volume (two sources that can disagree)."""
-    document = tomlkit.parse(scenario_path("incident").read_text())
-    machines = document["machines"]
-    for machine in machines:
-        machine["env"] = env
-    extra = tomlkit.table()
-    extra.update({"id": WORKER_B, "group": "worker", "region": "syd", "state": "started",
-                  "volume": "vol_4w2yq9kd7m3x5z8p", "env": env})  # fmt: skip
-    machines.append(extra)
-    volume = tomlkit.table()
-    volume.update({"id": "vol_4w2yq9kd7m3x5z8p", "name": "data", "region": "syd",
-                   "size_gb": 1, "used_percent": 3})  # fmt: skip
-    document["volumes"].append(volume)
-    path = tmp / "incident-two-workers.toml"
-    path.write_text(tomlkit.dumps(document))
-    return path
-
-
-@dataclass
-class Deployment:
-    sim: SimServer
-    fleet: LocalFleet
-    python: str
-    workdir: Path
-    pks: dict[str, int]
-
-    @property
-    def manage_py(self) -> str:
-        return f"{self.python} {MANAGE}"
-
-    @property
-    def fly_toml(self) -> Path:
-        return self.workdir / "fly.toml"
-
-    def sh(self, machine: str, script: str, user: str = "root") -> str:
-        done = self.fleet.exec(machine, ["sh", "-c", script], user=user, timeout=60)
-        assert done.returncode == 0, done.stderr
-        return done.stdout
-
-    def manage(self, *args: str) -> subprocess.CompletedProcess[str]:
-        env = dict(self.fleet.plan(APP).env)
-        return self.fleet.exec(
-            APP, [self.python, str(MANAGE), *args], user="app", env=env, timeout=120
-        )
-
-    def files(self, machine: str) -> dict[str, tuple[str, str, str, str]]:
-        """Regular files under /data/media: name -> (sha256, owner, mode, mtime)."""
-        listing = self.sh(
-            machine,
-            "cd /data/media && find . -type f -printf '%P\\t%u:%g\\t%m\\t%T@\\n' | sort",
-        )
-        out = {}
-        for line in listing.splitlines():
-            name, owner, mode, mtime = line.split("\t")
-            data = self.fleet.exec(machine, ["cat", f"/data/media/{name}"], text=False).stdout
-            out[name] = (hashlib.sha256(data).hexdigest(), owner, mode, mtime)
-        return out
-
-    def settings(self, transport: str = "ssh") -> Settings:
-        return Settings.load(
-            None,
-            transport=transport,
-            ssh_config=str(self.fleet.ssh_config),
-            flyctl=str(self.fleet.flyctl_dir / "flyctl"),
-            volume_fstypes=["ext4", "tmpfs"],
-            manage_py=self.manage_py,
-        )
-
-    def context(self, **options: Any) -> RecoverContext:
-        config, problems = read_fly_toml(str(self.fly_toml))
-        assert config is not None, problems
-        return RecoverContext(
-            self.settings(),
-            config,
-            self.sim.scenario.app,
-            Token(self.sim.token),
-            RecoverOptions(fly_toml=str(self.fly_toml), **options),
-            client_factory=partial(MachinesClient, base_url=self.sim.url, backoff=0.01),
-            audit=AuditLog(str(self.workdir / ".volguard" / "audit.jsonl"), command="recover"),
-            runs_dir=str(self.workdir / ".volguard" / "runs"),
-            out=lambda line: None,
-        )
-
-    def cli(self, *args: str) -> list[str]:
-        (self.workdir / "invoke.yaml").write_text(
-            "volguard:\n"
-            "  volume_fstypes: [ext4, tmpfs]\n"
-            f"  ssh_config: {json.dumps(str(self.fleet.ssh_config))}\n"
-            f"  manage_py: {json.dumps(self.manage_py)}\n"
-        )
-        return [VOLGUARD, "recover", *args]
-
-    def cli_env(self) -> dict[str, str]:
-        base = {k: v for k, v in os.environ.items() if not k.startswith(("INVOKE_", "FLY_"))}
-        return {
-            **base,
-            "HOME": str(self.workdir),
-            "FLY_FLAPS_BASE_URL": self.sim.url,
-            "FLY_API_TOKEN": self.sim.token,
-            "PATH": f"{self.fleet.flyctl_dir}{os.pathsep}{os.environ['PATH']}",
-            "NO_COLOR": "1",
-        }
-
-    def run_cli(self, *args: str) -> subprocess.CompletedProcess[str]:
-        return subprocess.run(
-            self.cli(*args),
-            cwd=self.workdir,
-            env=self.cli_env(),
+    for args, line in (
+        (["--sources", "machines,tapes"], "volguard: error: --sources 'machines,tapes': "
+         "choose from machines, volumes, snapshots (comma-separated)"),
+        (["--snapshot-before", "last tuesday"], "volguard: error: --snapshot-before "
+         "'last tuesday': give an ISO 8601 time, e.g. 2026-11-20 or 2026-11-20T14:00:00Z"),
+    ):  # fmt: skip
+        proc = subprocess.run(
+            [VOLGUARD, "recover", *args],
+            cwd=tmp_path,
+            env={**env, "HOME": str(tmp_path)},
             stdin=subprocess.DEVNULL,
             capture_output=True,
             text=True,
-            timeout=600,
+            timeout=60,
             check=False,
         )
-
-    def log_lines(self) -> list[dict[str, Any]]:
-        done = self.fleet.exec(APP, ["cat", "/data/.volguard/audit.jsonl"])
-        return [json.loads(line) for line in done.stdout.splitlines() if line.strip()]
+        assert proc.returncode == 1, proc.stdout + proc.stderr
+        assert proc.stderr.strip().splitlines() == [line]
 
 
-@contextlib.contextmanager
-def deployment(workdir: Path, names: dict[str, str] = NAMES) -> Iterator[Deployment]:
-    python, python_env = app_python()
-    database_dir = Path(tempfile.mkdtemp(prefix="volguard-recover-db-", dir="/tmp"))
-    try:
-        env = {
-            "DJANGO_SETTINGS_MODULE": "config.settings",
-            "MEDIA_ROOT": "/data/media",
-            "DATABASE_URL": f"sqlite:///{database_dir}/app.sqlite3",
-            "CELERY_BROKER_URL": "memory://",
-            "PYTHONDONTWRITEBYTECODE": "1",
-            **python_env,
-        }
-        scenario = scenario_file(workdir, env)
-        with SimServer(scenario) as sim, LocalFleet(scenario) as fleet:
-            (workdir / "fly.toml").write_text(sim.scenario.fly_toml)
-            app_user = pwd.getpwnam("app")
-            os.chown(database_dir, app_user.pw_uid, app_user.pw_gid)
-            database_dir.chmod(0o700)
-            site = Deployment(sim, fleet, python, workdir, {})
-            done = site.manage("migrate", "--noinput")
-            assert done.returncode == 0, done.stdout + done.stderr
-            done = site.manage("shell", "-c", SEED.replace("NAMES", repr(json.dumps(names))))
-            assert done.returncode == 0, done.stdout + done.stderr
-            site.pks = json.loads(done.stdout.split("VG_PKS=", 1)[1])
-            # the app Machine keeps one file of its own, so its storage is not "empty"
-            site.sh(APP, "mkdir -p /data/media/user_data && echo kept > /data/media/keep.txt",
-                    user="app")  # fmt: skip
-            yield site
-    finally:
-        shutil.rmtree(database_dir, ignore_errors=True)
+# -- the simulated deployment ------------------------------------------------------------------
 
 
 @pytest.fixture(scope="module")
@@ -362,6 +155,9 @@ def incident(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Deployment]:
         yield site
 
 
+MACHINES = ("machines",)
+
+
 def _by_name(document: dict[str, Any]) -> dict[str, dict[str, Any]]:
     return {row["name"]: row for row in document["plan"]}
 
@@ -372,7 +168,7 @@ def _by_name(document: dict[str, Any]) -> dict[str, dict[str, Any]]:
 @needs_fleet
 def test_the_plan_finds_the_workers_copies_and_lists_a_conflict(incident: Deployment) -> None:
     site = incident
-    proc = site.run_cli("--format", "json", "--transport", "ssh")
+    proc = site.run_cli("--format", "json", "--transport", "ssh", "--sources", "machines")
     assert proc.returncode == 2, proc.stdout + proc.stderr  # a conflict and not_found remain
     document = json.loads(proc.stdout)
     assert set(document) == {"plan", "summary"}
@@ -399,14 +195,14 @@ def test_the_plan_finds_the_workers_copies_and_lists_a_conflict(incident: Deploy
     assert summary["files_to_copy"] == 2
     assert summary["bytes_to_copy"] == len(b"worker one\n") + 300000
     assert summary["sources_searched"] == [WORKER, WORKER_B]
-    assert set(summary["sources_not_available"]) == {"volumes", "snapshots"}
+    assert summary["sources_not_available"] == {}
     assert summary["target"]["machine"] == APP
     assert site.sim.token not in proc.stdout + proc.stderr
 
 
 @needs_fleet
 def test_prefer_newest_chooses_the_newer_copy(incident: Deployment) -> None:
-    outcome = recover(incident.context(prefer="newest"))
+    outcome = recover(incident.context(prefer="newest", sources=MACHINES))
     document = outcome.as_dict()
     conflict = _by_name(document)[NAMES["c"]]
     assert conflict["status"] == "found"
@@ -469,7 +265,7 @@ def test_apply_copies_verified_files_without_replacing_one_uploaded_meanwhile(
             copy_step(ctx, step)
 
         monkeypatch.setitem(STEP_FUNCTIONS, "copy", upload_then_copy)
-        outcome = recover(site.context(apply=True, prefer="newest"))
+        outcome = recover(site.context(apply=True, prefer="newest", sources=MACHINES))
         after = {m: site.files(m) for m in (WORKER, WORKER_B)}
         target = site.files(APP)
         log = site.log_lines()
@@ -540,7 +336,8 @@ def test_a_run_killed_during_the_copy_resumes_and_restores_each_file_once(
                 user="app")  # fmt: skip
         source = site.files(WORKER)
         # the real command, slowed to one file per 0.15 s so that the kill lands mid-copy
-        args = site.cli("--apply", "--yes", "--transport", "ssh", "--format", "json")[1:]
+        args = site.cli("--apply", "--yes", "--transport", "ssh", "--format", "json",
+                        "--sources", "machines")[1:]  # fmt: skip
         proc = subprocess.Popen(
             [sys.executable, "-c", SLOW_DRIVER, *args],
             cwd=site.workdir,
@@ -563,7 +360,7 @@ def test_a_run_killed_during_the_copy_resumes_and_restores_each_file_once(
         )
         time.sleep(1)  # the orphaned sessions see their pipes close and end
         resumed = site.run_cli("--apply", "--yes", "--resume", "--transport", "ssh",
-                               "--format", "json")  # fmt: skip
+                               "--format", "json", "--sources", "machines")  # fmt: skip
         target = site.files(APP)
         log = site.log_lines()
         temps = site.sh(APP, "find /data/media -name '.volguard-recover-*'")

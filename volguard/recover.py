@@ -7,11 +7,16 @@ stranded: on the worker's volume (the split, VG103/VG205), on a sibling app Mach
 1. what is missing: ``check_missing_files --json`` on the target Machine (the first started
    Machine of the web group, as `volguard remediate` chooses it), through remediate's own
    `audit_on` — the rows whose reason is ``missing`` or ``empty_file``;
-2. where it may be: every `Source`, read-only, cheapest first. Today the source kind is
-   ``machines`` (`MachineSource`: every other started Machine of the app, every group, in
-   ONE probe session each: size, sha256, mtime of each name under that Machine's own
-   MEDIA_ROOT); ``volumes`` and ``snapshots`` need temporary volumes and Machines and are
-   named "not available yet";
+2. where it may be: every `Source`, read-only, cheapest first: ``machines``
+   (`MachineSource`: every other started Machine of the app, every group, in ONE probe
+   session each: size, sha256, mtime of each name under that Machine's own MEDIA_ROOT),
+   then ``volumes`` (`TemporarySource`: each unattached media volume that holds data,
+   forked onto a temporary Machine), then ``snapshots`` (each `created` snapshot of a media
+   volume, newest first, restored onto a temporary Machine). A volume or snapshot is
+   searched only for the names no cheaper source had a copy of, and not at all (no fork, no
+   restore) once every name is found. Temporary volumes and Machines are made and
+   destroyed by `volguard.fly.temporary`, recorded in the run record's step while they
+   live (``--apply``), and removed at the run's end and by ``--resume``;
 3. the plan (`volguard.recover_document`): each row ``found``, ``conflict`` or
    ``not_found``.
 
@@ -21,13 +26,15 @@ did not finish: ``gate`` (verify-volume for the target passes), ``audit``, ``sea
 ``confirm`` (``--yes`` for CI), ``snapshot`` (the target's volume, waited on until
 ``created``), ``copy`` (ONE streaming session per source Machine and ONE on the target: the
 source's send mode writes frames, volguard relays them a chunk at a time into the target's
-receive mode, which never replaces a file and verifies each sha256), ``restore-rows``
+receive mode, which never replaces a file and verifies each sha256; a volume or snapshot
+is forked or restored again for its send session, which lives within it), ``restore-rows``
 (not built yet: rows an earlier ``--fix`` marked failed keep that status), ``re-audit``.
 """
 
 from __future__ import annotations
 
 import contextlib
+import datetime as dt
 import json
 import os
 import posixpath
@@ -44,6 +51,7 @@ from volguard.errors import (
     ProbeError,
     RemoteCommandError,
     StepFailed,
+    TemporaryResourceError,
     Unreachable,
     UsageError,
     VolguardError,
@@ -51,13 +59,17 @@ from volguard.errors import (
 from volguard.findings import Severity
 from volguard.fly.client import MachinesClient, Token
 from volguard.fly.fleet import Fleet, load_fleet
-from volguard.fly.models import Machine
+from volguard.fly.models import SNAPSHOT_CREATED, Machine, Snapshot, Volume
+from volguard.fly.temporary import GROUP as TEMPORARY_GROUP
+from volguard.fly.temporary import Ledger, cleanup, temporary_machine
 from volguard.flytoml import FlyConfig
 from volguard.lint import static_context
 from volguard.recover_document import (
     MACHINE_KIND,
     PREFERENCES,
+    SNAPSHOT_KIND,
     VERIFIED,
+    VOLUME_KIND,
     Applied,
     Copy,
     MissingRow,
@@ -87,13 +99,15 @@ Out = Callable[[str], None]
 Confirm = Callable[[str], bool]
 ClientFactory = Callable[[Token], MachinesClient]
 
-#: Source kinds, in the order of their cost; only these are searched today.
+#: Source kinds, in the order of their cost (the order they are searched in).
 SOURCE_KINDS = ("machines", "volumes", "snapshots")
-AVAILABLE_KINDS = ("machines",)
-NOT_YET = (
-    "not available yet: searching it needs temporary volumes and Machines, which this "
-    "version of volguard does not create"
+#: Kinds read through a temporary Machine, which the `local` transport cannot reach.
+TEMPORARY_KINDS = ("volumes", "snapshots")
+LOCAL_ONLY = (
+    "not available over the local transport: it reaches only this Machine, not a "
+    "temporary one (use --transport ssh or fly)"
 )
+ALREADY_FOUND = "not searched: every missing row was found on a cheaper source"
 STEPS = ("gate", "audit", "search", "confirm", "snapshot", "copy", "restore-rows", "re-audit")
 #: Error findings that describe the split recover repairs (files stranded on other volumes),
 #: not a fault of the target's storage: they do not stop the gate.
@@ -111,23 +125,31 @@ SAVE_EVERY = 0.5
 
 
 def parse_sources(text: str | None) -> tuple[tuple[str, ...], bool]:
-    """``--sources`` as kinds, and whether they were asked for; a kind that is not
-    available yet, asked for by name, is a one-line UsageError (exit 1)."""
+    """``--sources`` as kinds in the order of their cost, and whether they were asked for;
+    an unknown kind is a one-line UsageError (exit 1)."""
     if not text:
         return SOURCE_KINDS, False
-    kinds = tuple(dict.fromkeys(k.strip() for k in text.split(",") if k.strip()))
-    unknown = [k for k in kinds if k not in SOURCE_KINDS]
+    kinds = {k.strip() for k in text.split(",") if k.strip()}
+    unknown = sorted(k for k in kinds if k not in SOURCE_KINDS)
     if unknown or not kinds:
         raise UsageError(
             f"--sources {text!r}: choose from {', '.join(SOURCE_KINDS)} (comma-separated)"
         )
-    not_yet = [k for k in kinds if k not in AVAILABLE_KINDS]
-    if not_yet:
+    return tuple(k for k in SOURCE_KINDS if k in kinds), True
+
+
+def parse_before(text: str | None) -> dt.datetime | None:
+    """``--snapshot-before``: an ISO 8601 date or time (UTC unless it says otherwise)."""
+    if not text:
+        return None
+    try:
+        when = dt.datetime.fromisoformat(text.strip().replace("Z", "+00:00"))
+    except ValueError:
         raise UsageError(
-            f"--sources {','.join(not_yet)}: {NOT_YET}; today only "
-            f"{', '.join(AVAILABLE_KINDS)} can be searched"
-        )
-    return kinds, True
+            f"--snapshot-before {text!r}: give an ISO 8601 time, e.g. 2026-11-20 or "
+            "2026-11-20T14:00:00Z"
+        ) from None
+    return when if when.tzinfo else when.replace(tzinfo=dt.UTC)
 
 
 @dataclass
@@ -144,6 +166,9 @@ class RecoverOptions:
     copy_timeout: float = 6 * 3600.0  # one copy session
     snapshot_timeout: float = 300.0
     snapshot_poll: float = 1.0
+    snapshot_before: dt.datetime | None = None  # search only snapshots taken before this
+    temporary_timeout: float = 300.0  # a fork, restore or temporary Machine becoming usable
+    temporary_poll: float = 0.5
 
 
 @dataclass
@@ -230,18 +255,102 @@ class RecoverContext:
     def transport(self, timeout: float | None = None) -> Transport:
         return _transport(self.settings, self.app, timeout or self.options.timeout)
 
-    def sources(self, transport: Transport) -> list[Source]:
-        """The sources to search, cheapest first: today every other started Machine."""
+    def sources(self, transport: Transport, ledger: Ledger) -> Iterator[Source]:
+        """The sources to search, cheapest first: every other started Machine, then each
+        unattached media volume that holds data, then each `created` snapshot of a media
+        volume (newest first; before --snapshot-before when given). Nothing is made here:
+        a temporary source forks or restores only when it is searched or read."""
         fleet = self.fleet or self.load_fleet()
         target = self.target
-        found: list[Source] = []
-        if "machines" in self.options.sources:
-            found += [
-                MachineSource(transport, m, self.settings, self.options.timeout, self.token)
-                for m in fleet.machines
-                if m.state == "started" and m.id != target.id
-            ]
-        return found
+        kinds = self.available_kinds()
+        if "machines" in kinds:
+            for m in fleet.machines:
+                if m.state == "started" and m.id != target.id and not _temporary(m):
+                    timeout = self.options.timeout
+                    yield MachineSource(transport, m, self.settings, timeout, self.token)
+        if "volumes" not in kinds and "snapshots" not in kinds:
+            return
+        media = [v for v in fleet.volumes if v.name in self.media_volume_names()]
+        if "volumes" in kinds:
+            for volume in media:
+                if holds_data(volume):
+                    yield self._temporary(transport, ledger, volume, None)
+        if "snapshots" in kinds:
+            taken: list[tuple[Snapshot, Volume]] = []
+            with self.client_factory(self.token) as client:
+                for volume in media:
+                    taken += [(s, volume) for s in client.list_snapshots(self.app, volume.id)]
+            for snapshot, volume in choose_snapshots(taken, self.options.snapshot_before):
+                yield self._temporary(transport, ledger, volume, snapshot)
+
+    def available_kinds(self) -> tuple[str, ...]:
+        if self.settings.transport == "local":
+            return tuple(k for k in self.options.sources if k not in TEMPORARY_KINDS)
+        return self.options.sources
+
+    def unavailable(self) -> dict[str, str]:
+        return {k: LOCAL_ONLY for k in self.options.sources if k not in self.available_kinds()}
+
+    def media_volume_names(self) -> set[str]:
+        return {m.source for g in self.media_groups for m in self.config.mounts_of(g)}
+
+    def _temporary(
+        self, transport: Transport, ledger: Ledger, volume: Volume, snapshot: Snapshot | None
+    ) -> TemporarySource:
+        target = self.target
+        media_root = (
+            self.settings.media_root
+            or target.env.get("MEDIA_ROOT")
+            or self.config.env.get("MEDIA_ROOT")
+        )
+        return TemporarySource(
+            transport=transport,
+            settings=self.settings,
+            timeout=self.options.timeout,
+            token=self.token,
+            client_factory=self.client_factory,
+            app=self.app,
+            volume=volume,
+            snapshot=snapshot,
+            template=target,
+            mount_path=media_destination(self.config, target.group),
+            media_root=media_root,
+            ledger=ledger,
+            make_timeout=self.options.temporary_timeout,
+            poll=self.options.temporary_poll,
+            out=lambda line: print(f"  {line}", file=sys.stderr, flush=True),
+        )
+
+
+def holds_data(volume: Volume) -> bool:
+    """An unattached, usable volume whose filesystem has something on it. A volume never
+    mounted reports no usage (0 blocks): it holds nothing to search."""
+    used = volume.used_fraction
+    return (
+        not volume.attached
+        and volume.state == "created"
+        and volume.host_status == "ok"
+        and used is not None
+        and used > 0
+    )
+
+
+def choose_snapshots(
+    taken: Sequence[tuple[Snapshot, Volume]], before: dt.datetime | None
+) -> list[tuple[Snapshot, Volume]]:
+    """The `created` snapshots (taken before ``before``, when given), newest first."""
+    done = [
+        (s, v)
+        for s, v in taken
+        if s.id and s.created_at is not None and (s.status or SNAPSHOT_CREATED) == SNAPSHOT_CREATED
+    ]
+    if before is not None:
+        done = [(s, v) for s, v in done if s.created_at is not None and s.created_at < before]
+    return sorted(done, key=lambda sv: sv[0].created_at or dt.datetime.min, reverse=True)
+
+
+def _temporary(machine: Machine) -> bool:
+    return machine.group == TEMPORARY_GROUP
 
 
 def recover(ctx: RecoverContext) -> Outcome:
@@ -252,9 +361,11 @@ def recover(ctx: RecoverContext) -> Outcome:
     if options.resume and not options.apply:
         raise UsageError("--resume needs --apply")
     if not options.apply:
+        # No run record: the temporary copies live only inside the search of their source
+        # (a plan killed there leaves vg_tmp_… volumes and volguard-tmp-… Machines).
         ctx.choose_target()
         missing = _audit(ctx)
-        outcome.document = _search(ctx, missing)
+        outcome.document = _search(ctx, missing, Ledger.in_memory())
         outcome.exit_code = outcome.document.exit_code()
         return outcome
 
@@ -281,6 +392,8 @@ def recover(ctx: RecoverContext) -> Outcome:
             )  # fmt: skip
         outcome.record = record
         try:
+            if ctx.previous is not None:
+                _clean_up_earlier(ctx, ctx.previous)
             _carry_over(ctx, record)
             for name in STEPS:
                 step = record.get(name)
@@ -294,6 +407,7 @@ def recover(ctx: RecoverContext) -> Outcome:
             outcome.error = e
             outcome.exit_code = e.exit_code
         finally:
+            _clean_up_run(ctx, record)
             record.finish()
             try:
                 write_step_summary(record)
@@ -301,6 +415,36 @@ def recover(ctx: RecoverContext) -> Outcome:
                 print(f"volguard: warning: cannot append to $GITHUB_STEP_SUMMARY: {e}",
                       file=sys.stderr)  # fmt: skip
     return outcome
+
+
+def _clean_up_earlier(ctx: RecoverContext, previous: RunRecord) -> None:
+    """--resume: destroy what the earlier runs of the chain made and did not destroy (a
+    killed run), from their records; only what they recorded is touched."""
+    chain = [*previous.options.get("chain", []), previous.id]
+    records = [previous]
+    for run_id in chain[:-1]:
+        path = os.path.join(ctx.runs_dir, f"{run_id}.json")
+        if os.path.exists(path):
+            records.append(RunRecord.load(path))
+    with ctx.client_factory(ctx.token) as client:
+        for earlier in records:
+            for gone in cleanup(earlier, client):
+                ctx.out(f"{gone}: temporary resource of run {earlier.id} destroyed")
+
+
+def _clean_up_run(ctx: RecoverContext, record: RunRecord) -> None:
+    """The run's end, however it ends: whatever temporary volume or Machine this run
+    recorded and did not destroy yet is destroyed now (normally nothing is left: each lives
+    only within the search or the send session of its source)."""
+    if not any(s.detail.get("temporary") for s in record.steps):
+        return
+    try:
+        with ctx.client_factory(ctx.token) as client:
+            cleanup(record, client, out=ctx.out)
+    except VolguardError as e:
+        if ctx.outcome.error is None:
+            ctx.outcome.error = e
+            ctx.outcome.exit_code = e.exit_code
 
 
 def _carry_over(ctx: RecoverContext, record: RunRecord) -> None:
@@ -362,8 +506,10 @@ def audit_step(ctx: RecoverContext, step: Step) -> None:
 def search_step(ctx: RecoverContext, step: Step) -> None:
     """Every source, read-only: the plan."""
     missing = ctx.missing or _audit(ctx)  # a resumed run: the audit step was carried over
-    document = ctx.outcome.document = _search(ctx, missing)
-    step.detail = document.as_dict()
+    record = ctx.outcome.record
+    assert record is not None
+    document = ctx.outcome.document = _search(ctx, missing, Ledger.for_step(record, "search"))
+    step.detail.update(document.as_dict())  # beside the ledger of temporary resources
     summary = document.summary()
     line = (
         f"found {summary['found']}, conflict {summary['conflict']}, not found "
@@ -536,17 +682,26 @@ def _audit(ctx: RecoverContext) -> list[MissingRow]:
     return missing_rows(read_audit(run, ctx.token))
 
 
-def _search(ctx: RecoverContext, missing: Sequence[MissingRow]) -> RecoverDocument:
+def _search(ctx: RecoverContext, missing: Sequence[MissingRow], ledger: Ledger) -> RecoverDocument:
+    """Each source in the order of its cost. The Machines are each searched for every name
+    (two that differ are a conflict); a volume or snapshot, which costs a fork or a restore
+    and a temporary Machine, only for the names no earlier source had a usable copy of,
+    and not at all once there are none."""
     names = list(dict.fromkeys(r.name for r in missing))
-    unavailable = {k: NOT_YET for k in ctx.options.sources if k not in AVAILABLE_KINDS}
-    document = RecoverDocument(plan=[], unavailable=unavailable, prefer=ctx.options.prefer)
+    document = RecoverDocument(plan=[], unavailable=ctx.unavailable(), prefer=ctx.options.prefer)
     copies: dict[str, list[Copy]] = {n: [] for n in names}
     if names:
         with ctx.transport() as transport:
-            for source in ctx.sources(transport):
+            for source in ctx.sources(transport, ledger):
+                wanted = names
+                if source.kind != MACHINE_KIND:
+                    wanted = [n for n in names if not any(c.size > 0 for c in copies[n])]
+                if not wanted:
+                    document.skipped[source.id] = ALREADY_FOUND
+                    continue
                 document.searched.append(source.id)
                 try:
-                    found = source.search(names)
+                    found = source.search(wanted)
                 except VolguardError as e:
                     document.source_errors[source.id] = ctx.token.redact(str(e))
                     continue
@@ -563,6 +718,7 @@ def _document_from(detail: dict[str, Any], prefer: str | None) -> RecoverDocumen
         searched=list(summary.get("sources_searched") or ()),
         unavailable=dict(summary.get("sources_not_available") or {}),
         source_errors=dict(summary.get("sources_failed") or {}),
+        skipped=dict(summary.get("sources_skipped") or {}),
         prefer=summary.get("prefer", prefer),
     )
 
@@ -581,8 +737,8 @@ def _applied_from(ctx: RecoverContext, verified: dict[str, str]) -> None:
 
 class Source(Protocol):
     """Where a lost file may be. Read-only: ``search`` looks, ``open_reader`` streams the
-    named files as frames (`FrameReader`). Kinds to come (an unattached volume forked onto a
-    temporary Machine, a snapshot restored into one) plug in here."""
+    named files as frames (`FrameReader`): a started Machine (`MachineSource`), or an
+    unattached volume or a snapshot read through a temporary Machine (`TemporarySource`)."""
 
     kind: str
 
@@ -608,21 +764,26 @@ class MachineSource:
     timeout: float
     token: Token | None = None
     kind: str = MACHINE_KIND
+    #: For a temporary Machine: the id its copies are reported under (the volume or the
+    #: snapshot it holds a copy of), what it is, and where the app's MEDIA_ROOT is.
+    source_id: str | None = None
+    what: str | None = None
+    media_root: str | None = None
 
     @property
     def id(self) -> str:
-        return self.machine.id
+        return self.source_id or self.machine.id
 
     def describe(self) -> str:
         m = self.machine
-        return f"Machine {m.id} (group {m.group}, {m.region})"
+        return self.what or f"Machine {m.id} (group {m.group}, {m.region})"
 
     def _spec(self, names: Sequence[str]) -> dict[str, Any]:
         return {
             "names": list(names),
             "group": self.machine.group,
             "app_user": self.settings.app_user,
-            "media_root": self.settings.media_root,
+            "media_root": self.media_root or self.settings.media_root,
         }
 
     def search(self, names: Sequence[str]) -> dict[str, Copy]:
@@ -660,6 +821,73 @@ class MachineSource:
         with self.transport.stream(self.machine, command, timeout=timeout) as stream:
             reader = FrameReader(stream, self.describe())
             reader.start()
+            yield reader
+
+
+@dataclass
+class TemporarySource:
+    """An unattached volume (kind ``volume``) or one snapshot of a media volume (kind
+    ``snapshot``), never touched itself: each use forks the volume (or restores the
+    snapshot into a new volume), starts a temporary Machine in its region with the app's
+    image (the target's) and the copy mounted where the app mounts its volume, reads it
+    like any Machine in one session, and destroys both when that session ends. A search
+    and the later send session each have their own copy; a volume forked twice is read
+    the same, and the target checks every sha256 against the plan anyway."""
+
+    transport: Transport
+    settings: Settings
+    timeout: float
+    token: Token
+    client_factory: ClientFactory
+    app: str
+    volume: Volume
+    snapshot: Snapshot | None
+    template: Machine
+    mount_path: str
+    media_root: str | None
+    ledger: Ledger
+    make_timeout: float = 300.0
+    poll: float = 0.5
+    out: Out | None = None
+
+    @property
+    def kind(self) -> str:
+        return SNAPSHOT_KIND if self.snapshot else VOLUME_KIND
+
+    @property
+    def id(self) -> str:
+        return self.snapshot.id if self.snapshot else self.volume.id
+
+    def describe(self) -> str:
+        if self.snapshot:
+            return f"snapshot {self.snapshot.id} of volume {self.volume.id}"
+        return f"unattached volume {self.volume.id} ({self.volume.region})"
+
+    @contextlib.contextmanager
+    def _machine(self) -> Iterator[MachineSource]:
+        with (
+            self.client_factory(self.token) as client,
+            temporary_machine(
+                client, self.app, self.volume, ledger=self.ledger,
+                snapshot_id=self.snapshot.id if self.snapshot else None,
+                template=self.template, mount_path=self.mount_path,
+                timeout=self.make_timeout, poll=self.poll, out=self.out,
+            ) as tmp,
+        ):  # fmt: skip
+            yield MachineSource(
+                self.transport, tmp.machine, self.settings, self.timeout, self.token,
+                kind=self.kind, source_id=self.id,
+                what=f"{self.describe()} (on temporary Machine {tmp.machine.id})",
+                media_root=self.media_root,
+            )  # fmt: skip
+
+    def search(self, names: Sequence[str]) -> dict[str, Copy]:
+        with self._machine() as machine:
+            return machine.search(names)
+
+    @contextlib.contextmanager
+    def open_reader(self, names: Sequence[str], timeout: float) -> Iterator[FrameReader]:
+        with self._machine() as machine, machine.open_reader(names, timeout) as reader:
             yield reader
 
 
@@ -783,18 +1011,33 @@ def _copy(
     by_source: dict[str, list[Transfer]] = {}
     for t in todo:
         by_source.setdefault(t.copy.id, []).append(t)
+    ledger = Ledger.for_step(record, "copy")
     with ctx.transport(timeout) as transport:
-        sources = {s.id: s for s in ctx.sources(transport)}
+        sources = {s.id: s for s in ctx.sources(transport, ledger)}
         missing = [i for i in by_source if i not in sources]
         if missing:
-            raise StepFailed(f"source Machine(s) {', '.join(missing)} no longer started")
+            raise StepFailed(
+                f"source(s) {', '.join(missing)} no longer available (a Machine no longer "
+                "started, a volume attached or gone, a snapshot gone)"
+            )
         command = probe_script({"receive": spec})
         with transport.stream(target, command, timeout=timeout) as stream:
             receiver = Receiver(stream, on_result)
             receiver.wait_ready(where)
             try:
                 for source_id, wanted in by_source.items():
-                    _relay(sources[source_id], wanted, receiver, timeout)
+                    sent: list[str] = []
+                    try:
+                        _relay(sources[source_id], wanted, receiver, timeout, sent)
+                    except TemporaryResourceError as e:
+                        # its copy or Machine could not be made (nothing was sent from it),
+                        # or not removed after the send (the run's end retries that): the
+                        # files of the other sources still go
+                        ctx.out(f"{source_id}: {ctx.token.redact(str(e))}")
+                        for t in wanted:
+                            if t.name not in sent:
+                                on_result({"name": t.name, "status": "source_error",
+                                           "why": ctx.token.redact(str(e))})  # fmt: skip
                 receiver.finish()
             except BrokenPipeError:
                 raise RemoteCommandError(
@@ -802,7 +1045,16 @@ def _copy(
                 ) from None
 
 
-def _relay(source: Source, wanted: Sequence[Transfer], receiver: Receiver, timeout: float) -> None:
+def _relay(
+    source: Source,
+    wanted: Sequence[Transfer],
+    receiver: Receiver,
+    timeout: float,
+    sent: list[str] | None = None,
+) -> None:
+    """One send session of `source`: each frame relayed to the receiver (``sent`` gets
+    the name of each file handed on, and of each the source could not read)."""
+    sent = [] if sent is None else sent
     by_name = {t.name: t for t in wanted}
     with source.open_reader(list(by_name), timeout) as reader:
         while True:
@@ -813,6 +1065,7 @@ def _relay(source: Source, wanted: Sequence[Transfer], receiver: Receiver, timeo
             move = by_name.get(name) if isinstance(name, str) else None
             if move is None:
                 raise RemoteCommandError(f"{source.describe()}: sent {name!r}, never asked for")
+            sent.append(name)
             if "error" in header:
                 receiver.on_result({"name": name, "status": "source_error",
                                     "why": str(header["error"])})  # fmt: skip
@@ -851,8 +1104,17 @@ def render_text(outcome: Outcome, limit: int = 50) -> str:
             lines.append(f"  {kind}: {why}")
         for sid, why in s["sources_failed"].items():
             lines.append(f"  {sid}: could not be searched: {printable(why)}")
+        if s["sources_skipped"]:
+            lines.append(
+                f"  not searched (every missing row was found on a cheaper source): "
+                f"{', '.join(s['sources_skipped'])}"
+            )
         for p in document.plan[:limit]:
-            where = ", ".join(f"{c.id} ({c.size} bytes, sha256 {c.sha256[:12]})" for c in p.sources)
+            where = ", ".join(
+                f"{'' if c.kind == MACHINE_KIND else c.kind + ' '}{c.id} ({c.size} bytes, "
+                f"sha256 {c.sha256[:12]})"
+                for c in p.sources
+            )
             lines.append(
                 f"  {p.status:<10} {p.row.model} ID {printable(p.row.pk)}: "
                 f"{printable(p.row.name)}" + (f"  <- {where}" if where else "")

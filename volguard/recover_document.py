@@ -29,8 +29,11 @@ STATUSES = (FOUND, CONFLICT, NOT_FOUND)
 RECOVERABLE_REASONS = (MISSING, EMPTY_FILE)
 NEWEST, LARGEST = "newest", "largest"
 PREFERENCES = (NEWEST, LARGEST)
-#: Source kinds, cheapest first (the order they are searched in).
-MACHINE_KIND = "machine"
+#: Source kinds, cheapest first (the order they are searched in): a started Machine of the
+#: app, an unattached volume (forked), a snapshot (restored); a copy names the Machine, the
+#: volume or the snapshot it was found on, never the temporary copy it was read through.
+MACHINE_KIND, VOLUME_KIND, SNAPSHOT_KIND = "machine", "volume", "snapshot"
+SOURCE_KINDS = (MACHINE_KIND, VOLUME_KIND, SNAPSHOT_KIND)
 #: What --apply says happened to one file on the target.
 RESTORED, PRESENT = "restored", "present_identical"
 VERIFIED = (RESTORED, PRESENT)
@@ -194,6 +197,7 @@ class RecoverDocument:
     searched: list[str] = field(default_factory=list)  # source ids, in search order
     unavailable: dict[str, str] = field(default_factory=dict)  # kind -> why
     source_errors: dict[str, str] = field(default_factory=dict)  # source id -> why
+    skipped: dict[str, str] = field(default_factory=dict)  # source id -> why not searched
     prefer: str | None = None
     applied: list[Applied] | None = None
     summary_extra: dict[str, Any] = field(default_factory=dict)
@@ -224,6 +228,7 @@ class RecoverDocument:
             "sources_searched": list(self.searched),
             "sources_failed": dict(self.source_errors),
             "sources_not_available": dict(self.unavailable),
+            "sources_skipped": dict(self.skipped),
             "rows_note": ROWS_NOTE,
         }
         if self.applied is not None:

@@ -556,7 +556,8 @@ OPTIONAL_POSITIONALS["deploy"] = "path"
         "apply": "copy the found files to the target Machine (after the gate and a snapshot)",
         "yes": "--apply without asking (for CI)",
         "sources": "where to look, comma-separated: machines, volumes, snapshots (default: "
-        "all; today only machines is available, the others are named as not yet available)",
+        "all, searched in that order of cost)",
+        "snapshot_before": "search only snapshots taken before this ISO 8601 time, newest first",
         "format": "stdout format: text or json (default: text)",
         "resume": "continue the latest recover --apply run of this app; nothing verified is "
         "copied again",
@@ -577,6 +578,7 @@ def recover(
     apply: bool = False,
     yes: bool = False,
     sources: str = "",
+    snapshot_before: str = "",
     format: str = "text",
     resume: bool = False,
     prefer: str = "",
@@ -585,10 +587,12 @@ def recover(
     manage_py: str | None = None,
     timeout: str = "",
 ) -> None:
-    """Find the app's lost uploads on its other Machines; --apply copies them back, verified.
+    """Find the app's lost uploads on its other Machines, unattached volumes and snapshots;
+    --apply copies them back, verified.
 
     Plan by default: the rows whose file is missing (the audit on the target Machine), and
-    for each, the copies on every other started Machine (found, conflict or not_found).
+    for each, the copies on every other started Machine, then on a fork of each unattached
+    volume and a restore of each snapshot (found, conflict or not_found).
     Exit 0 when every missing row is found (or restored with --apply), 2 when some remain,
     1 when volguard could not run. See docs/recover.md.
     """
@@ -596,7 +600,13 @@ def recover(
 
     from volguard.audit_log import AuditLog
     from volguard.config import Settings
-    from volguard.recover import RecoverContext, RecoverOptions, parse_sources, render_text
+    from volguard.recover import (
+        RecoverContext,
+        RecoverOptions,
+        parse_before,
+        parse_sources,
+        render_text,
+    )
     from volguard.recover import recover as run_recover
     from volguard.recover_document import PREFERENCES
 
@@ -608,6 +618,7 @@ def recover(
         if given and not apply:
             raise UsageError(f"{flag} needs --apply")
     kinds, _ = parse_sources(sources)
+    before = parse_before(snapshot_before)
     seconds = _whole_number("--timeout", timeout, 10, 86400) or 900
     _, config, app_name, token = _platform_inputs(c, path, app)
     settings = Settings.load(
@@ -621,6 +632,7 @@ def recover(
     options = RecoverOptions(
         apply=apply,
         sources=kinds,
+        snapshot_before=before,
         prefer=prefer or None,
         resume=resume,
         fly_toml=path or settings.fly_toml,
