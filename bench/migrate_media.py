@@ -10,8 +10,11 @@ same concurrency (``--workers``, default 8) for both tools:
 1. **rclone**: Debian's ``rclone copy --checksum --transfers N --checkers N`` of the
    directory to the bucket, then ``rclone check --checkers N`` (hashes compared), timed
    together; configured by ``RCLONE_CONFIG_BENCH_*`` environment variables.
-2. **volguard**: ``manage.py migrate_media --to bucket --apply --workers N`` (copy, every
-   object read back and hashed, the delta pass), timed, peak RSS from ``wait4``.
+2. **volguard**: ``manage.py migrate_media --to bucket --apply --workers N`` (copy, verify,
+   the delta pass), timed, peak RSS from ``wait4``; once with ``--verify read`` (every object
+   read back and hashed: the default) and once with ``--verify checksum`` (each upload's
+   ``Content-MD5``, which a store such as S3 checks on receipt; moto's server does not check
+   it, so this run measures the client's work only).
 3. **kill and resume**: the same command, SIGKILLed once the server has seen half the
    uploads, then run again; the server's request log says which keys the second run PUT,
    the manifest which were verified before it: re-uploads of verified objects must be 0.
@@ -68,7 +71,7 @@ def sizes(count: int, rng: random.Random) -> Iterator[int]:
 
 
 def make_files(media: Path, count: int, seed: int) -> tuple[list[str], int]:
-    rng = random.Random(seed)  # noqa: S311 (file sizes, not secrets)
+    rng = random.Random(seed)
     names, total = [], 0
     block = os.urandom(1 << 20)
     for i, size in enumerate(sizes(count, rng)):
@@ -195,7 +198,7 @@ def run_rclone(root: Path, endpoint: str, workers: int) -> dict[str, float]:
     return {"copy_s": copied - started, "check_s": checked - copied, "total_s": checked - started}
 
 
-def migrate_command(workers: int, manifest: Path) -> list[str]:
+def migrate_command(workers: int, manifest: Path, verify: str = "read") -> list[str]:
     return [
         sys.executable,
         "manage.py",
@@ -208,14 +211,16 @@ def migrate_command(workers: int, manifest: Path) -> list[str]:
         str(workers),
         "--manifest",
         str(manifest),
+        "--verify",
+        verify,
     ]
 
 
-def run_volguard(root: Path, endpoint: str, workers: int) -> dict[str, Any]:
-    manifest = root / "manifest-full.jsonl"
+def run_volguard(root: Path, endpoint: str, workers: int, verify: str) -> dict[str, Any]:
+    manifest = root / f"manifest-{verify}.jsonl"
     started = time.monotonic()
     proc = subprocess.Popen(
-        migrate_command(workers, manifest),
+        migrate_command(workers, manifest, verify),
         cwd=EXAMPLE,
         env=environment(root, endpoint),
         stdout=subprocess.PIPE,
@@ -314,9 +319,11 @@ def main() -> int:
         seed_database(root, names)
         with server(root, "rclone") as (endpoint, _):
             rclone = run_rclone(root, endpoint, args.workers)
-        with server(root, "volguard") as (endpoint, log):
-            volguard = run_volguard(root, endpoint, args.workers)
-            volguard["server_puts"] = len(puts(log))
+        volguard = {}
+        for verify in ("read", "checksum"):
+            with server(root, f"volguard-{verify}") as (endpoint, log):
+                volguard[verify] = run_volguard(root, endpoint, args.workers, verify)
+                volguard[verify]["server_puts"] = len(puts(log))
         with server(root, "kill") as (endpoint, log):
             kill = run_kill_resume(root, endpoint, log, args.workers, count)
     except CannotRun as e:
@@ -325,7 +332,7 @@ def main() -> int:
     finally:
         shutil.rmtree(root, ignore_errors=True)
 
-    ratio = volguard["total_s"] / rclone["total_s"]
+    ratio = {k: v["total_s"] / rclone["total_s"] for k, v in volguard.items()}
     result = {
         "files": count,
         "bytes": total,
@@ -336,9 +343,10 @@ def main() -> int:
         "kill_resume": kill,
         "ratio": ratio,
         "goals": {
-            "ratio_le_1": ratio <= GOAL_RATIO,
+            "ratio_le_1 (--verify read, the default)": ratio["read"] <= GOAL_RATIO,
+            "ratio_le_1 (--verify checksum)": ratio["checksum"] <= GOAL_RATIO,
             "zero_reuploads": kill["reuploads_of_verified"] == 0,
-            "rss_le_300mb": volguard["peak_rss_mb"] <= GOAL_RSS_MB,
+            "rss_le_300mb": max(v["peak_rss_mb"] for v in volguard.values()) <= GOAL_RSS_MB,
         },
     }
     if args.json:
@@ -349,11 +357,12 @@ def main() -> int:
             f"rclone copy --checksum + check: {rclone['total_s']:.1f} s "
             f"(copy {rclone['copy_s']:.1f} s, check {rclone['check_s']:.1f} s)"
         )
-        print(
-            f"migrate_media --apply (copy + read-back verify + delta pass): "
-            f"{volguard['total_s']:.1f} s, {ratio:.2f}x rclone, peak RSS "
-            f"{volguard['peak_rss_mb']:.0f} MB, {volguard['server_puts']} PUTs"
-        )
+        for verify, figures in volguard.items():
+            print(
+                f"migrate_media --apply --verify {verify} (copy, verify, delta pass): "
+                f"{figures['total_s']:.1f} s, {ratio[verify]:.2f}x rclone, peak RSS "
+                f"{figures['peak_rss_mb']:.0f} MB, {figures['server_puts']} PUTs"
+            )
         print(
             f"SIGKILL after {kill['killed_after_puts']} PUTs, "
             f"{kill['verified_before_resume']} verified; resume: {kill['resume_puts']} PUTs, "

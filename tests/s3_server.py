@@ -12,7 +12,10 @@ moto is more lenient, and counts what reaches the server:
   moto alone accepts any;
 - buckets in ``read_only`` refuse every object write (403 ``AccessDenied``);
 - every object write (``PUT`` of an object or part, ``POST`` completing an upload) is
-  counted per key in ``puts``, and ``on_put`` (when set) is called with its key first.
+  counted per key in ``puts``, and ``on_put`` (when set) is called with its key first;
+- a ``Content-MD5`` that does not match the body is refused (400 ``BadDigest``), as S3 and
+  the stores that implement it do (moto does not check it); ``corrupt`` (a Counter of keys)
+  damages that many PUT bodies of a key on the way, before that check, as a network might.
 
 With ``tls=True`` it serves HTTPS with a self-signed certificate (``ca_bundle``: point
 ``AWS_CA_BUNDLE`` at it). Over plain HTTP botocore signs the payload and never sends
@@ -23,7 +26,9 @@ HTTPS endpoint shows whether a client is configured for such stores.
 
 from __future__ import annotations
 
+import base64
 import datetime
+import hashlib
 import http.client
 import ipaddress
 import re
@@ -119,6 +124,7 @@ class StrictS3Proxy:
         self.access_keys = set(access_keys)
         self.read_only: set[str] = set()
         self.puts: Counter[str] = Counter()
+        self.corrupt: Counter[str] = Counter()
         self.refused: Counter[str] = Counter()
         #: Called with the key of each object write before it is forwarded (tests use it to
         #: change files while a copy runs).
@@ -164,6 +170,7 @@ class StrictS3Proxy:
     def reset_counts(self) -> None:
         with self.lock:
             self.puts.clear()
+            self.corrupt.clear()
             self.refused.clear()
 
     # -- one request --------------------------------------------------------------------
@@ -215,8 +222,18 @@ class StrictS3Proxy:
         if key and (method == "PUT" or (method == "POST" and "uploadId" in query)):
             with self.lock:
                 self.puts[key] += 1
+                damage = method == "PUT" and body and self.corrupt[key] > 0
+                if damage:
+                    self.corrupt[key] -= 1
+            if damage:
+                body = bytes([body[0] ^ 0xFF]) + body[1:]
             if self.on_put is not None:
                 self.on_put(key)
+            md5 = headers.get("Content-MD5")
+            if md5 and base64.b64encode(hashlib.md5(body).digest()).decode() != md5:  # noqa: S324
+                return self._refuse(
+                    handler, 400, "BadDigest", "The Content-MD5 you specified did not match"
+                )
 
         connection = getattr(self._local, "connection", None)
         if connection is None:

@@ -339,6 +339,34 @@ def test_an_object_written_by_someone_else_during_the_upload_is_not_replaced(
     assert site.verified_names() == set()
 
 
+def test_a_body_damaged_on_the_way_is_caught_and_uploaded_again(site: Site) -> None:
+    """Read-back: the store kept damaged bytes, the read-back sees it, the object is
+    replaced. ``--verify checksum``: the store refuses the damaged body (BadDigest)."""
+    site.seed({"b/read.bin": b"r" * 5000, "b/md5.bin": b"m" * 5000})
+    site.proxy.corrupt[site.key("b/read.bin")] = 1
+    document = site.migrate("--apply")
+    assert document["verify"] == "read-back"
+    assert document["files"]["verified"] == 2
+    assert site.proxy.puts[site.key("b/read.bin")] == 2
+    assert site.object("b/read.bin")["body"] == b"r" * 5000
+
+    site.file("b/md5.bin", b"M" * 5000)  # changed: copied again, as volguard's own
+    site.proxy.reset_counts()
+    site.proxy.corrupt[site.key("b/md5.bin")] = 1
+    document = site.migrate("--apply", "--verify", "checksum")
+    assert document["verify"] == "content-md5"
+    assert document["files"]["copied"] == 1
+    assert site.proxy.refused == {"BadDigest": 1}
+    assert site.proxy.puts[site.key("b/md5.bin")] == 2
+    assert site.object("b/md5.bin")["body"] == b"M" * 5000
+
+    # Damaged every time: exit 1, one line, and nothing recorded as verified.
+    site.file("b/read.bin", b"R" * 5000)
+    site.proxy.corrupt[site.key("b/read.bin")] = 5
+    error = _one_line_error(site.manage("migrate_media", "--to", "bucket", "--apply"))
+    assert "'b/read.bin' read back from the destination differs from the source twice" in error
+
+
 def test_files_written_during_the_copy_are_picked_up_by_the_delta_pass(site: Site) -> None:
     files = {f"d/{i:02d}.bin": _content(i, 1000) for i in range(10)}
     site.seed(files)

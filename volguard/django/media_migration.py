@@ -14,10 +14,11 @@ root as well. Each file is read once to take its sha256, then:
 - otherwise it is uploaded (to S3 with its sha256 in the object's metadata, the content
   type django-storages would give it, and ``If-None-Match: *`` so that the store refuses to
   replace an object someone wrote since the check: a conflict too) and *verified*: read
-  back and hashed. On S3, absence is read from one listing per "directory" of keys rather
-  than a ``HEAD`` per file. A store's
-  ETag is no digest for multipart uploads, and moto's server accepts any claimed checksum,
-  so the one check that trusts nothing is the bytes read back.
+  back and hashed (``verify="read"``, the default: the one check that trusts nothing), or,
+  with ``verify="checksum"``, by the store itself checking each upload's ``Content-MD5``
+  (S3 refuses a mismatch with BadDigest; moto's server accepts anything). Never the ETag,
+  which is no digest for multipart uploads. On S3, absence is read from listings (the whole
+  location's keys as hashes, or one "directory" at a time) rather than a ``HEAD`` per file.
 
 Resumable: every verified object is appended to the manifest (`Manifest`: JSONL, owner-only,
 fsync'd), and a re-run skips, with no request at all, each file whose manifest entry has the
@@ -27,12 +28,13 @@ reported as still changing.
 
 Memory is bounded whatever the file count: rows and directory entries are streamed, at most
 ``workers * 4`` copies are in flight, and the only per-file state is the manifest's index (two
-small integers per verified name: about 130 bytes each) and a set of the names seen in this
-pass (one integer each).
+small integers per verified name: about 130 bytes each), a set of the names seen in this
+pass (one integer each) and the destination's key hashes (at most `WHOLE_MAX_KEYS`).
 """
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import hashlib
 import json
@@ -71,6 +73,8 @@ PART_SIZE = 64 << 20
 #: Keys of one S3 "directory" held from a listing at most (about 100 bytes each); a larger
 #: directory gets one ``HEAD`` per file instead. And how many directories' listings are kept.
 LISTING_MAX_KEYS = 20_000
+#: Keys of the whole location held as hashes (about 60 bytes each in a set: 60 MB at most).
+WHOLE_MAX_KEYS = 1_000_000
 LISTINGS_KEPT = 32
 FSYNC_EVERY = 200
 FSYNC_SECONDS = 1.0
@@ -318,6 +322,8 @@ class StorageDestination:
     """Any Django storage (FileSystemStorage and others): saved through the storage's API,
     verified by reading the file back. No metadata: the sha256 lives in the manifest only."""
 
+    checked_by_store = False
+
     def __init__(self, storage: Any) -> None:
         self.storage = storage_index.unwrap(storage)
 
@@ -385,9 +391,13 @@ class S3Destination:
     sha256 in metadata, and the object read back and hashed.
     """
 
-    def __init__(self, storage: Any) -> None:
+    def __init__(self, storage: Any, *, checked_by_store: bool = False) -> None:
         from botocore.config import Config
 
+        #: ``--verify checksum``: each upload carries ``Content-MD5``, which the store
+        #: computes over the bytes it received and refuses on a mismatch (400 BadDigest);
+        #: no read-back. Only for stores that check it (AWS S3, MinIO, R2, Ceph do).
+        self.checked_by_store = checked_by_store
         self.storage = storage_index.unwrap(storage)
         self.bucket = self.storage.bucket_name
         base = self.storage.client_config or Config()
@@ -412,6 +422,7 @@ class S3Destination:
             raise MediaMigrationError(f"cannot set up the S3 client: {_s3_reason(e)}") from e
         self.conditional = True
         self._listings: OrderedDict[str, Future] = OrderedDict()
+        self._whole_listing: Future | None = None
         self._listing_lock = threading.Lock()
 
     def describe(self) -> str:
@@ -431,19 +442,65 @@ class S3Destination:
     def forget(self) -> None:
         with self._listing_lock:
             self._listings.clear()
+            self._whole_listing = None
+
+    def _whole(self) -> set[int] | None:
+        """Hashes of every key under the storage's location, or None when there are more
+        than `WHOLE_MAX_KEYS` (then listings per directory are used)."""
+        with self._listing_lock:
+            entry = self._whole_listing
+            owner = entry is None
+            if owner:
+                entry = self._whole_listing = Future()
+        if owner:
+            try:
+                entry.set_result(self._list_whole())
+            except BaseException as e:
+                entry.set_exception(e)
+                with self._listing_lock:
+                    self._whole_listing = None
+        return entry.result()
+
+    def _list_whole(self) -> set[int] | None:
+        location = storage_index.s3_key_prefix(self.storage, "").strip("/")
+        prefix = f"{location}/" if location else ""
+        hashes: set[int] = set()
+        try:
+            pages = self.client.get_paginator("list_objects_v2").paginate(
+                Bucket=self.bucket, Prefix=prefix
+            )
+            for page in pages:
+                hashes.update(hash(o["Key"]) for o in page.get("Contents", ()))
+                if len(hashes) > WHOLE_MAX_KEYS:
+                    return None
+        except Exception as e:
+            raise MediaMigrationError(
+                f"cannot list {prefix or 'the bucket'!r} in {self.bucket!r}: {_s3_reason(e)}"
+            ) from e
+        return hashes
 
     def head(self, name: str, *, fresh: bool = False) -> Existing | None:
-        """The object under ``name``, or None. Absence is read from a listing of the
-        object's "directory" (one request per 1,000 keys, instead of one ``HEAD`` per file);
-        a key that is listed, or a directory too large to hold, gets a ``HEAD`` (its sha256
-        metadata is not in listings). ``fresh``: always a ``HEAD``."""
+        """The object under ``name``, or None.
+
+        Absence is read from listings (one request per 1,000 keys) instead of one ``HEAD``
+        per file: the whole prefix of the storage's location, listed once per pass into a
+        set of key hashes (8 bytes of hash each; a collision only costs a ``HEAD``), or,
+        when it holds more than `WHOLE_MAX_KEYS`, the object's "directory". A key that is
+        listed, or in a directory too large to hold, gets a ``HEAD`` (its sha256 metadata
+        is not in listings). ``fresh``: always a ``HEAD``.
+        """
         from botocore.exceptions import ClientError
 
         key = self.key(name)
         if not fresh:
-            listing = self._listing(key.rpartition("/")[0])
-            if listing is not None and key not in listing:
-                return None
+            whole = self._whole()
+            if whole is not None:
+                if hash(key) not in whole:
+                    return None
+            else:
+                listing = self._listing(key.rpartition("/")[0])
+                if listing is not None and key not in listing:
+                    return None
         try:
             found = self.client.head_object(Bucket=self.bucket, Key=key)
         except ClientError as e:
@@ -523,26 +580,34 @@ class S3Destination:
         params["Metadata"] = {**params.get("Metadata", {}), "sha256": sha256}
         if if_absent and self.conditional:
             params["IfNoneMatch"] = "*"
-        try:
-            with source() as f:
-                if size <= MULTIPART_THRESHOLD:
-                    # Exactly the bytes hashed: a file growing meanwhile must not send more
-                    # than its Content-Length (the stat after the upload catches the change).
-                    body = _Slice(f, 0, size)
-                    self.client.put_object(
-                        Bucket=self.bucket, Key=key, Body=body, ContentLength=size, **params
-                    )
-                else:
-                    self._multipart(key, f, size, params)
-        except Exception as e:
-            code = _error_code(e)
-            if code in {"PreconditionFailed", "412", "ConditionalRequestConflict"}:
-                return False
-            if "IfNoneMatch" in params and code in {"NotImplemented", "501"}:
-                self.conditional = False
-                return self.put(name, source, size, sha256, if_absent=if_absent)
-            raise MediaMigrationError(f"cannot upload {name!r}: {_s3_reason(e)}") from e
-        return True
+        for attempt in range(2):
+            try:
+                with source() as f:
+                    if size <= MULTIPART_THRESHOLD:
+                        # Exactly the bytes hashed: a file growing meanwhile must not send
+                        # more than its Content-Length (the stat after the upload catches
+                        # the change).
+                        body = _Slice(f, 0, size)
+                        if self.checked_by_store:
+                            params["ContentMD5"] = _content_md5(body)
+                        self.client.put_object(
+                            Bucket=self.bucket, Key=key, Body=body, ContentLength=size, **params
+                        )
+                    else:
+                        self._multipart(key, f, size, params)
+                return True
+            except Exception as e:
+                code = _error_code(e)
+                if code in {"PreconditionFailed", "412", "ConditionalRequestConflict"}:
+                    return False
+                if "IfNoneMatch" in params and code in {"NotImplemented", "501"}:
+                    self.conditional = False
+                    del params["IfNoneMatch"]
+                    continue
+                if code == "BadDigest" and attempt == 0:
+                    continue  # the bytes were damaged on the way: once more
+                raise MediaMigrationError(f"cannot upload {name!r}: {_s3_reason(e)}") from e
+        raise MediaMigrationError(f"cannot upload {name!r}: the store refused it twice")
 
     def _write_parameters(self, key: str) -> dict[str, Any]:
         """What django-storages' ``_save`` sends: the storage's object parameters (ACL,
@@ -565,13 +630,15 @@ class S3Destination:
         try:
             for number, offset in enumerate(range(0, size, PART_SIZE), start=1):
                 length = min(PART_SIZE, size - offset)
+                part = _Slice(f, offset, length)
                 found = self.client.upload_part(
                     Bucket=self.bucket,
                     Key=key,
                     UploadId=upload_id,
                     PartNumber=number,
-                    Body=_Slice(f, offset, length),
+                    Body=part,
                     ContentLength=length,
+                    **({"ContentMD5": _content_md5(part)} if self.checked_by_store else {}),
                 )
                 parts.append({"PartNumber": number, "ETag": found["ETag"]})
             self.client.complete_multipart_upload(
@@ -585,6 +652,15 @@ class S3Destination:
             with contextlib.suppress(Exception):
                 self.client.abort_multipart_upload(Bucket=self.bucket, Key=key, UploadId=upload_id)
             raise
+
+
+def _content_md5(body: _Slice) -> str:
+    """The ``Content-MD5`` of ``body`` (base64), which the store checks on receipt."""
+    digest = hashlib.md5(usedforsecurity=False)
+    while chunk := body.read(READ_CHUNK):
+        digest.update(chunk)
+    body.seek(0)
+    return base64.b64encode(digest.digest()).decode("ascii")
 
 
 class _Slice:
@@ -643,9 +719,12 @@ def _s3_reason(e: BaseException) -> str:
     return printable(f"{name}: {e}".splitlines()[0])
 
 
-def destination_for(storage: Any) -> S3Destination | StorageDestination:
+VERIFY_MODES = ("read", "checksum")
+
+
+def destination_for(storage: Any, verify: str = "read") -> S3Destination | StorageDestination:
     if storage_index.storage_kind(storage) == "s3":
-        return S3Destination(storage)
+        return S3Destination(storage, checked_by_store=verify == "checksum")
     return StorageDestination(storage)
 
 
@@ -660,6 +739,7 @@ class Options:
     manifest: Path | None = None
     workers: int = DEFAULT_WORKERS
     all_files: bool = False
+    verify: str = "read"
     batch_size: int = 2000
     progress: Callable[[dict[str, int]], None] | None = None
 
@@ -682,6 +762,7 @@ class MigrationReport:
     destination: str
     applied: bool
     manifest: str
+    verify: str = "read-back"
     fields: list[dict[str, Any]] = field(default_factory=list)
     other_storage_fields: list[dict[str, str]] = field(default_factory=list)
     copied: Tally = field(default_factory=Tally)
@@ -720,6 +801,7 @@ class MigrationReport:
             "to": self.destination,
             "applied": self.applied,
             "manifest": self.manifest,
+            "verify": self.verify,
             "fields": self.fields,
             "other_storage_fields": self.other_storage_fields,
             "files": {k: t.files for k, t in tallies.items()}
@@ -771,7 +853,9 @@ def migrate(options: Options) -> MigrationReport:
     if source_storage is destination_storage:
         raise MediaMigrationError(f"--from and --to are the same storage {from_alias!r}")
     source = Source(source_storage)
-    destination = destination_for(destination_storage)
+    if options.verify not in VERIFY_MODES:
+        raise MediaMigrationError(f"--verify must be one of {', '.join(VERIFY_MODES)}")
+    destination = destination_for(destination_storage, options.verify)
     destination.preflight()
 
     # The fields whose files are on the source: those on it, and those on the default
@@ -784,6 +868,7 @@ def migrate(options: Options) -> MigrationReport:
         destination=destination.describe(),
         applied=options.apply,
         manifest="",
+        verify="content-md5" if destination.checked_by_store else "read-back",
     )
     for target in discover():
         storage = target.storage
@@ -928,17 +1013,19 @@ class _Run:
                 report.changing.append(name)
             return
         fresh = False
+        retried = False
         while True:
             existing = self.destination.head(name, fresh=fresh)
             if existing is not None:
-                theirs, read_back = existing.sha256, False
-                if theirs is None and (existing.size == size or self.manifest.knows(name)):
+                theirs = existing.sha256
+                if existing.size == size and (theirs is None or theirs == sha256):
+                    # Metadata is a claim; the bytes are the proof (and only they, when
+                    # there is no metadata, tell whether the object is this file).
                     theirs, _ = self.destination.read_sha256(name)
-                    read_back = True
+                elif theirs is None and self.manifest.knows(name):
+                    theirs, _ = self.destination.read_sha256(name)
                 if theirs == sha256 and existing.size == size:
                     if self.options.apply:
-                        if not read_back:  # metadata is a claim: the bytes are the proof
-                            self._verify(name, size, sha256)
                         self.manifest.record(name, size, mtime_ns, sha256)
                     with self.lock:
                         report.identical.add(size)
@@ -951,35 +1038,40 @@ class _Run:
                     report.to_copy.add(size)
                 return
             opener = lambda: self.source.open(name)  # noqa: E731
-            if self.destination.put(name, opener, size, sha256, if_absent=existing is None):
-                break
-            if fresh:  # appeared, then went away again: someone else is writing it
-                self._conflict(label, pk, name, sha256, size, None, None)
+            if not self.destination.put(name, opener, size, sha256, if_absent=existing is None):
+                if fresh:  # appeared, then went away again: someone else is writing it
+                    self._conflict(label, pk, name, sha256, size, None, None)
+                    return
+                fresh = True  # the name was taken meanwhile: judge what is there now
+                continue
+            if self.source.stat(name) != (size, mtime_ns):
+                # Changed while uploading: the object is volguard's own but unverified;
+                # recorded so that the next pass may replace it, not call it a conflict.
+                written = self.destination.written_sha256(name, sha256)
+                self.manifest.record(name, size, mtime_ns, written, verified=False)
+                with self.lock:
+                    report.changing.append(name)
                 return
-            fresh = True  # the name was taken meanwhile: judge what is there now
-        if self.source.stat(name) != (size, mtime_ns):
-            # Changed while uploading: the object is volguard's own but unverified; recorded
-            # so that the next pass may replace it rather than call it a conflict.
-            written = self.destination.written_sha256(name, sha256)
-            self.manifest.record(name, size, mtime_ns, written, verified=False)
-            with self.lock:
-                report.changing.append(name)
-            return
-        self._verify(name, size, sha256)
+            if self.destination.checked_by_store:
+                break
+            theirs, length = self.destination.read_sha256(name)
+            if (theirs, length) == (sha256, size):
+                break
+            # The store kept other bytes than were sent: volguard's own object, replaced
+            # once; recorded as written so that a later run may replace it too.
+            self.manifest.record(name, size, mtime_ns, theirs, verified=False)
+            if retried:
+                raise MediaMigrationError(
+                    f"{name!r} read back from the destination differs from the source twice "
+                    f"({length} bytes, sha256 {theirs[:12]}…, expected {size} bytes, "
+                    f"{sha256[:12]}…): the store did not keep what was sent"
+                )
+            retried, fresh = True, True
         self.manifest.record(name, size, mtime_ns, sha256)
         with self.lock:
             report.copied.add(size)
             if not first:
                 report.delta.add(size)
-
-    def _verify(self, name: str, size: int, sha256: str) -> None:
-        theirs, length = self.destination.read_sha256(name)
-        if (theirs, length) != (sha256, size):
-            raise MediaMigrationError(
-                f"{name!r} read back from the destination differs from the source "
-                f"({length} bytes, sha256 {theirs[:12]}…, expected {size} bytes, "
-                f"{sha256[:12]}…): the store did not keep what was sent"
-            )
 
     def _conflict(
         self,

@@ -70,6 +70,14 @@ class Command(BaseCommand):
             "(volguard's own .volguard directory excepted)",
         )
         parser.add_argument(
+            "--verify",
+            choices=media_migration.VERIFY_MODES,
+            default="read",
+            help="how an upload is verified: read it back and hash it (read, the default), "
+            "or have an S3 store check each upload's Content-MD5 (checksum: no second "
+            "request; only for stores that check it)",
+        )
+        parser.add_argument(
             "--batch-size",
             type=int,
             default=2000,
@@ -108,6 +116,7 @@ class Command(BaseCommand):
             manifest=Path(options["manifest"]) if options["manifest"] else None,
             workers=options["workers"],
             all_files=options["all_files"],
+            verify=options["verify"],
             batch_size=options["batch_size"],
             progress=progress,
         )
