@@ -38,7 +38,9 @@ def _section(out: str, number: int) -> str:
 
 
 @pytest.mark.skipif(WHY is not None, reason=WHY or "")
-def test_the_demo_diagnoses_fixes_and_ends_with_a_clean_verify(workdir: Path) -> None:
+def test_the_demo_diagnoses_deploys_recovers_fixes_the_rest_and_verifies_clean(
+    workdir: Path,
+) -> None:
     tmp_path = workdir
     env = {k: v for k, v in os.environ.items() if not k.startswith(("FLY_", "INVOKE_"))}
     done = subprocess.run(
@@ -53,25 +55,48 @@ def test_the_demo_diagnoses_fixes_and_ends_with_a_clean_verify(workdir: Path) ->
     )
     out = done.stdout
     assert done.returncode == 0, out[-3000:] + done.stderr
-    lint, diagnosis, damage, interlock, fix, final = (_section(out, n) for n in range(1, 7))
+    sections = [_section(out, n) for n in range(1, 9)]
+    lint, diagnosis, damage, interlock, deploy, recovery, fix, final = sections
     assert "error   VG103  fly.toml:31:3" in lint
     assert "(exit 2)" in lint
     assert {"VG205", "VG306", "VG103"} <= set(re.findall(r"error\s+(VG\d+)", diagnosis))
     assert "Without a usable file: 4 (missing 4)" in damage
     assert "remediation refused: verify-volume finds VG205" in interlock
     assert "(exit 2)" in interlock
-    assert 'destroy 1 "worker" machine' in fix
-    assert "fix      changed" in fix
-    assert "deploy succeeded" in fix
+    assert 'destroy 1 "worker" machine' in deploy
+    assert "deploy succeeded" in deploy
+    assert "fix      skipped" in deploy
+    # recover: the two uploads the worker wrote come back from its old volume (unattached
+    # after the deploy), through a fork; the two with no copy anywhere are not found
+    plan, applied = recovery.split("$ volguard recover --apply --yes")
+    stranded = ("user_1/2026/11/20/survey-2026-q4.csv", "user_2/2026/11/20/inventory-old.csv")
+    nowhere = ("user_3/2026/11/20/trial-2.csv", "user_3/2026/11/20/trial-3.csv")
+    for name in stranded:
+        assert re.search(
+            rf"found +services.UserDataFile ID \d+: user_data/{name}  <- volume vol_", plan
+        )
+    for name in nowhere:
+        assert re.search(rf"not_found +services.UserDataFile ID \d+: user_data/{name}", plan)
+    assert "fork of volume vol_qtze732rf4dqo0ky" in plan
+    assert "copy          changed" in applied
+    assert "2 files restored and verified" in applied
+    assert "after: 2 rows still without their file" in applied
+    # only the rows with no copy anywhere are marked failed
+    assert "2 rows marked failed" in fix
+    marked = re.findall(r"missing +ID \d+: user_data/(\S+)", fix)
+    assert sorted(set(marked)) == sorted(nowhere)
+    assert "(exit 0)" in fix
     verify = final.split("$ volguard remediate")[0]
     assert "warning VG204" in verify
     assert "error" not in verify
     assert "(exit 0)" in verify
+    assert "Without a usable file: 2 (missing 2)" in final
     assert "(0 not yet failed)" in final
     # The run records of every runbook run stay in the work directory.
     runs = sorted(p.name.split("-")[0] for p in (tmp_path / ".volguard" / "runs").glob("*.json"))
     assert runs.count("deploy") == 1
-    assert runs.count("remediate") == 2  # the refused one and deploy's fix
+    assert runs.count("recover") == 1
+    assert runs.count("remediate") == 2  # the refused one and the fix
     assert os.environ.get("FLY_API_TOKEN", "\0") not in out
 
 

@@ -14,7 +14,10 @@ real parts volguard is tested against:
 Then it runs the runbook with the ``volguard`` command, as a user would, and shows each
 command and its output: the lint gate, the diagnosis (verify-volume), the damage
 (remediate), the interlock refusing to fix a split fleet, the fixed fly.toml deployed
-with ``volguard deploy --fix`` (flyctl deploy, verify, audit, fix), and a clean re-verify.
+with ``volguard deploy`` (flyctl deploy, verify), ``volguard recover`` bringing the lost
+uploads back from the worker's old volume (unattached after the deploy: forked onto a
+temporary Machine), ``remediate --fix`` marking failed only the rows with no copy
+anywhere, and a clean re-verify.
 It needs Linux, root and the packages ``.ci/system-packages`` installs (openssh-server, util-linux,
 iproute2); it says so in one line when they are missing. Nothing outside its work
 directory (a temporary one unless ``--workdir``) is changed, and the simulation is torn
@@ -56,6 +59,9 @@ UPLOADS = {
     "carol": ["trial-1.csv", "trial-2.csv", "trial-3.csv", "summary.pdf"],
 }
 LOST = {"survey-2026-q4.csv", "inventory-old.csv", "trial-2.csv", "trial-3.csv"}
+#: The lost uploads the worker wrote on its own volume (recover brings them back); the
+#: other lost ones have no copy anywhere.
+STRANDED = {"survey-2026-q4.csv", "inventory-old.csv"}
 UPLOAD_DAY = "2026/11/20"
 
 #: The fix: one media group. The worker runs beside gunicorn in the app Machine (honcho and
@@ -198,6 +204,7 @@ def run_demo(out: Out = print, workdir: Path | None = None) -> int:
     )
     out(f"volguard demo: uploads missing for the worker, in a local simulation ({root})")
     with SimServer(scenario) as sim, LocalFleet(scenario) as fleet:
+        fleet.follow(sim)  # forks, restores and temporary Machines (recover) exist on both
         demo = Demo(root, out, _environ(sim, fleet))
         demo.app_machine = _machine_of(scenario, "app")
         demo.worker_machine = _machine_of(scenario, "worker")
@@ -230,31 +237,52 @@ def _story(demo: Demo) -> int:
     demo.step("4. The interlock: no fix while the fleet is split")
     demo.expect(2, "remediate", "--fix", "--yes")
 
-    demo.step("5. The fix: one media group, deployed with the runbook")
+    demo.step("5. The fix: one media group, deployed")
     fixed = fixed_fly_toml((demo.workdir / "fly.toml").read_text(encoding="utf-8"))
     (demo.workdir / "fly.toml").write_text(fixed, encoding="utf-8")
     demo.say("""
         fly.toml now has one media group ([mounts] processes = ["app"]); the worker runs
-        in the app Machine. `volguard deploy --fix` lints, checks the volumes, runs
-        flyctl deploy, waits for the Machines, verifies them, audits the files, then
-        snapshots the volume, exports the rows and marks the lost ones failed.
-        4 of 11 rows missing is more than the VG404 interlock's default 10%: a failed
-        mount looks the same. Here verify proves the volume is mounted, so the limit
-        is raised on purpose, and the run record says so.
+        in the app Machine. Deploy it first: while the fleet is split, every new upload
+        the worker needs still goes astray. `volguard deploy` lints, checks the volumes,
+        runs flyctl deploy, waits for the Machines and verifies them. No --fix yet, and
+        no audit: the lost files are not gone. flyctl keeps the worker's old volume,
+        now unattached, and that is where recover looks next.
     """)
-    demo.expect(0, "deploy", "--fix", "--yes", "--max-missing", "40%")
+    demo.expect(0, "deploy", "--yes", "--no-audit")
 
-    demo.step("6. Clean re-verify")
+    demo.step("6. Recover: bring the lost uploads back from where the incident left them")
+    demo.say(f"""
+        The worker's old volume holds the files the worker wrote there. recover never
+        touches it: it forks it, starts a temporary Machine with the fork mounted,
+        searches it (and the snapshots, for what is still missing), then destroys both.
+        Recovering after the deploy means the app Machine no longer changes under the
+        copy. The plan first (it changes nothing), then --apply: a snapshot of the app's
+        volume, each file copied as the app user and verified. Of the {lost} lost
+        uploads, {len(STRANDED)} are on that volume; the others have no copy anywhere.
+    """)
+    demo.expect(2, "recover")
+    demo.expect(2, "recover", "--apply", "--yes")
+
+    demo.step("7. Only the rows with no copy anywhere are marked failed")
+    demo.say(f"""
+        {lost - len(STRANDED)} of {total} rows still have no file: more than the VG404
+        interlock's default 10% (a failed mount looks the same). verify proves the
+        volume is mounted, so the limit is raised on purpose; the run record says so.
+    """)
+    demo.expect(0, "remediate", "--fix", "--yes", "--max-missing", "20%")
+
+    demo.step("8. Clean re-verify")
     demo.say("""
-        VG204 (a warning) points at the worker's old volume, now unattached: it holds
-        files the worker wrote there. Fork it before destroying anything.
+        VG204 (a warning) still points at the worker's old, unattached volume: recover
+        copied what it held, so it can be destroyed once you are satisfied.
     """)
     demo.expect(0, "verify-volume")
     demo.expect(2, "remediate")
     demo.out("")
     demo.out(
-        f"volguard demo: done. The fleet verifies clean; the {lost} lost uploads are marked "
-        "failed, so their owners are asked to upload them again."
+        f"volguard demo: done. The fleet verifies clean; {len(STRANDED)} lost uploads are "
+        f"back from the worker's old volume, and the {lost - len(STRANDED)} with no copy "
+        "anywhere are marked failed, so their owners are asked to upload them again."
     )
     return 0
 
@@ -298,7 +326,7 @@ def _seed(demo: Demo, fleet: LocalFleet) -> None:
             rel = f"user_data/user_{users[user]}/{UPLOAD_DAY}/{name}"
             (elsewhere if name in LOST else present).append(rel)
     _write_files(fleet, demo.app_machine, present)
-    _write_files(fleet, demo.worker_machine, elsewhere[:2])
+    _write_files(fleet, demo.worker_machine, [r for r in elsewhere if r.split("/")[-1] in STRANDED])
 
 
 def _write_files(fleet: LocalFleet, machine: str, names: list[str]) -> None:
