@@ -109,7 +109,11 @@ class Site:
 
     @property
     def manifest(self) -> Path:
-        return self.media / ".volguard" / "migrate-media" / "bucket.jsonl"
+        # Where the command puts it by default: under the media root here, unless the
+        # temporary directory is a mount of its own (then at that mount).
+        from volguard.django.media_migration import default_manifest_path
+
+        return default_manifest_path(str(self.media), "bucket")
 
     def s3(self) -> Any:
         import boto3
@@ -447,6 +451,22 @@ def test_a_killed_run_resumes_without_re_uploading_verified_objects(site: Site) 
     assert document["files"]["skipped"] >= len(verified_before)
     for name, data in files.items():
         assert site.object(name)["body"] == data
+
+
+def test_the_manifest_goes_on_the_volume_that_holds_the_files(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from volguard.django.media_migration import default_manifest_path
+
+    mounts = {"/", "/data"}
+    monkeypatch.setattr(os.path, "ismount", lambda path: str(path) in mounts)
+    assert default_manifest_path("/data/media", "bucket") == Path(
+        "/data/.volguard/migrate-media/bucket.jsonl"
+    )
+    # MEDIA_ROOT on the root filesystem (no volume): under the media root itself.
+    assert default_manifest_path("/srv/app/media", "tigris") == Path(
+        "/srv/app/media/.volguard/migrate-media/tigris.jsonl"
+    )
 
 
 # -- could not run: one line, exit 1 ------------------------------------------------------
