@@ -11,6 +11,7 @@ how these tests prove what was and was not uploaded. Each test gets its own volu
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import itertools
 import json
@@ -451,6 +452,33 @@ def test_a_killed_run_resumes_without_re_uploading_verified_objects(site: Site) 
     assert document["files"]["skipped"] >= len(verified_before)
     for name, data in files.items():
         assert site.object(name)["body"] == data
+
+
+def test_progress_goes_to_stderr_only_when_it_is_a_terminal(site: Site) -> None:
+    import pty
+
+    site.seed({f"p/{i}.txt": b"p" * i for i in range(1, 6)})
+    proc = site.manage("migrate_media", "--to", "bucket")
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stderr == ""  # a pipe: no progress lines
+
+    controller, terminal = pty.openpty()
+    with os.fdopen(controller, "rb", buffering=0) as reader:
+        run = subprocess.Popen(
+            [sys.executable, "manage.py", "migrate_media", "--to", "bucket", "--apply"],
+            cwd=EXAMPLE,
+            env=site.env,
+            stdout=subprocess.PIPE,
+            stderr=terminal,
+        )
+        os.close(terminal)
+        run.communicate(timeout=300)
+        seen = b""
+        with contextlib.suppress(OSError):  # EIO once the child's end is closed
+            while chunk := reader.read(4096):
+                seen += chunk
+    assert run.returncode == 0
+    assert b"migrate_media: 5 copied" in seen
 
 
 def test_the_manifest_goes_on_the_volume_that_holds_the_files(
