@@ -177,14 +177,14 @@ CHECKS: dict[str, Check] = {
             "platform",
             W,
             "an unattached volume carries the mount's name",
-            "It may hold the missing files: inspect it before destroying anything.",
+            "It may hold the missing files: destroy nothing; `volguard recover` searches a fork.",
         ),
         _c(
             "VG205",
             "platform",
             E,
             "media groups run on different volumes",
-            "Handle media in one group or move it to object storage.",
+            "Run `volguard recover`, then handle media in one group or use object storage.",
         ),
         _c(
             "VG206",

@@ -131,8 +131,8 @@ def unattached_media_volume(
                 f'unattached volume {volume.id} "{volume.name}" in {volume.region} '
                 f"({volume.describe_usage()}): it may hold the files the app is missing",
                 Location(volume=volume.id),
-                hint="Inspect it before destroying anything: `fly volumes fork` it, or attach it "
-                "to a Machine and copy the files back.",
+                hint="Destroy nothing yet: `volguard recover` searches a fork of it and copies "
+                "the missing files back.",
                 evidence={
                     "volume": volume.id,
                     "name": volume.name,
