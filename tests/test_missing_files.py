@@ -1089,11 +1089,15 @@ def test_a_zero_byte_file_is_reported_as_empty_file_and_fix_marks_it(site: Site)
     site.files("u/full.csv")
     (site.media / "u/zero.csv").write_bytes(b"")
 
-    for strategy in ("exists", "list"):
-        document = site.check_json("--strategy", strategy)
+    for args in (["--strategy", "exists"], ["--strategy", "list", "--sizes"]):
+        document = site.check_json(*args)
         assert _reasons(document) == {(pks["zero"], "empty_file"), (pks["gone"], "missing")}
         assert document["per_reason"]["empty_file"] == 1
         assert document["problem_rows"] == 2
+    # A volume's listing holds names only: without --sizes it reads none (it stays fast).
+    listed = site.check_json("--strategy", "list")
+    assert _reasons(listed) == {(pks["gone"], "missing")}
+    assert _field(listed, UDF)["strategy_detail"] == "1 directories listed"
     zero = next(r for r in document["rows"] if r["reason"] == "empty_file")
     assert zero["path"] == str(site.media / "u/zero.csv")
     assert "ID {}: u/zero.csv (status=pending, reason=empty_file)".format(pks["zero"]) in (

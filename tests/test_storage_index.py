@@ -106,7 +106,8 @@ def test_a_zero_byte_file_exists_and_is_empty_on_every_volume_index(
     (tmp_path / "d").mkdir()
     (tmp_path / "d" / "full.csv").write_bytes(b"x")
     (tmp_path / "d" / "zero.csv").write_bytes(b"")
-    index = index_class(FileSystemStorage(location=str(tmp_path)))
+    storage = FileSystemStorage(location=str(tmp_path))
+    index = PerRowIndex(storage) if index_class is PerRowIndex else index_class(storage, sizes=True)
 
     assert index.exists("d/zero.csv")
     assert index.is_empty("d/zero.csv")
@@ -116,3 +117,20 @@ def test_a_zero_byte_file_exists_and_is_empty_on_every_volume_index(
         # The audit's fast path never settles an empty file: it must reach is_empty.
         assert "zero.csv" not in index._plain_files("d", 255)
         assert "full.csv" in index._plain_files("d", 255)
+
+
+def test_a_listing_without_sizes_stats_nothing_and_finds_no_empty_file(tmp_path: Path) -> None:
+    (tmp_path / "d").mkdir()
+    (tmp_path / "d" / "zero.csv").write_bytes(b"")
+    index = storage_index.build_index(
+        FileSystemStorage(location=str(tmp_path)), rows=5000, per_row_max=10
+    )
+    assert isinstance(index, storage_index.DirectoryIndex)
+    assert index.exists("d/zero.csv")
+    assert not index.is_empty("d/zero.csv")
+    sized = storage_index.build_index(
+        FileSystemStorage(location=str(tmp_path)), rows=5000, per_row_max=10, sizes=True
+    )
+    assert sized.exists("d/zero.csv")
+    assert sized.is_empty("d/zero.csv")
+    assert sized.detail == "1 directories listed with sizes"

@@ -7,8 +7,9 @@ with its own ``field.storage``:
 
 - ``missing``: the stored name is not in the field's storage (VG401);
 - ``empty_file``: the file is there but holds 0 bytes, a truncated upload (VG405); the size
-  comes from the ``stat`` a per-row check makes, from one ``stat`` per listed file on a
-  volume, and from the listing's ``Size`` on S3;
+  comes from the ``stat`` a per-row check makes and from the listing's ``Size`` on S3; a
+  volume's listing holds names only, so with it sizes are read (one ``stat`` per listed
+  file, about seven times the listing's cost) only when asked (``sizes``, ``--sizes``);
 - ``empty``: the field is empty although the model requires a file (``blank=False``; an
   empty optional field is not a problem, only counted) (VG401);
 - ``invalid_name``: absolute, a NUL byte, a ``..`` component, over-long (longer than the
@@ -84,6 +85,8 @@ if TYPE_CHECKING:
 
 #: Settings override of `storage_index.PER_ROW_MAX` (rows up to which a volume is stat'ed).
 PER_ROW_MAX_SETTING = "VOLGUARD_AUDIT_PER_ROW_MAX"
+#: Settings default of ``sizes``: stat each listed file on a volume (finds 0-byte files).
+SIZES_SETTING = "VOLGUARD_AUDIT_SIZES"
 DEFAULT_BATCH_SIZE = 2000
 #: Largest batch: rows fetched at a time are held in memory, and drivers take a C integer.
 MAX_BATCH_SIZE = 1_000_000
@@ -101,6 +104,7 @@ def audit(
     on_row: Callable[[AuditRow], None] | None = None,
     keep_rows: bool = True,
     now: datetime | None = None,
+    sizes: bool | None = None,
 ) -> AuditResult:
     """Audit ``targets`` (default: `discover()`), read-only; see the module docstring.
 
@@ -108,7 +112,10 @@ def audit(
     ``user_id`` filters on each model's owner field. A model that lacks a filter's field
     (or an owner field, for ``user_id``) is left out with a note; none left is an
     `AuditError`. ``on_row`` gets each problem or shared row as soon as its batch is
-    complete; ``keep_rows=False`` keeps none in the result.
+    complete; ``keep_rows=False`` keeps none in the result. ``sizes`` (default: the
+    ``VOLGUARD_AUDIT_SIZES`` setting, else False) stats every file a volume's listing holds,
+    so that 0-byte files (VG405) are found with the listing strategy too; per-row checks and
+    S3 listings find them always.
     Raises `AuditError` for bad input or an unreadable storage.
     """
     from django.conf import settings
@@ -122,6 +129,8 @@ def audit(
     plans = _plan(discover() if targets is None else list(targets), lookups, user_id, result)
     if per_row_max is None:
         per_row_max = getattr(settings, PER_ROW_MAX_SETTING, storage_index.PER_ROW_MAX)
+    if sizes is None:
+        sizes = bool(getattr(settings, SIZES_SETTING, False))
     cutoff = (now or timezone.now()) - older_than if older_than > timedelta(0) else None
 
     def deliver(rows: list[AuditRow]) -> None:
@@ -133,7 +142,7 @@ def audit(
                 on_row(row)
 
     for target, target_lookups in plans:
-        report = _FieldAudit(target, target_lookups, cutoff, batch_size, deliver).run(
+        report = _FieldAudit(target, target_lookups, cutoff, batch_size, deliver, sizes).run(
             strategy, per_row_max
         )
         result.fields.append(report)
@@ -233,8 +242,10 @@ class _FieldAudit:
         cutoff: datetime | None,
         batch_size: int,
         deliver: Callable[[list[AuditRow]], None],
+        sizes: bool = False,
     ) -> None:
         self.target = target
+        self.sizes = sizes
         self.lookups = lookups
         self.cutoff = cutoff
         self.batch_size = batch_size
@@ -282,6 +293,7 @@ class _FieldAudit:
                 strategy=strategy,
                 common_prefix=lambda: _common_prefix(scope, self.target.field_name),
                 per_row_max=per_row_max,
+                sizes=self.sizes,
             )
             self._stream(scope, index)
             counts, shared_names = background()
@@ -339,6 +351,7 @@ class _FieldAudit:
                     strategy=strategy,
                     common_prefix=lambda: _common_prefix(scope, self.target.field_name),
                     per_row_max=per_row_max,
+                    sizes=self.sizes,
                 )
                 kind = storage_index.storage_kind(storage)
                 entry = (index, storage_index._locator(storage), kind)

@@ -118,6 +118,14 @@ class Command(BaseCommand):
             "check per row (exists), or choose from the row count (auto, the default)",
         )
         parser.add_argument(
+            "--sizes",
+            action="store_true",
+            default=None,
+            help="on a volume listed by directory, also stat each file for its size, so "
+            "0-byte files (empty_file, VG405) are reported (slower; per-row checks and S3 "
+            "listings read sizes always; default: the VOLGUARD_AUDIT_SIZES setting)",
+        )
+        parser.add_argument(
             "--json",
             action="store_true",
             help="print one JSON document (totals, per-reason counts, strategy, rows)",
@@ -232,6 +240,7 @@ class Command(BaseCommand):
                 older_than=older_than,
                 batch_size=options["batch_size"],
                 strategy=options["strategy"],
+                sizes=options["sizes"],
             )
         except VolguardError as e:
             raise CommandError(str(e)) from None
