@@ -255,18 +255,16 @@ TABLE: tuple[tuple[str, str, Run | NotRun | Same], ...] = (
      Run("incident", 2, ("--fix would mark 3 rows failed (3 not yet failed)",))),
     (INCIDENT, "flyctl ssh console --process-group app --user app",
      Run("incident", 0, ("complete",), stdin="id -un\n")),
-    (INCIDENT,
-     'flyctl ssh console --machine <worker machine id> -C "tar -C /data/media -czf - ." '
-     "> worker-media.tgz", Run("incident", 0)),
-    (INCIDENT, "tar -tzf worker-media.tgz", Run("incident", 0, ("trial-2.csv",))),
     (INCIDENT, "volguard lint", Run("incident", 0, ("fly.toml: no findings - ok",),
                                     before=_fix_fly_toml)),
     (INCIDENT, "volguard deploy --yes --no-audit",
      Run("incident", 0, ('destroy 1 "worker" machine', "deploy succeeded: test-blue-smoke-97",
                          ))),
-    (INCIDENT,
-     'flyctl ssh console --user app -C "tar -C /data/media --skip-old-files -xzf -" '
-     "< worker-media.tgz", Run("incident", 0, ("complete",), after=_app_file_restored)),
+    # step 4d: the worker's file comes back from a fork of its now unattached volume
+    (INCIDENT, "volguard recover",
+     Run("incident", 2, ("found 1, conflict 0, not found 2 of 3 rows",))),
+    (INCIDENT, "volguard recover --apply --yes",
+     Run("incident", 2, ("1 file restored and verified",), after=_app_file_restored)),
     (INCIDENT, "volguard verify-volume", Run("incident", 0, ("1 warning - ok",))),
     # step 6 starts where step 5 ends: one app Machine, 2 of the 10 uploads gone for good
     (INCIDENT, "volguard remediate --fix", Run("repair", 2, ("more than --max-missing 10%",))),
@@ -390,7 +388,7 @@ def _block(runbook: str, lang: str, index: int) -> str:
 
 WORKER_FILE = "user_data/user_3/2026/11/20/trial-2.csv"
 #: The example app's uploads: per user, file names; LOST ones are in no storage the app
-#: Machine sees (trial-2.csv is on the worker's volume, where incident step 4a finds it).
+#: Machine sees (trial-2.csv is on the worker's volume, where incident step 4d finds it).
 UPLOADS = {
     "alice": ["survey-2026-q3.csv", "survey-2026-q4.csv", "notes.txt"],
     "bob": ["inventory.csv", "inventory-old.csv", "prices.xlsx"],
@@ -675,6 +673,7 @@ def sim_world(name: str, spec: SimWorld, root: Path) -> Iterator[World]:
             settings.append(f"  manage_py: {json.dumps(shlex.join(manage))}")
         (cwd / "invoke.yaml").write_text("\n".join(settings) + "\n")
         with SimServer(scenario) as sim, LocalFleet(scenario) as fleet:
+            fleet.follow(sim)  # forks, restores and temporary Machines (volguard recover)
             env = _base_env(cwd)
             env.update(
                 {
