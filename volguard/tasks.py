@@ -667,6 +667,113 @@ ns.add_task(recover)
 
 @task(
     auto_shortflags=False,
+    iterable=["setting", "rollback"],
+    help={
+        "path": "fly.toml naming the media mounts (default: volguard.fly_toml, i.e. fly.toml)",
+        "app": "Fly app (default: volguard.app, else fly.toml `app`)",
+        "to": "the STORAGES alias of the object store to copy to (required)",
+        "from": "the STORAGES alias to copy from (default: migrate_media's, the default storage)",
+        "apply": "snapshot the media volumes, then copy on each Machine, one at a time",
+        "resume": "continue the latest migrate-media --apply run of this app",
+        "verify": "after the cutover: the missing-file audit against the storage the app now "
+        "uses finds no row that had a file on a volume missing",
+        "setting": "NAME=VALUE the cutover sets, shown in the printed commands (repeatable; "
+        "credentials masked)",
+        "rollback": "NAME=VALUE that switches the storage back, shown likewise (repeatable)",
+        "workers": "parallel copies on each Machine (migrate_media --workers)",
+        "format": "stdout format: text or json (default: text)",
+        "transport": "how to reach each Machine: fly, ssh or local (default: volguard.transport)",
+        "machine": "--verify: audit on this started Machine (default: the first of the web group)",
+        "manage_py": "how to run manage.py in the app's directory (default: volguard.manage_py, "
+        "else python3 manage.py)",
+        "timeout": "seconds one migrate_media run may take on a Machine (default 3600)",
+    },
+)
+@_edge
+def migrate_media(
+    c: Context,
+    path: str | None = None,
+    app: str | None = None,
+    to: str = "",
+    from_: str = "",
+    apply: bool = False,
+    resume: bool = False,
+    verify: bool = False,
+    setting: list[str] | None = None,
+    rollback: list[str] | None = None,
+    workers: str = "",
+    format: str = "text",
+    transport: str | None = None,
+    machine: str | None = None,
+    manage_py: str | None = None,
+    timeout: str = "",
+) -> None:
+    """Move the app's uploads from its volumes to object storage, from EVERY media Machine.
+
+    Plan by default: manage.py migrate_media on every started Machine of the media groups,
+    merged (a row is missing only when its file is on no volume; the same name with other
+    bytes is a conflict: volguard chooses no copy). --apply snapshots the media volumes,
+    copies on each Machine, checks that nothing is left and prints the cutover (the setting,
+    volguard deploy, --verify) and its rollback; volguard never deletes the files on the
+    volumes. Exit 0 all verified, 2 conflicts or missing rows, 1 could not run. See
+    runbooks/moving-media-to-object-storage.md.
+    """
+    import json as json_module
+
+    from volguard.audit_log import AuditLog
+    from volguard.config import Settings
+    from volguard.media_move import MigrateContext, MigrateOptions, render_text
+    from volguard.media_move import migrate_media as run_migrate
+
+    if format not in ("text", "json"):
+        raise UsageError(f"--format {format!r}: choose text or json")
+    if not to:
+        raise UsageError("--to is required: the STORAGES alias of the object store")
+    count = _whole_number("--workers", workers, 1, 64)
+    seconds = _whole_number("--timeout", timeout, 10, 86400) or 3600
+    _, config, app_name, token = _platform_inputs(c, path, app)
+    settings = Settings.load(
+        c.config.get("volguard"), app=app, transport=transport, manage_py=manage_py
+    )
+    as_json = format == "json"
+
+    def note(line: str) -> None:
+        print(line, file=sys.stderr if as_json else sys.stdout)
+
+    options = MigrateOptions(
+        to=to,
+        source=from_ or None,
+        apply=apply,
+        resume=resume,
+        verify=verify,
+        workers=count,
+        settings=tuple(setting or ()),
+        rollback=tuple(rollback or ()),
+        fly_toml=path or settings.fly_toml,
+        machine_id=machine or None,
+        timeout=float(seconds),
+    )
+    ctx = MigrateContext(
+        settings, config, app_name, token, options, audit=AuditLog(command="migrate-media"),
+        out=note,
+    )  # fmt: skip
+    outcome = run_migrate(ctx)
+    if as_json:
+        print(ctx.mask(json_module.dumps(outcome.as_dict(), indent=2, default=str)))
+    else:
+        sys.stdout.write(ctx.mask(render_text(outcome)))
+    sys.stdout.flush()
+    if outcome.error is not None:
+        raise outcome.error
+    if outcome.exit_code:
+        raise Exit(code=outcome.exit_code)
+
+
+ns.add_task(migrate_media)
+
+
+@task(
+    auto_shortflags=False,
     help={
         "workdir": "where the demo's project, database and run records go "
         "(default: a new temporary directory, kept afterwards)",

@@ -1,0 +1,648 @@
+"""`volguard migrate-media`: move a Fly app's uploads from its volumes to object storage.
+
+A split fleet (VG103, VG205) has files on several volumes: the web app's uploads on one,
+the worker's outputs on another. This runbook runs ``manage.py migrate_media`` (the Django
+side, docs/migrate-media.md) on EVERY started Machine of every media group, through
+remediate's own `run_manage` (as the app user, in the app process's cwd, with the app
+process's environment: the storage secrets ``fly storage create`` sets), and merges what
+each Machine reports:
+
+- a row is *missing* only when its file is on no volume (a Machine that lacks a file the
+  other volume holds is the split, not a loss);
+- the same name with other bytes on two volumes (or in the bucket already) is a *conflict*:
+  ``migrate_media`` never overwrites an object it did not write, so the first copy in the
+  bucket stays, the later Machine reports the conflict, and volguard lists both contents
+  and chooses none; the cutover waits until the operator settles it.
+
+Without ``--apply`` it only plans (each Machine's plan, merged). With ``--apply``, the steps
+(`STEPS`), each recorded in a run record (`volguard.runs`, kind ``migrate-media``) under a
+per-app lock, ``--resume`` from the first that did not finish:
+
+1. ``plan``: the merged plan;
+2. ``snapshot``: an on-demand snapshot of every media volume, waited for until ``created``
+   (`volguard.fly.volumes.snapshot_media_volumes`), before any byte moves;
+3. ``copy``: ``migrate_media --apply`` on each Machine, ONE Machine at a time: each run is
+   already parallel (``--workers``), and one at a time makes the order in which volumes
+   reach the bucket, and so which Machine reports a cross-volume conflict, deterministic;
+4. ``check``: each Machine's plan again: nothing left to copy;
+5. ``cutover``: the settings change, the deploy and the verification, printed. volguard
+   does not change the app's settings itself: which setting switches the storage is the
+   app's own (``--setting NAME=VALUE``), and ``fly secrets set`` restarts every Machine
+   outside volguard's deploy gate; the operator runs the printed commands.
+
+``--verify`` (after the cutover): ``check_missing_files`` on a started Machine, now reading
+the object store, must report no row missing except those that had no file on any volume
+(the latest ``migrate-media`` run's merged missing rows). Rollback is switching the setting
+back: volguard never deletes a source file or a volume.
+"""
+
+from __future__ import annotations
+
+import os
+import shlex
+import sys
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from volguard.audit_document import PROBLEM_REASONS, find_document
+from volguard.audit_log import AuditLog
+from volguard.config import Settings
+from volguard.errors import RemoteCommandError, StepFailed, UsageError, VolguardError
+from volguard.fly.client import MachinesClient, Token
+from volguard.fly.fleet import load_fleet
+from volguard.fly.models import Machine
+from volguard.flytoml import FlyConfig
+from volguard.lint import static_context
+from volguard.masking import MASK, Masker, url_passwords
+from volguard.remediate import (
+    DEFAULT_MANAGE_PY,
+    _transport,
+    choose_machine,
+    read_audit,
+    run_manage,
+)
+from volguard.runs import (
+    RUNS_DIR,
+    SKIPPED,
+    RunLock,
+    RunRecord,
+    Step,
+    latest,
+    write_step_summary,
+)
+
+Out = Callable[[str], None]
+ClientFactory = Callable[[Token], MachinesClient]
+
+KIND = "migrate-media"
+STEPS = ("plan", "snapshot", "copy", "check", "cutover")
+#: The secrets ``fly storage create`` sets (https://fly.io/docs/reference/tigris/): their
+#: values are never shown; a ``--setting`` with one of these names is masked too.
+STORAGE_SECRETS = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY")
+COUNTS = ("copied", "identical", "skipped", "verified", "to_copy", "delta", "conflicts",
+          "missing_from_source", "changing")  # fmt: skip
+
+
+# -- options and the outcome -----------------------------------------------------------------
+
+
+@dataclass
+class MigrateOptions:
+    """The command's options."""
+
+    to: str = ""  # the STORAGES alias to copy to (required)
+    source: str | None = None  # --from; default: migrate_media's (the default storage)
+    apply: bool = False
+    resume: bool = False
+    verify: bool = False  # after the cutover: the audit against the object store
+    workers: int | None = None
+    settings: tuple[str, ...] = ()  # NAME=VALUE the cutover sets (printed, values masked)
+    rollback: tuple[str, ...] = ()  # NAME=VALUE switching back (printed)
+    fly_toml: str | None = None
+    machine_id: str | None = None  # --verify: the Machine to audit on
+    timeout: float = 3600.0  # seconds one migrate_media run may take
+    snapshot_timeout: float = 300.0
+    snapshot_poll: float = 1.0
+
+
+@dataclass
+class MachineReport:
+    """One Machine's ``migrate_media --json`` report."""
+
+    machine: str
+    group: str
+    exit_code: int | None
+    document: dict[str, Any]
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"machine": self.machine, "group": self.group, "exit_code": self.exit_code,
+                "report": self.document}  # fmt: skip
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> MachineReport:
+        return cls(str(data["machine"]), str(data["group"]), data.get("exit_code"),
+                   dict(data.get("report") or {}))  # fmt: skip
+
+
+@dataclass
+class Merged:
+    """Every Machine's report, merged: the split fleet seen as one store of files."""
+
+    machines: list[str]
+    files: dict[str, int]
+    bytes: dict[str, int]
+    conflicts: list[dict[str, Any]]
+    missing: list[dict[str, Any]]  # rows whose file is on no volume
+    changing: list[dict[str, Any]]
+
+    @property
+    def problems(self) -> bool:
+        return bool(self.conflicts or self.missing or self.changing)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "machines": list(self.machines),
+            "files": dict(self.files),
+            "bytes": dict(self.bytes),
+            "conflicts": list(self.conflicts),
+            "missing_from_every_volume": list(self.missing),
+            "changing": list(self.changing),
+        }
+
+    def line(self) -> str:
+        f = self.files
+        return (
+            f"{len(self.machines)} Machine(s): {f.get('verified', 0)} verified "
+            f"({f.get('copied', 0)} copied, {f.get('identical', 0)} identical, "
+            f"{f.get('skipped', 0)} skipped), {f.get('to_copy', 0)} to copy, "
+            f"{len(self.conflicts)} conflict(s), {len(self.missing)} row(s) with a file on no "
+            f"volume, {len(self.changing)} changing"
+        )
+
+
+def merge(reports: Sequence[MachineReport]) -> Merged:
+    """The reports as one: counts added up; a conflict lists the Machine's copy and what the
+    bucket holds; a row is missing only when every Machine that read its field lacks it."""
+    files: dict[str, int] = {}
+    size: dict[str, int] = {}
+    conflicts: dict[str, dict[str, Any]] = {}
+    missing_on: dict[tuple[str, str], tuple[dict[str, Any], set[str]]] = {}
+    fields_on: dict[str, set[str]] = {}
+    changing: list[dict[str, Any]] = []
+    for report in reports:
+        doc = report.document
+        for key, value in (doc.get("files") or {}).items():
+            files[key] = files.get(key, 0) + int(value or 0)
+        for key, value in (doc.get("bytes") or {}).items():
+            size[key] = size.get(key, 0) + int(value or 0)
+        for f in doc.get("fields") or ():
+            if isinstance(f, dict):
+                fields_on.setdefault(str(f.get("field")), set()).add(report.machine)
+        for c in doc.get("conflicts") or ():
+            entry = conflicts.setdefault(
+                str(c.get("name")),
+                {
+                    "name": c.get("name"),
+                    "model": c.get("model"),
+                    "pk": c.get("pk"),
+                    "destination": {
+                        "size": c.get("destination_size"),
+                        "sha256": c.get("destination_sha256"),
+                    },
+                    "copies": [],
+                },
+            )
+            entry["copies"].append({"machine": report.machine, "group": report.group,
+                                    "size": c.get("source_size"),
+                                    "sha256": c.get("source_sha256")})  # fmt: skip
+        for m in doc.get("missing_from_source") or ():
+            key = (str(m.get("model")), str(m.get("pk")))
+            row, where = missing_on.setdefault(key, (dict(m), set()))
+            where.add(report.machine)
+        for c in doc.get("changing") or ():
+            changing.append({**(c if isinstance(c, dict) else {"name": c}),
+                             "machine": report.machine})  # fmt: skip
+    missing = []
+    for (model, _), (row, where) in missing_on.items():
+        readers = fields_on.get(model) or {r.machine for r in reports}
+        if readers <= where:  # no Machine that reads this field has the file
+            missing.append({**row, "machines": sorted(where)})
+    files["conflicts"] = len(conflicts)
+    files["missing_from_source"] = len(missing)
+    files["changing"] = len(changing)
+    return Merged(
+        machines=[r.machine for r in reports],
+        files={k: files.get(k, 0) for k in COUNTS},
+        bytes=size,
+        conflicts=list(conflicts.values()),
+        missing=sorted(missing, key=lambda r: (str(r.get("model")), str(r.get("pk")))),
+        changing=changing,
+    )
+
+
+@dataclass
+class Outcome:
+    """What a run saw and did; ``exit_code`` is the command's."""
+
+    app: str
+    to: str
+    applied: bool
+    exit_code: int = 0
+    plan: Merged | None = None
+    after: Merged | None = None
+    reports: list[MachineReport] = field(default_factory=list)
+    snapshots: dict[str, str] = field(default_factory=dict)
+    cutover: list[str] = field(default_factory=list)
+    verified: dict[str, Any] | None = None
+    record: RunRecord | None = None
+    error: VolguardError | None = None
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "tool": "volguard",
+            "command": KIND,
+            "app": self.app,
+            "to": self.to,
+            "applied": self.applied,
+            "exit_code": self.exit_code,
+            "plan": self.plan.as_dict() if self.plan else None,
+            "after": self.after.as_dict() if self.after else None,
+            "machines": [r.as_dict() for r in self.reports],
+            "snapshots": self.snapshots,
+            "cutover": list(self.cutover),
+            "verify": self.verified,
+            "record": self.record.path if self.record else None,
+            "status": self.record.status if self.record else None,
+            "error": str(self.error) if self.error else None,
+        }
+
+
+@dataclass
+class MigrateContext:
+    """What every step reads: the inputs, the options, and the `Outcome` the steps fill."""
+
+    settings: Settings
+    config: FlyConfig
+    app: str
+    token: Token
+    options: MigrateOptions = field(default_factory=MigrateOptions)
+    client_factory: ClientFactory = MachinesClient
+    audit: AuditLog | None = None
+    runs_dir: str = RUNS_DIR
+    out: Out = print
+    outcome: Outcome = field(init=False)
+    mask: Masker = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.outcome = Outcome(app=self.app, to=self.options.to, applied=self.options.apply)
+        secrets = [v for n in STORAGE_SECRETS if (v := os.environ.get(n))]
+        secrets += [_value(s) for s in self.options.settings + self.options.rollback
+                    if _name(s) in STORAGE_SECRETS]  # fmt: skip
+        self.mask = Masker(self.token, [*url_passwords(), *secrets])
+
+    @property
+    def manage_py(self) -> str:
+        return self.settings.manage_py or DEFAULT_MANAGE_PY
+
+    def machines(self) -> list[Machine]:
+        """Every started Machine of every media group: each may hold files of its own."""
+        groups = static_context(self.config, self.settings).media_groups
+        if not groups:
+            raise VolguardError(f"{self.app}: no media process group")
+        with self.client_factory(self.token) as client:
+            fleet = load_fleet(client, self.app)
+        started = [m for g in groups for m in fleet.machines_of(g) if m.state == "started"]
+        if not started:
+            raise VolguardError(f"{self.app}: no started Machine in the media groups to run on")
+        # the web group first: its copy of a name reaches the bucket first
+        return sorted(started, key=lambda m: (m.group != "app", m.group, m.id))
+
+    def argv(self, apply: bool) -> list[str]:
+        argv = ["migrate_media", "--to", self.options.to, "--json"]
+        if self.options.source:
+            argv += ["--from", self.options.source]
+        if apply:
+            argv.append("--apply")
+            if self.options.workers:
+                argv += ["--workers", str(self.options.workers)]
+        return argv
+
+    def run_everywhere(self, apply: bool, machines: Sequence[Machine] | None = None
+                       ) -> list[MachineReport]:  # fmt: skip
+        """``migrate_media`` on each Machine in turn; exit 1 on one is RemoteCommandError."""
+        reports = []
+        for machine in machines if machines is not None else self.machines():
+            reports.append(self.run_on(machine, apply))
+        return reports
+
+    def run_on(self, machine: Machine, apply: bool) -> MachineReport:
+        with _transport(self.settings, self.app, self.options.timeout) as transport:
+            run = run_manage(
+                transport,
+                machine,
+                self.argv(apply),
+                manage_py=self.manage_py,
+                app_user=self.settings.app_user,
+                timeout=self.options.timeout,
+                token=self.token,
+            )
+        document = find_document(run.stdout) if run.returncode in (0, 2) else None
+        if document is None:
+            why = self.mask(run.last_error_line() or f"exit {run.returncode}")
+            raise RemoteCommandError(
+                f"manage.py migrate_media failed on Machine {machine.id} ({machine.group}, as "
+                f"{run.user}): {why}"
+            )
+        return MachineReport(machine.id, machine.group, run.returncode, document)
+
+
+# -- the public entry ------------------------------------------------------------------------
+
+
+def migrate_media(ctx: MigrateContext) -> Outcome:
+    """Plan, run the runbook (``--apply``) or verify the cutover (``--verify``)."""
+    options, outcome = ctx.options, ctx.outcome
+    if not options.to:
+        raise UsageError("--to is required: the STORAGES alias of the object store")
+    for flag, given in (("--resume", options.resume),):
+        if given and not options.apply:
+            raise UsageError(f"{flag} needs --apply")
+    if options.verify and options.apply:
+        raise UsageError("--verify runs after the cutover, on its own (not with --apply)")
+    for setting in options.settings + options.rollback:
+        _name(setting)
+    if options.verify:
+        return _verify(ctx)
+    if not options.apply:
+        outcome.reports = ctx.run_everywhere(apply=False)
+        outcome.plan = merge(outcome.reports)
+        outcome.exit_code = 2 if outcome.plan.problems else 0
+        return outcome
+
+    with RunLock(ctx.app, ctx.runs_dir):
+        common: dict[str, Any] = {
+            "fly_toml": options.fly_toml or ctx.settings.fly_toml,
+            "runs_dir": ctx.runs_dir,
+            "options": {"to": options.to, "from": options.source, "workers": options.workers,
+                        "transport": ctx.settings.transport, "manage_py": ctx.manage_py},
+            "mask": ctx.mask,
+        }  # fmt: skip
+        if options.resume:
+            record = RunRecord.resume(KIND, ctx.app, STEPS, **common)
+        else:
+            record = RunRecord.new(KIND, ctx.app, STEPS, **common)
+        outcome.record = record
+        try:
+            for name in STEPS:
+                step = record.get(name)
+                if step.carried_over:
+                    _carry_over(ctx, step)
+                    continue
+                if step.status == SKIPPED:
+                    continue
+                with record.step(name) as step:
+                    STEP_FUNCTIONS[name](ctx, step)
+            merged = outcome.after or outcome.plan
+            if merged is not None and merged.problems:
+                outcome.exit_code = 2
+        except VolguardError as e:
+            outcome.error = e
+            outcome.exit_code = e.exit_code
+        finally:
+            record.finish()
+            try:
+                write_step_summary(record)
+            except OSError as e:
+                print(f"volguard: warning: cannot append to $GITHUB_STEP_SUMMARY: {e}",
+                      file=sys.stderr)  # fmt: skip
+    return outcome
+
+
+def _carry_over(ctx: MigrateContext, step: Step) -> None:
+    """A resumed run: what the steps carried over found, read back from their details."""
+    outcome = ctx.outcome
+    if step.name == "plan" and "reports" in step.detail:
+        outcome.reports = [MachineReport.from_dict(r) for r in step.detail["reports"]]
+        outcome.plan = merge(outcome.reports)
+    elif step.name == "snapshot":
+        outcome.snapshots = dict(step.detail.get("snapshots") or {})
+
+
+# -- the steps -------------------------------------------------------------------------------
+
+
+def plan_step(ctx: MigrateContext, step: Step) -> None:
+    """Each Machine's plan, merged."""
+    outcome = ctx.outcome
+    outcome.reports = ctx.run_everywhere(apply=False)
+    outcome.plan = merge(outcome.reports)
+    step.detail = {"reports": [r.as_dict() for r in outcome.reports],
+                   "merged": outcome.plan.as_dict()}  # fmt: skip
+    step.ok(outcome.plan.line())
+
+
+def snapshot_step(ctx: MigrateContext, step: Step) -> None:
+    """A snapshot of every media volume, created, before any byte moves."""
+    from volguard.fly.volumes import snapshot_media_volumes
+
+    outcome = ctx.outcome
+    outcome.snapshots = snapshot_media_volumes(
+        ctx.config,
+        ctx.settings,
+        ctx.app,
+        ctx.token,
+        apply=True,
+        audit=ctx.audit or AuditLog(command=KIND),
+        out=ctx.out,
+        timeout=ctx.options.snapshot_timeout,
+        poll=ctx.options.snapshot_poll,
+        client_factory=ctx.client_factory,
+    )
+    step.detail = {"snapshots": dict(outcome.snapshots)}
+    if not outcome.snapshots:
+        step.failed("no media volume to snapshot: refusing to migrate without a backup")
+        raise StepFailed(step.summary)
+    step.changed(", ".join(f"{v}: {s}" for v, s in outcome.snapshots.items()))
+
+
+def copy_step(ctx: MigrateContext, step: Step) -> None:
+    """``migrate_media --apply`` on each Machine, one at a time."""
+    outcome = ctx.outcome
+    assert outcome.record is not None
+    done: list[dict[str, Any]] = []
+    step.detail = {"machines": done}
+    for machine in ctx.machines():
+        report = ctx.run_on(machine, apply=True)
+        files = report.document.get("files") or {}
+        done.append({"machine": machine.id, "group": machine.group,
+                     "exit_code": report.exit_code, "files": files})  # fmt: skip
+        outcome.record.save()  # a killed run still says which Machines finished
+    copied = merge_counts(done, "copied")
+    summary = f"{copied} file(s) copied from {len(done)} Machine(s), one at a time"
+    step.changed(summary) if copied else step.ok(summary)
+
+
+def check_step(ctx: MigrateContext, step: Step) -> None:
+    """Each Machine's plan again: nothing may be left to copy."""
+    outcome = ctx.outcome
+    outcome.reports = ctx.run_everywhere(apply=False)
+    after = outcome.after = merge(outcome.reports)
+    step.detail = {"merged": after.as_dict()}
+    if after.files.get("to_copy"):
+        step.failed(f"{after.files['to_copy']} file(s) still to copy: {after.line()}")
+        raise StepFailed(step.summary)
+    step.ok(after.line())
+
+
+def cutover_step(ctx: MigrateContext, step: Step) -> None:
+    """The settings change, the deploy and the verification, printed for the operator."""
+    outcome = ctx.outcome
+    after = outcome.after
+    assert after is not None
+    if after.problems:
+        step.skipped(
+            f"not yet: {len(after.conflicts)} conflict(s), {len(after.missing)} row(s) with "
+            f"a file on no volume, {len(after.changing)} changing; settle them and run again"
+        )
+        return
+    outcome.cutover = cutover_lines(ctx)
+    step.detail = {"commands": outcome.cutover}
+    step.ok("every file is in the object store; the cutover is the operator's (see below)")
+
+
+STEP_FUNCTIONS: dict[str, Callable[[MigrateContext, Step], None]] = {
+    "plan": plan_step,
+    "snapshot": snapshot_step,
+    "copy": copy_step,
+    "check": check_step,
+    "cutover": cutover_step,
+}
+
+
+def cutover_lines(ctx: MigrateContext) -> list[str]:
+    """What the operator runs next, values of credentials masked."""
+    to = shlex.quote(ctx.options.to)
+    setting = " ".join(_shown(s) for s in ctx.options.settings) or "NAME=VALUE"
+    rollback = " ".join(_shown(s) for s in ctx.options.rollback) or "NAME=VALUE"
+    return [
+        f"1. switch the app's storage: fly secrets set --stage --app {ctx.app} {setting}",
+        "   (or the same settings in fly.toml [env]); the app reads the object store first",
+        "   (FallbackStorage over the object store and the volume, docs/migrate-media.md)",
+        "2. deploy it: volguard deploy --yes",
+        f"3. copy what was uploaded since: volguard migrate-media --to {to} --apply",
+        f"4. verify: volguard migrate-media --to {to} --verify",
+        f"rollback: fly secrets set --stage --app {ctx.app} {rollback}, then volguard deploy "
+        "(the files on the volumes were never touched)",
+    ]
+
+
+# -- verification after the cutover ----------------------------------------------------------
+
+
+def _verify(ctx: MigrateContext) -> Outcome:
+    """The audit on a started Machine, now reading the object store: nothing missing except
+    the rows that had a file on no volume (the latest migrate-media run's)."""
+    outcome = ctx.outcome
+    with ctx.client_factory(ctx.token) as client:
+        fleet = load_fleet(client, ctx.app)
+    groups = tuple(static_context(ctx.config, ctx.settings).media_groups)
+    machine = choose_machine(fleet, groups, ctx.options.machine_id)
+    with _transport(ctx.settings, ctx.app, ctx.options.timeout) as transport:
+        run = run_manage(
+            transport,
+            machine,
+            ["check_missing_files", "--json"],
+            manage_py=ctx.manage_py,
+            app_user=ctx.settings.app_user,
+            timeout=ctx.options.timeout,
+            token=ctx.token,
+        )
+    document = read_audit(run, ctx.token)
+    previous = latest(KIND, ctx.app, ctx.runs_dir)
+    known: set[tuple[str, str]] = set()
+    if previous is not None:
+        for row in (
+            previous.get("check").detail.get("merged", {}).get("missing_from_every_volume", [])
+        ):
+            known.add((str(row.get("model")), str(row.get("pk"))))
+    missing = []
+    for row in document.get("rows") or ():
+        if not isinstance(row, dict) or row.get("reason") not in PROBLEM_REASONS:
+            continue
+        key = (f"{row.get('model')}.{row.get('field')}", str(row.get("pk")))
+        if key not in known:
+            missing.append({"model": key[0], "pk": row.get("pk"), "name": row.get("name"),
+                            "reason": row.get("reason")})  # fmt: skip
+    outcome.verified = {
+        "machine": machine.id,
+        "group": machine.group,
+        "audited_rows": document.get("audited_rows"),
+        "missing": missing,
+        "known_missing": len(known),
+        "run": previous.id if previous else None,
+    }
+    outcome.exit_code = 2 if missing else 0
+    return outcome
+
+
+# -- text ------------------------------------------------------------------------------------
+
+
+def render_text(outcome: Outcome, limit: int = 20) -> str:
+    """The plan, the steps and the cutover, for people."""
+    lines: list[str] = []
+    if outcome.verified is not None:
+        v = outcome.verified
+        lines.append(
+            f"app {outcome.app}: check_missing_files on Machine {v['machine']} ({v['group']}): "
+            f"{v['audited_rows']} row(s) audited against the storage the app now uses"
+        )
+        if v["missing"]:
+            lines.append(f"{len(v['missing'])} row(s) had a file on a volume and are missing now:")
+            lines += [f"  {r['model']} {r['pk']}: {r['name']} ({r['reason']})"
+                      for r in v["missing"][:limit]]  # fmt: skip
+            lines.append("roll back (switch the setting back), then run migrate-media again")
+        else:
+            lines.append(
+                f"verified: no row that had a file on a volume is missing "
+                f"({v['known_missing']} had a file on no volume before the move)"
+            )
+        return "\n".join(lines) + "\n"
+    for report in outcome.reports:
+        f = report.document.get("files") or {}
+        lines.append(
+            f"Machine {report.machine} ({report.group}): {f.get('to_copy', 0)} to copy, "
+            f"{f.get('verified', 0)} verified, {f.get('conflicts', 0)} conflict(s), "
+            f"{f.get('missing_from_source', 0)} not on this volume"
+        )
+    merged = outcome.after or outcome.plan
+    if merged is not None:
+        lines.append(f"merged: {merged.line()}")
+        for c in merged.conflicts[:limit]:
+            dest = c["destination"]
+            lines.append(f"  conflict {c['name']} (row {c['model']} {c['pk']}): the object "
+                         f"store holds {_digest(dest)}")  # fmt: skip
+            lines += [f"    Machine {k['machine']} ({k['group']}) has {_digest(k)}"
+                      for k in c["copies"]]  # fmt: skip
+        for m in merged.missing[:limit]:
+            lines.append(f"  on no volume: {m.get('model')} {m.get('pk')}: {m.get('name')}")
+        if merged.conflicts:
+            lines.append("  volguard chooses no copy: settle each conflict, then run again")
+    if outcome.record is not None:
+        lines += ["", f"migrate-media --apply: {outcome.record.status}", outcome.record.text()]
+        if outcome.cutover:
+            lines += ["", "Next, the cutover:", *(f"  {c}" for c in outcome.cutover)]
+        lines.append(f"run record: {outcome.record.path}")
+    elif outcome.plan is not None:
+        lines.append("plan only: pass --apply to snapshot the volumes and copy")
+    return "\n".join(lines) + "\n"
+
+
+# -- helpers ---------------------------------------------------------------------------------
+
+
+def merge_counts(rows: Sequence[dict[str, Any]], key: str) -> int:
+    return sum(int((r.get("files") or {}).get(key) or 0) for r in rows)
+
+
+def _name(setting: str) -> str:
+    name, sep, _ = setting.partition("=")
+    if not sep or not name or not name.replace("_", "").isalnum():
+        raise UsageError(f"--setting/--rollback {name or setting!r}: expected NAME=VALUE")
+    return name
+
+
+def _value(setting: str) -> str:
+    return setting.partition("=")[2]
+
+
+def _shown(setting: str) -> str:
+    name = _name(setting)
+    value = MASK if name in STORAGE_SECRETS else _value(setting)
+    return f"{name}={shlex.quote(value)}"
+
+
+def _digest(copy: dict[str, Any]) -> str:
+    sha = copy.get("sha256")
+    return f"{copy.get('size')} bytes, sha256 {sha[:12] if sha else 'unknown'}"
