@@ -30,6 +30,7 @@ from volguard.rules import RULES
 from volguard.rules.machine import (
     MachineContext,
     Observation,
+    app_uses_object_storage,
     fleet_rule,
     machine_check_ids,
     media_root_differs,
@@ -40,6 +41,7 @@ from volguard.rules.machine import (
     owner_or_mode,
     read_only_or_odd_filesystem,
     run_machine_rules,
+    uploads_split_volume_and_bucket,
 )
 
 VOLUME_DEVICE = "253:16"
@@ -587,7 +589,12 @@ def test_facts_with_no_mount_and_odd_processes() -> None:
 
 
 def test_cross_machine_rules_are_registered_fleet_rules() -> None:
-    assert RULES["fleet"] == {"VG303": media_root_differs, "VG306": not_visible_across}
+    assert RULES["fleet"] == {
+        "VG303": media_root_differs,
+        "VG306": not_visible_across,
+        "VG312": app_uses_object_storage,
+        "VG313": uploads_split_volume_and_bucket,
+    }
     # every catalogued Machine-layer id, VG300 (the layer's own) included
     machine_ids = sorted(i for i, c in CHECKS.items() if c.layer == "machine")
     assert machine_check_ids() == tuple(machine_ids)

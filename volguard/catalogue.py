@@ -143,6 +143,14 @@ CHECKS: dict[str, Check] = {
             "no [mounts] and MEDIA_ROOT unknown: nothing to verify",
             "If uploads are stored on local disk, add a [[mounts]] section and set MEDIA_ROOT.",
         ),
+        _c(
+            "VG115",
+            "static",
+            INFO,
+            "media in object storage: volume checks for media skipped",
+            "Nothing to do while uploads live in object storage; set volguard.media_storage "
+            "back to volume (or auto) if they move back to a volume.",
+        ),
         # -- platform: the Machines API -------------------------------------------
         _c(
             "VG200",
@@ -287,6 +295,22 @@ CHECKS: dict[str, Check] = {
             E,
             "MEDIA_ROOT does not exist, and no app process could test it",
             "Create MEDIA_ROOT on the volume for the app user, or set volguard.app_user.",
+        ),
+        _c(
+            "VG312",
+            "machine",
+            INFO,
+            "the running app stores media in object storage: volume checks for media skipped",
+            "Nothing to do; set volguard.media_storage = volume to run the volume checks anyway.",
+        ),
+        _c(
+            "VG313",
+            "machine",
+            E,
+            "uploads split between a volume and a bucket: the fleet is mid-cutover",
+            "Finish the cutover: deploy the object-storage setting (or FallbackStorage) to every "
+            "Machine of the media groups, then run `manage.py migrate_media` on each Machine "
+            "that still holds files.",
         ),
         # -- data: database and storage ---------------------------------------------
         _c(

@@ -25,6 +25,7 @@ DEFAULTS: dict[str, Any] = {
     "app": None,  # default: fly.toml `app`
     "media_root": None,  # default: fly.toml [env] MEDIA_ROOT
     "media_groups": None,  # default: every process group
+    "media_storage": "auto",  # auto | volume | object: where uploads live (docs/checks.md#vg115)
     "min_snapshot_retention": 5,
     "snapshot_max_age_hours": 48,  # VG207: daily snapshots, a day of slack
     "volume_full_percent": 90,  # VG208
@@ -52,6 +53,12 @@ KNOWN: dict[str, Any] = {
 }
 
 
+#: `media_storage`: `volume` (uploads on Fly volumes: every volume check applies), `object`
+#: (uploads in object storage: the volume checks for media are skipped, and say so), `auto`
+#: (volume for lint; verify-volume asks the running app's Django when manage_py is set).
+MEDIA_STORAGES = ("auto", "volume", "object")
+
+
 class Waiver(NamedTuple):
     """A decision to accept a finding: ids, why, until when, and where it applies."""
 
@@ -72,6 +79,7 @@ class Settings:
     app: str | None = None
     media_root: str | None = None
     media_groups: tuple[str, ...] | None = None
+    media_storage: str = "auto"
     min_snapshot_retention: int = 5
     machine_counts: dict[str, int] = field(default_factory=dict)
     snapshot_max_age_hours: int = 48
@@ -106,6 +114,7 @@ class Settings:
             app=_str(merged, "app") or None,
             media_root=_str(merged, "media_root") or None,
             media_groups=_groups(merged["media_groups"]),
+            media_storage=_choice(merged, "media_storage", MEDIA_STORAGES),
             min_snapshot_retention=_int(merged, "min_snapshot_retention", 1, 60),
             machine_counts=_counts(merged["machine_counts"]),
             snapshot_max_age_hours=_int(merged, "snapshot_max_age_hours", 1, 24 * 366),

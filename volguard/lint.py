@@ -79,4 +79,5 @@ def static_context(config: FlyConfig, settings: Settings) -> StaticContext:
         media_root_at=media_root_at,
         min_snapshot_retention=settings.min_snapshot_retention,
         machine_counts=settings.machine_counts,
+        media_storage=settings.media_storage,
     )

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import datetime as dt
 from collections.abc import Callable
+from dataclasses import replace
 
 from volguard.catalogue import finding
 from volguard.config import Settings
@@ -56,6 +57,7 @@ def verify(
         report.skipped("machine", "needs the Machine list from the platform layer")
     else:
         findings += check_machine_layer(config, settings, fleet, report, machine_ids, groups)
+        findings = set_aside_volume_checks(findings)
     report.extend(waive(findings, settings, config, use_waivers=use_waivers, today=today))
     return report
 
@@ -98,6 +100,7 @@ def check_machine_layer(
             fstypes=settings.volume_fstypes,
             min_free_percent=settings.min_free_percent,
             app_user=settings.app_user,
+            media_storage=settings.media_storage,
         ),
         media_root=context.media_root,
         ttl=settings.probe_ttl,
@@ -156,7 +159,25 @@ def platform_context(
         now=now or dt.datetime.now(dt.UTC),
         snapshot_max_age_hours=settings.snapshot_max_age_hours,
         full_threshold=settings.volume_full_percent / 100,
+        media_storage=settings.media_storage,
     )
+
+
+def set_aside_volume_checks(findings: list[Finding]) -> list[Finding]:
+    """With VG312 (the running app stores media in object storage, found only once the
+    Machines answered), drop what the static and platform layers already said about media on
+    volumes, and record in VG312 which findings were set aside: skipped, and said so."""
+    from volguard.rules import VOLUME_MEDIA_CHECKS
+
+    said = next((f for f in findings if f.id == "VG312"), None)
+    if said is None:
+        return findings
+    aside = [f for f in findings if f.id in VOLUME_MEDIA_CHECKS]
+    kept = [f for f in findings if f.id not in VOLUME_MEDIA_CHECKS]
+    if not aside:
+        return kept
+    evidence = {**said.evidence, "set_aside": [f.id for f in aside]}
+    return [replace(f, evidence=evidence) if f is said else f for f in kept]
 
 
 def missing_tool(settings: Settings) -> str | None:

@@ -21,6 +21,12 @@ Settings read:
 - ``MEDIA_ROOT``: the media root to check. When empty, fly.toml's ``[env]
   MEDIA_ROOT`` is used, as by ``volguard lint``.
 - ``VOLGUARD_MEDIA_GROUPS``: the process groups that handle media (default: all).
+- ``VOLGUARD_MEDIA_STORAGE``: ``"volume"``, ``"object"`` or ``"auto"`` (the default), as
+  volguard's ``media_storage``. With ``"auto"`` the check asks this Django where its default
+  storage writes (for volguard's FallbackStorage: its primary): a ``FileSystemStorage`` is
+  the volume, anything else object storage, and then the volume checks for media are
+  skipped and ``volguard.I115`` says so. This process's own storage is the truth the check
+  can see; the Machines' may differ mid-cutover (``volguard verify-volume``: VG313).
 
 Silence an id the Django way: ``SILENCED_SYSTEM_CHECKS = ["volguard.W110"]``.
 """
@@ -34,7 +40,7 @@ from django.conf import settings
 from django.core.checks import CheckMessage, Error, Info, Tags, Warning, register
 
 from volguard.catalogue import CHECKS
-from volguard.config import Settings
+from volguard.config import MEDIA_STORAGES, Settings
 from volguard.errors import ConfigError, VolguardError
 from volguard.findings import Finding, Severity
 from volguard.lint import lint
@@ -61,7 +67,7 @@ def check_fly_toml(app_configs: Any = None, **kwargs: Any) -> list[CheckMessage]
         fly_toml = fly_toml_path()
         if not getattr(settings, "VOLGUARD_FLY_TOML", None) and not os.path.lexists(fly_toml):
             return []  # volguard.django installed for the audit only: nothing to lint
-        return lint_messages(fly_toml, media_root(), media_groups())
+        return lint_messages(fly_toml, media_root(), media_groups(), media_storage())
     except VolguardError as e:
         return [
             Error(
@@ -75,14 +81,21 @@ def check_fly_toml(app_configs: Any = None, **kwargs: Any) -> list[CheckMessage]
 
 
 def lint_messages(
-    fly_toml: str, media_root: str | None = None, media_groups: Any = None
+    fly_toml: str,
+    media_root: str | None = None,
+    media_groups: Any = None,
+    media_storage: str | None = None,
 ) -> list[CheckMessage]:
     """Run `volguard.lint.lint` on ``fly_toml``; one CheckMessage per unwaived finding.
 
     Raises `VolguardError` when volguard itself cannot run (see `check_fly_toml`).
     """
     config = Settings.load(
-        None, fly_toml=fly_toml, media_root=media_root, media_groups=media_groups
+        None,
+        fly_toml=fly_toml,
+        media_root=media_root,
+        media_groups=media_groups,
+        media_storage=media_storage,
     )
     report = lint(config)
     return [to_check_message(f, fly_toml) for f in report.sorted_findings() if not f.waived]
@@ -143,6 +156,31 @@ def media_groups() -> list[str] | None:
     if isinstance(value, list | tuple) and all(isinstance(n, str) for n in value):
         return list(value)
     raise ConfigError(f"VOLGUARD_MEDIA_GROUPS must be a list of process group names, not {value!r}")
+
+
+def media_storage() -> str:
+    """``VOLGUARD_MEDIA_STORAGE``; for ``"auto"`` (the default), where this Django's default
+    storage writes: ``"volume"`` (a FileSystemStorage) or ``"object"``."""
+    value = getattr(settings, "VOLGUARD_MEDIA_STORAGE", None) or "auto"
+    if value not in MEDIA_STORAGES:
+        raise ConfigError(
+            f"VOLGUARD_MEDIA_STORAGE must be one of {', '.join(MEDIA_STORAGES)}, not {value!r}"
+        )
+    if value != "auto":
+        return value
+    from django.core.files.storage import FileSystemStorage, default_storage
+
+    try:
+        # FallbackStorage reads the volume as a fallback, but writes to its primary
+        writes_to = (
+            default_storage.primary
+            if hasattr(default_storage, "primary_alias")
+            else default_storage
+        )
+        on_volume = isinstance(writes_to, FileSystemStorage)
+    except Exception:  # a storage that cannot be built: Django says why elsewhere
+        return "auto"  # unknown: the volume checks stay
+    return "volume" if on_volume else "object"
 
 
 def _path_setting(name: str, value: Any) -> str:

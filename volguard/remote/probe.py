@@ -116,6 +116,11 @@ class MachineFacts:
     visibility_probe: str | None = None
     visible: dict[str, bool] = field(default_factory=dict)
     errors: tuple[str, ...] = ()
+    #: where Django's default storage writes, when manage_py answered: backend, writes_to
+    #: (FallbackStorage's primary), filesystem (a FileSystemStorage: the volume), fallback
+    media_storage: dict[str, Any] | None = None
+    #: BUCKET_NAME and AWS_ENDPOINT_URL_S3 from the app process's environment (evidence)
+    object_storage_env: dict[str, str] = field(default_factory=dict)
 
     @classmethod
     def from_probe(cls, data: dict[str, Any]) -> MachineFacts:
@@ -176,7 +181,18 @@ class MachineFacts:
             visibility_probe=data.get("visibility_probe"),
             visible={} if visible is None else visible,
             errors=errors,
+            media_storage=data.get("media_storage"),
+            object_storage_env=data.get("object_storage_env") or {},
         )
+
+    @property
+    def storage(self) -> str | None:
+        """Where the running app writes uploads, as Django says: "volume", "object", or None
+        when Django was not asked or did not say (the environment alone never decides)."""
+        answer = self.media_storage
+        if not isinstance(answer, dict) or not isinstance(answer.get("filesystem"), bool):
+            return None
+        return "volume" if answer["filesystem"] else "object"
 
     @property
     def separate_filesystem(self) -> bool:

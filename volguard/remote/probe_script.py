@@ -64,6 +64,9 @@ def main(args):
     facts["processes"] = procs
     user = args.get("app_user") or (procs[0]["user"] if procs else None)
     facts["app_user"] = user
+    # what `fly storage create` put in the app's environment: evidence only (a bucket can be
+    # provisioned while Django still stores media on the volume); Django's answer decides
+    facts["object_storage_env"] = procs[0].get("object_storage_env", {}) if procs else {}
     media_root = None
     if procs and args.get("manage_py"):
         media_root = ask_django(args["manage_py"], procs[0], user, facts)
@@ -290,13 +293,39 @@ def app_processes(app_user, group):
             "pid": int(pid), "user": user, "uid": st.st_uid, "cwd": cwd,
             "command": cmd.decode(errors="replace")[:200],
             "media_root": media_root, "group": env.get("FLY_PROCESS_GROUP"),
+            # names `fly storage create` sets; never the keys, which are secrets
+            "object_storage_env": dict(
+                (k, env[k][:200]) for k in OBJECT_STORAGE_ENV if env.get(k)
+            ),
         })
     return found
 
 
+OBJECT_STORAGE_ENV = ("BUCKET_NAME", "AWS_ENDPOINT_URL_S3")
+
+#: MEDIA_ROOT, then where the default storage writes: its class, and for volguard's
+#: FallbackStorage (reads primary then fallback, writes primary) its primary's class.
+DJANGO_FACTS = """
+import json
+from django.conf import settings
+print('__MEDIA_ROOT=' + str(settings.MEDIA_ROOT))
+try:
+    from django.core.files.storage import FileSystemStorage, default_storage as s
+    name = lambda c: c.__module__ + '.' + c.__qualname__
+    w = s.primary if hasattr(s, 'primary_alias') else s
+    print('__STORAGE=' + json.dumps({
+        'backend': name(s.__class__), 'writes_to': name(w.__class__),
+        'filesystem': isinstance(w, FileSystemStorage),
+        'fallback': name(s.fallback.__class__) if w is not s else None}))
+except Exception as e:
+    print('__STORAGE_ERROR=' + ' '.join(('%s: %s' % (type(e).__name__, e)).split())[:300])
+"""
+
+
 def ask_django(manage_py, proc, user, facts):
-    """settings.MEDIA_ROOT as Django computes it, in the app's own environment, as its user."""
-    code = "from django.conf import settings; print('__MEDIA_ROOT=' + str(settings.MEDIA_ROOT))"
+    """settings.MEDIA_ROOT as Django computes it, in the app's own environment, as its user;
+    and (facts["media_storage"]) where its default storage writes."""
+    code = DJANGO_FACTS
     try:
         with open("/proc/%d/environ" % proc["pid"], "rb") as fh:
             raw = fh.read()
@@ -319,7 +348,16 @@ def ask_django(manage_py, proc, user, facts):
     except (OSError, KeyError, ValueError, subprocess.SubprocessError) as e:
         facts["errors"].append("manage.py: %s" % e)
         return None
-    for line in done.stdout.decode(errors="replace").splitlines():
+    lines = done.stdout.decode(errors="replace").splitlines()
+    for line in lines:
+        if line.startswith("__STORAGE="):
+            try:
+                facts["media_storage"] = json.loads(line[len("__STORAGE="):])
+            except ValueError:
+                facts["errors"].append("manage.py: the storage answer is not JSON")
+        elif line.startswith("__STORAGE_ERROR="):
+            facts["errors"].append("manage.py: default storage: " + line[len("__STORAGE_ERROR="):])
+    for line in lines:
         if line.startswith("__MEDIA_ROOT="):
             value = line[len("__MEDIA_ROOT="):]
             if value and not value.startswith("/"):

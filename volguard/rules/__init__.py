@@ -23,6 +23,11 @@ if TYPE_CHECKING:
 
 Rule = Callable[..., Iterable[Finding]]
 
+#: The checks that are about media on a Fly volume: when uploads live in object storage
+#: (`media_storage: object`, VG115; or the running app says so, VG312) they do not apply, and
+#: the info finding names them. VG112 and VG113 are the static sides of VG206 and VG101.
+VOLUME_MEDIA_CHECKS = ("VG101", "VG102", "VG103", "VG112", "VG113", "VG205", "VG206", "VG306")
+
 RULES: dict[str, dict[str, Rule]] = {"static": {}, "platform": {}, "machine": {}, "fleet": {}}
 STATIC_RULES = RULES["static"]
 PLATFORM_RULES = RULES["platform"]
@@ -57,6 +62,7 @@ class StaticContext:
     media_root_at: Location | None = None  # where MEDIA_ROOT came from (for locations)
     min_snapshot_retention: int = 5
     machine_counts: dict[str, int] = field(default_factory=dict)
+    media_storage: str = "auto"  # auto | volume | object (volguard.media_storage)
 
 
 @dataclass(frozen=True)
@@ -67,6 +73,7 @@ class PlatformContext:
     now: dt.datetime
     snapshot_max_age_hours: float = 48.0  # daily snapshots, with a day of slack
     full_threshold: float = 0.90
+    media_storage: str = "auto"  # auto | volume | object (volguard.media_storage)
 
 
 def run_static(config: FlyConfig, context: StaticContext) -> list[Finding]:

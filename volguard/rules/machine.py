@@ -1,4 +1,4 @@
-"""Machine rules VG301–VG311: what the probe saw on each Machine, judged.
+"""Machine rules VG301–VG313: what the probe saw on each Machine, judged.
 
 Per-Machine rules (`@machine_rule`) take an `Observation` (the Machine, what
 fly.toml expects of it, and its `MachineFacts`); fleet rules (`@fleet_rule`:
@@ -25,7 +25,7 @@ from volguard.catalogue import finding
 from volguard.findings import Finding, Location
 from volguard.fly.models import Machine
 from volguard.remote.probe import AppProcess, MachineFacts, MountEntry
-from volguard.rules import RULES, Rule, _register
+from volguard.rules import RULES, VOLUME_MEDIA_CHECKS, Rule, _register
 from volguard.rules.static import inside, normalise
 
 
@@ -41,6 +41,7 @@ class MachineContext:
     fstypes: tuple[str, ...] = ("ext4",)  # Fly volumes are ext4
     min_free_percent: float = 10.0
     app_user: str | None = None  # expected app user; default: whoever runs the app process
+    media_storage: str = "auto"  # auto | volume | object (volguard.media_storage)
 
 
 def machine_rule(check_id: str) -> Callable[[Rule], Rule]:
@@ -343,6 +344,8 @@ def media_root_differs(observations: list[Observation], context: MachineContext)
 @fleet_rule("VG306")
 def not_visible_across(observations: list[Observation], context: MachineContext) -> list[Finding]:
     """VG306: the probe one app Machine wrote is missing on another group's Machine."""
+    if media_in_object_storage(observations, context):
+        return []  # VG115 or VG312 says the volume checks were skipped
     writers = [o for o in observations if o.facts.visibility_probe]
     if not writers:
         return []
@@ -371,6 +374,79 @@ def not_visible_across(observations: list[Observation], context: MachineContext)
                 "writer": writer.machine.id,
                 "readers": [o.machine.id for o in blind],
                 "probe": name,
+            },
+        )
+    ]
+
+
+def media_in_object_storage(observations: list[Observation], context: MachineContext) -> bool:
+    """Whether the volume checks for media do not apply: configured (`media_storage: object`),
+    or, with `auto`, every probed Machine's Django writes uploads to object storage. One
+    Machine whose storage is unknown (manage_py unset, or Django did not answer) keeps them."""
+    if context.media_storage != "auto":
+        return context.media_storage == "object"
+    kinds = [o.facts.storage for o in observations]
+    return bool(kinds) and all(k == "object" for k in kinds)
+
+
+def _storage_line(o: Observation) -> str:
+    answer = o.facts.media_storage or {}
+    backend = str(answer.get("writes_to") or answer.get("backend"))
+    fallback = answer.get("fallback")
+    return f"{o.machine.id} ({o.machine.group}: {backend}" + (
+        f", reading {fallback} as fallback)" if fallback else ")"
+    )
+
+
+@fleet_rule("VG312")
+def app_uses_object_storage(
+    observations: list[Observation], context: MachineContext
+) -> list[Finding]:
+    """VG312: with `media_storage: auto`, the running app says uploads go to object storage."""
+    if context.media_storage != "auto" or not media_in_object_storage(observations, context):
+        return []
+    buckets = sorted(
+        {b for o in observations if (b := o.facts.object_storage_env.get("BUCKET_NAME"))}
+    )
+    return [
+        finding(
+            "VG312",
+            "every probed Machine of the media groups stores uploads in object storage, as its "
+            f"Django says ({'; '.join(_storage_line(o) for o in observations)})"
+            + (f", bucket {', '.join(buckets)}" if buckets else "")
+            + f": the volume checks for media were skipped ({', '.join(VOLUME_MEDIA_CHECKS)})",
+            Location(machine=observations[0].machine.id),
+            evidence={
+                "machines": {o.machine.id: o.facts.media_storage for o in observations},
+                "buckets": buckets,
+                "skipped": list(VOLUME_MEDIA_CHECKS),
+            },
+        )
+    ]
+
+
+@fleet_rule("VG313")
+def uploads_split_volume_and_bucket(
+    observations: list[Observation], context: MachineContext
+) -> list[Finding]:
+    """VG313: some Machines' Django writes uploads to the volume, others' to object storage."""
+    on = {
+        kind: [o for o in observations if o.facts.storage == kind] for kind in ("volume", "object")
+    }
+    if not on["volume"] or not on["object"]:
+        return []
+    return [
+        finding(
+            "VG313",
+            "uploads are split between a volume and a bucket: "
+            f"{', '.join(_storage_line(o) for o in on['object'])} write to object storage, "
+            f"{', '.join(_storage_line(o) for o in on['volume'])} to their own volume; a file "
+            "saved on one side is missing on the other ([Errno 2], or a 404 from the bucket)",
+            Location(machine=on["volume"][0].machine.id),
+            evidence={
+                "object": [o.machine.id for o in on["object"]],
+                "volume": [o.machine.id for o in on["volume"]],
+                "machines": {o.machine.id: o.facts.media_storage for o in observations},
             },
         )
     ]
@@ -411,6 +487,12 @@ def malformed(f: MachineFacts) -> list[str]:
         bad.append("media_root_mode")
     if f.write_test is not None and not isinstance(f.write_test, dict):
         bad.append("write_test")
+    if f.media_storage is not None and not isinstance(f.media_storage, dict):
+        bad.append("media_storage")
+    if not isinstance(f.object_storage_env, dict) or not all(
+        isinstance(k, str) and isinstance(v, str) for k, v in f.object_storage_env.items()
+    ):
+        bad.append("object_storage_env")
     if not isinstance(f.visible, dict) or not all(
         isinstance(k, str) and isinstance(v, bool) for k, v in f.visible.items()
     ):

@@ -147,6 +147,8 @@ def unattached_media_volume(
 def groups_on_different_volumes(
     config: FlyConfig, fleet: Fleet, context: PlatformContext
 ) -> Iterator[Finding]:
+    if context.media_storage == "object":
+        return  # media in object storage: VG115 says these were skipped
     by_group: dict[str, list[Machine]] = {}
     for machine in _media_machines(config, fleet, context):
         if machine.state == STARTED and machine.mount:
@@ -176,6 +178,8 @@ def groups_on_different_volumes(
 def group_spread_over_volumes(
     config: FlyConfig, fleet: Fleet, context: PlatformContext
 ) -> Iterator[Finding]:
+    if context.media_storage == "object":
+        return  # media in object storage: VG115 says these were skipped
     for group in context.media_groups:
         machines = [m for m in fleet.machines_of(group) if m.state == STARTED and m.mount]
         if len(machines) >= 2:

@@ -1,4 +1,4 @@
-"""Static rules VG101–VG114: fly.toml and settings, no network.
+"""Static rules VG101–VG115: fly.toml and settings, no network.
 
 Each rule states the flyctl or platform behaviour it relies on (fly-facts §);
 docs/checks.md has the user-facing explanation for every id.
@@ -13,7 +13,7 @@ from collections.abc import Iterator
 from volguard.catalogue import finding
 from volguard.findings import Finding
 from volguard.flytoml import FlyConfig, Mount
-from volguard.rules import StaticContext, static_rule
+from volguard.rules import VOLUME_MEDIA_CHECKS, StaticContext, static_rule
 from volguard.units import SizeError, parse_size_gb
 
 SYSTEM_PATHS = (
@@ -61,6 +61,8 @@ def _media_mounts(config: FlyConfig, context: StaticContext) -> dict[str, Mount]
 
 @static_rule("VG101")
 def media_root_inside_mount(config: FlyConfig, context: StaticContext) -> Iterator[Finding]:
+    if context.media_storage == "object":
+        return  # VG115: media in object storage
     mounted = _media_mounts(config, context)
     media_root = context.media_root
     where = context.media_root_at
@@ -99,6 +101,8 @@ def media_root_inside_mount(config: FlyConfig, context: StaticContext) -> Iterat
 
 @static_rule("VG102")
 def media_group_without_mount(config: FlyConfig, context: StaticContext) -> Iterator[Finding]:
+    if context.media_storage == "object":
+        return  # VG115: media in object storage
     if not config.mounts:
         if config.mounts_declared:
             return  # its mounts could not be read: VG100 said why
@@ -140,6 +144,8 @@ def media_group_without_mount(config: FlyConfig, context: StaticContext) -> Iter
 
 @static_rule("VG103")
 def media_groups_split(config: FlyConfig, context: StaticContext) -> Iterator[Finding]:
+    if context.media_storage == "object":
+        return  # VG115: media in object storage
     mounted = _media_mounts(config, context)
     if len(mounted) < 2:
         return
@@ -410,6 +416,8 @@ def _mentions_path(text: str, directory: str) -> bool:
 
 @static_rule("VG112")
 def media_group_scaled_out(config: FlyConfig, context: StaticContext) -> Iterator[Finding]:
+    if context.media_storage == "object":
+        return  # VG115: media in object storage
     for group in _media_mounts(config, context):
         count, at = context.machine_counts.get(group, 0), config.locate()
         for service in config.services:
@@ -432,6 +440,8 @@ def media_group_scaled_out(config: FlyConfig, context: StaticContext) -> Iterato
 @static_rule("VG113")
 def media_root_unknown(config: FlyConfig, context: StaticContext) -> Iterator[Finding]:
     """VG101 could not be checked: media groups have a mount, but MEDIA_ROOT is unknown."""
+    if context.media_storage == "object":
+        return  # VG115: media in object storage
     mounted = _media_mounts(config, context)
     if not mounted or context.media_root is not None:
         return
@@ -455,4 +465,20 @@ def nothing_to_verify(config: FlyConfig, context: StaticContext) -> Iterator[Fin
         f"{config.path} has no [mounts] and MEDIA_ROOT is unknown: nothing to verify "
         "(volguard assumes media is not kept on a volume)",
         config.locate(),
+    )
+
+
+@static_rule("VG115")
+def media_in_object_storage(config: FlyConfig, context: StaticContext) -> Iterator[Finding]:
+    """`media_storage: object`: the volume checks for media do not apply, and that is said."""
+    if context.media_storage != "object":
+        return
+    static = [i for i in VOLUME_MEDIA_CHECKS if i.startswith("VG1")]
+    yield finding(
+        "VG115",
+        "media live in object storage (volguard.media_storage = object): the volume checks for "
+        f"media were skipped ({', '.join(static)}; verify-volume also skips "
+        f"{', '.join(i for i in VOLUME_MEDIA_CHECKS if i not in static)})",
+        config.locate(),
+        evidence={"media_storage": "object", "skipped": list(VOLUME_MEDIA_CHECKS)},
     )
