@@ -477,3 +477,61 @@ def test_an_audit_only_project_without_fly_toml_passes_check_deploy(tmp_path):
     # Asked for by name, a missing fly.toml is still an error.
     (message,) = run_check(VOLGUARD_FLY_TOML=str(tmp_path / "nope.toml"))
     assert message.id == "volguard.E100"
+
+
+# -- media in object storage (VOLGUARD_MEDIA_STORAGE, or Django's own default storage) ------
+
+S3_STORAGES = {
+    "default": {
+        "BACKEND": "storages.backends.s3.S3Storage",
+        "OPTIONS": {
+            "bucket_name": "mysite-media",
+            "endpoint_url": "https://fly.storage.tigris.dev",
+        },
+    },
+    "staticfiles": {"BACKEND": "django.contrib.staticfiles.storage.StaticFilesStorage"},
+}
+
+
+def test_media_storage_object_setting_skips_e103_and_says_i115():
+    messages = run_check(VOLGUARD_FLY_TOML=str(INCIDENT_FLY_TOML), VOLGUARD_MEDIA_STORAGE="object")
+    assert "volguard.I115" in ids(messages)
+    assert "volguard.E103" not in ids(messages)
+    assert isinstance(messages[ids(messages).index("volguard.I115")], Info)
+
+
+def test_a_django_whose_default_storage_is_s3_skips_e103_by_itself():
+    pytest.importorskip("storages")
+    messages = run_check(VOLGUARD_FLY_TOML=str(INCIDENT_FLY_TOML), STORAGES=S3_STORAGES)
+    assert ids(messages) == ["volguard.I115"]
+    # told otherwise, the volume checks run whatever the storage
+    told = run_check(
+        VOLGUARD_FLY_TOML=str(INCIDENT_FLY_TOML),
+        STORAGES=S3_STORAGES,
+        VOLGUARD_MEDIA_STORAGE="volume",
+    )
+    assert "volguard.E103" in ids(told)
+
+
+def test_a_django_on_the_filesystem_keeps_e103():
+    assert "volguard.E103" in ids(run_check(VOLGUARD_FLY_TOML=str(INCIDENT_FLY_TOML)))
+
+
+def test_a_bad_media_storage_setting_is_e001():
+    messages = run_check(VOLGUARD_FLY_TOML=str(INCIDENT_FLY_TOML), VOLGUARD_MEDIA_STORAGE="s3")
+    assert ids(messages) == [checks.TOOL_ERROR_ID]
+    assert "VOLGUARD_MEDIA_STORAGE must be one of auto, volume, object" in messages[0].msg
+
+
+def test_manage_py_check_deploy_with_s3_default_storage_passes_the_incident(tmp_path):
+    pytest.importorskip("storages")
+    (tmp_path / "deploy").mkdir()
+    fly_toml = str(shutil.copy(INCIDENT_FLY_TOML, tmp_path / "deploy" / "fly.toml"))
+    project = make_project(tmp_path, fly_toml)
+    with (project / "mysite" / "settings.py").open("a", encoding="utf-8") as fh:
+        fh.write(f"STORAGES = {S3_STORAGES!r}\n")
+    result = manage(project, "check", "--deploy")
+    output = result.stdout + result.stderr
+    assert result.returncode == 0, output
+    assert "volguard.I115" in output
+    assert "volguard.E103" not in output
