@@ -34,6 +34,11 @@ class FakeTransport:
         return testinfra.get_host("local://")
 
 
+S3 = {"backend": "storages.backends.s3.S3Storage", "writes_to": "storages.backends.s3.S3Storage",
+      "filesystem": False, "fallback": None}  # fmt: skip
+FS = {**S3, "writes_to": "django.core.files.storage.FileSystemStorage", "filesystem": True}
+
+
 def healthy(**over: Any) -> MachineFacts:
     base = MachineFacts(
         destination="/data",
@@ -104,8 +109,8 @@ FLEET = [
         write_test={"ok": False, "user": "app", "error": "PermissionError: denied"},
         visible={PROBE: True},
     ),
-    observe("work3", "worker", processes=(), media_root=None, write_test=None),
-    observe("work4", "worker", media_root=None, write_test=None),
+    observe("work3", "worker", processes=(), media_root=None, write_test=None, media_storage=FS),
+    observe("work4", "worker", media_root=None, write_test=None, media_storage=S3),  # VG313
     observe("work5", "worker", mount=None),  # a separate device, no mount entry: VG310
     observe(
         "work6", "worker", processes=(), app_user=None, media_root_exists=False, write_test=None
@@ -114,16 +119,24 @@ FLEET = [
 ]
 
 
+#: Every Machine's Django on object storage (VG312), which no one fleet can share with VG313.
+OBJECT_FLEET = [
+    observe("obj1", "app", media_storage=S3),
+    observe("obj2", "worker", media_storage=S3),
+]
+
+
 def test_builtin_checks_match_the_rules() -> None:
     context = MachineContext()
-    expected = pairs(run_machine_rules(FLEET, context))
-    # the fleet exercises every registered Machine rule, so the comparison means something
+    fleets = (FLEET, OBJECT_FLEET)
+    expected = [p for fleet in fleets for p in pairs(run_machine_rules(fleet, context))]
+    # the fleets exercise every registered Machine rule, so the comparison means something
     assert {i for i, _ in expected} == set(RULES["machine"]) | set(RULES["fleet"])
-    assert {i for i, _ in expected} == {f"VG3{n:02}" for n in range(1, 12)}
-    found = run_checks(FLEET, context, FakeTransport())
-    assert pairs(found) == expected
-    # exactly the same findings, not only the same ids: severity, message, evidence
-    assert sorted(map(repr, found)) == sorted(map(repr, run_machine_rules(FLEET, context)))
+    assert {i for i, _ in expected} == {f"VG3{n:02}" for n in range(1, 14)}
+    for fleet in fleets:
+        found = run_checks(fleet, context, FakeTransport())
+        # exactly the same findings, not only the same ids: severity, message, evidence
+        assert sorted(map(repr, found)) == sorted(map(repr, run_machine_rules(fleet, context)))
 
 
 def test_a_user_check_under_a_catalogued_id_keeps_the_catalogue_severity(tmp_path: Path) -> None:
