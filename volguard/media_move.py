@@ -39,6 +39,7 @@ back: volguard never deletes a source file or a volume.
 from __future__ import annotations
 
 import os
+import posixpath
 import shlex
 import sys
 from collections.abc import Callable, Sequence
@@ -57,8 +58,10 @@ from volguard.lint import static_context
 from volguard.masking import MASK, Masker, url_passwords
 from volguard.remediate import (
     DEFAULT_MANAGE_PY,
+    STATE_DIR,
     _transport,
     choose_machine,
+    media_destination,
     read_audit,
     run_manage,
 )
@@ -317,6 +320,10 @@ class MigrateContext:
         return reports
 
     def run_on(self, machine: Machine, apply: bool) -> MachineReport:
+        # migrate_media keeps its manifest under <mount>/.volguard/, which root owns on a
+        # fresh volume: root makes the directories for the app user, as remediate does.
+        state = posixpath.join(media_destination(self.config, machine.group), STATE_DIR)
+        dirs = (state, posixpath.join(state, "migrate-media")) if apply else ()
         with _transport(self.settings, self.app, self.options.timeout) as transport:
             run = run_manage(
                 transport,
@@ -324,6 +331,7 @@ class MigrateContext:
                 self.argv(apply),
                 manage_py=self.manage_py,
                 app_user=self.settings.app_user,
+                make_dirs=dirs,
                 timeout=self.options.timeout,
                 token=self.token,
             )
@@ -480,15 +488,18 @@ def cutover_step(ctx: MigrateContext, step: Step) -> None:
     outcome = ctx.outcome
     after = outcome.after
     assert after is not None
-    if after.problems:
+    if after.conflicts or after.changing:
         step.skipped(
-            f"not yet: {len(after.conflicts)} conflict(s), {len(after.missing)} row(s) with "
-            f"a file on no volume, {len(after.changing)} changing; settle them and run again"
+            f"not yet: {len(after.conflicts)} conflict(s), {len(after.changing)} file(s) "
+            "still changing; settle them and run again"
         )
         return
     outcome.cutover = cutover_lines(ctx)
     step.detail = {"commands": outcome.cutover}
-    step.ok("every file is in the object store; the cutover is the operator's (see below)")
+    step.ok(
+        "every file on a volume is in the object store; the cutover is the operator's"
+        + (f" ({len(after.missing)} row(s) had a file on no volume)" if after.missing else "")
+    )
 
 
 STEP_FUNCTIONS: dict[str, Callable[[MigrateContext, Step], None]] = {
