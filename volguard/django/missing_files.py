@@ -19,6 +19,12 @@ with its own ``field.storage``:
 - ``shared``: several rows of the field point to one file, whether it exists or not (VG403).
   A missing shared file gives each row two reasons, ``missing`` and ``shared``.
 
+A field whose rows choose their own storage (its FieldFile class or descriptor picks it
+per row, as django-filer's public/private split does: `Target.per_row_storage`) is audited
+through model instances instead, each row against the storage of its own FieldFile; a row
+whose storage cannot be told refuses the model (`AuditError`), never a guess. Stock fields
+never pay for it.
+
 Rows created or changed within the grace period (``older_than``, default 10 minutes) are
 skipped and counted: an upload in flight has its row before its file. The age comes from the
 model's ``auto_now`` DateTimeField (else its ``auto_now_add`` one, else the configured
