@@ -89,7 +89,10 @@ def test_the_document_has_exactly_the_documented_shape() -> None:
     document = RecoverDocument(plan=[classify(row, [_copy("m1", "aa")])], searched=["m1"])
     data = json.loads(json.dumps(document.as_dict()))
     assert set(data) == {"plan", "summary"}
-    assert set(data["plan"][0]) == {"model", "pk", "field", "name", "status", "sources"}
+    assert set(data["plan"][0]) == {
+        "model", "pk", "field", "name", "status", "marked_failed", "sources",
+    }  # fmt: skip
+    assert data["plan"][0]["marked_failed"] is False
     assert set(data["plan"][0]["sources"][0]) == {"kind", "id", "size", "sha256", "mtime"}
     assert data["summary"]["bytes_to_copy"] == 10
     assert data["summary"]["per_source"] == {"m1": 1}
@@ -277,7 +280,7 @@ def test_apply_copies_verified_files_without_replacing_one_uploaded_meanwhile(
     steps = {s.name: s for s in record.steps}
     assert {n: s.status for n, s in steps.items()} == {
         "gate": "ok", "audit": "ok", "search": "ok", "confirm": "ok", "snapshot": "changed",
-        "copy": "changed", "restore-rows": "skipped", "re-audit": "ok",
+        "copy": "changed", "restore-rows": "ok", "re-audit": "ok",
     }  # fmt: skip
     # the file uploaded meanwhile is reported and kept; the others restored and verified
     assert steps["copy"].detail["problems"] == {NAMES["w1"]: {"status": "target_exists"}}
@@ -389,3 +392,54 @@ def test_a_run_killed_during_the_copy_resumes_and_restores_each_file_once(
     assert token not in resumed.stdout + resumed.stderr
     for path in runs:
         assert token not in path.read_text()
+
+
+@needs_fleet
+def test_apply_puts_back_the_rows_an_earlier_fix_marked_failed(tmp_path: Path) -> None:
+    """After ``remediate --fix`` (here its Django side, as remediate runs it, writing the
+    change log on the volume) marked every missing row failed, the plan flags them, and
+    ``--apply`` copies the files back and restores those rows' status and log exactly."""
+    with deployment(tmp_path) as site:
+        site.sh(WORKER, WORKER_FILES, user="app")
+        site.sh(WORKER_B, WORKER_B_FILES, user="app")
+        log = "/data/.volguard/audit.jsonl"
+        site.sh(APP, "mkdir -p /data/.volguard && chown app:app /data/.volguard")
+        done = site.manage("check_missing_files", "--fix", "--max-missing", "100%", "--force",
+                           "--audit-log", log)  # fmt: skip
+        assert done.returncode == 2, done.stdout + done.stderr
+        fixed = _row_values(site)
+        assert {fixed[site.pks[k]][0] for k in NAMES} == {"failed"}
+
+        plan = recover(site.context(prefer="newest", sources=MACHINES)).as_dict()
+        assert all(p["marked_failed"] for p in plan["plan"])
+        assert plan["summary"]["marked_failed"] == len(NAMES)
+
+        outcome = recover(site.context(apply=True, prefer="newest", sources=MACHINES))
+        assert outcome.error is None, outcome.error
+        rows = _row_values(site)
+        entries = site.log_lines()
+    applied = {a["name"]: a for a in outcome.as_dict()["applied"]}
+    back = {NAMES["w1"], NAMES["w2"], NAMES["c"]}
+    assert set(applied) == back
+    assert all(a["row_restored"] is True for a in applied.values())
+    steps = {s.name: s for s in outcome.record.steps} if outcome.record else {}
+    assert steps["restore-rows"].status == "changed"
+    for key in ("w1", "w2", "c"):  # back to what they were before the fix
+        assert rows[site.pks[key]] == ("done", ""), key
+    for key in ("nowhere", "link", "esc"):  # no copy anywhere: still failed
+        assert rows[site.pks[key]] == fixed[site.pks[key]], key
+    restores = [e["target"] for e in entries if e["action"] == "restore_row"]
+    assert sorted(restores) == sorted(
+        f"services.UserDataFile#pk={site.pks[k]}" for k in ("w1", "w2", "c")
+    )
+
+
+def _row_values(site: Deployment) -> dict[int, tuple[str, str]]:
+    done = site.manage(
+        "shell", "-c",
+        "import json\nfrom apps.services.models import UserDataFile\n"
+        "print('VG=' + json.dumps(list(UserDataFile.objects.values_list("
+        "'pk', 'processing_status', 'processing_log'))))",
+    )  # fmt: skip
+    assert done.returncode == 0, done.stdout + done.stderr
+    return {pk: (status, log) for pk, status, log in json.loads(done.stdout.split("VG=", 1)[1])}

@@ -28,7 +28,13 @@ did not finish: ``gate`` (verify-volume for the target passes), ``audit``, ``sea
 source's send mode writes frames, volguard relays them a chunk at a time into the target's
 receive mode, which never replaces a file and verifies each sha256; a volume or snapshot
 is forked or restored again for its send session, which lives within it), ``restore-rows``
-(not built yet: rows an earlier ``--fix`` marked failed keep that status), ``re-audit``.
+(``manage.py restore_fixed_rows --apply`` on the target for the files this run and the runs it
+resumes restored: rows an earlier ``--fix`` marked failed get their status and log back when
+nobody changed them since), ``re-audit``.
+
+The rows an earlier ``--fix`` marked failed are named by the change log on the target's volume
+(``restore_fixed_rows --json``, a plan, beside the audit): flagged ``marked_failed`` in the
+plan, and searched for even when the audit does not list them.
 """
 
 from __future__ import annotations
@@ -45,8 +51,10 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
+from volguard.audit_document import find_document
 from volguard.audit_log import AuditLog
 from volguard.config import Settings
+from volguard.django.row_restore import RESTORED as ROW_RESTORED
 from volguard.errors import (
     ProbeError,
     RemoteCommandError,
@@ -65,6 +73,7 @@ from volguard.fly.temporary import Ledger, cleanup, temporary_machine
 from volguard.flytoml import FlyConfig
 from volguard.lint import static_context
 from volguard.recover_document import (
+    ALREADY_RESTORED_STATUSES,
     MACHINE_KIND,
     PREFERENCES,
     SNAPSHOT_KIND,
@@ -79,6 +88,7 @@ from volguard.recover_document import (
     classify,
     missing_rows,
     transfers,
+    with_marked_failed,
 )
 from volguard.remediate import (
     DEFAULT_MANAGE_PY,
@@ -88,6 +98,7 @@ from volguard.remediate import (
     choose_machine,
     media_destination,
     read_audit,
+    run_manage,
 )
 from volguard.remote.probe import exit_status, parse_facts, probe_script
 from volguard.remote.transports import Stream, Transport
@@ -364,7 +375,7 @@ def recover(ctx: RecoverContext) -> Outcome:
         # No run record: the temporary copies live only inside the search of their source
         # (a plan killed there leaves vg_tmp_… volumes and volguard-tmp-… Machines).
         ctx.choose_target()
-        missing = _audit(ctx)
+        missing = _what_is_missing(ctx)
         outcome.document = _search(ctx, missing, Ledger.in_memory())
         outcome.exit_code = outcome.document.exit_code()
         return outcome
@@ -492,7 +503,7 @@ def gate_step(ctx: RecoverContext, step: Step) -> None:
 
 def audit_step(ctx: RecoverContext, step: Step) -> None:
     """The rows whose file is missing on the target; none stops the run here."""
-    missing = _audit(ctx)
+    missing = _what_is_missing(ctx)
     step.detail = {"rows": len(missing)}
     ctx.outcome.document = RecoverDocument(plan=[])
     if not missing:
@@ -505,7 +516,7 @@ def audit_step(ctx: RecoverContext, step: Step) -> None:
 
 def search_step(ctx: RecoverContext, step: Step) -> None:
     """Every source, read-only: the plan."""
-    missing = ctx.missing or _audit(ctx)  # a resumed run: the audit step was carried over
+    missing = ctx.missing or _what_is_missing(ctx)  # resumed: the audit step was carried over
     record = ctx.outcome.record
     assert record is not None
     document = ctx.outcome.document = _search(ctx, missing, Ledger.for_step(record, "search"))
@@ -620,8 +631,41 @@ def copy_step(ctx: RecoverContext, step: Step) -> None:
 
 
 def restore_rows_step(ctx: RecoverContext, step: Step) -> None:
-    """Rows an earlier --fix marked failed: restoring their fields is not built yet."""
-    step.skipped("not built yet: rows an earlier --fix marked failed keep it (row_restored false)")
+    """Rows an earlier --fix marked failed whose file this run (or a run it resumes) restored
+    and verified: ``restore_fixed_rows --apply`` on the target puts their fields back."""
+    record = ctx.outcome.record
+    assert record is not None
+    document = ctx.document
+    applied = document.applied or []
+    if not any(a.marked_failed for a in applied):
+        step.ok("no restored file belongs to a row an earlier --fix marked failed")
+        return
+    runs = [*(record.options.get("chain") or ()), record.id]
+    argv = ["restore_fixed_rows", "--apply", "--json", "--audit-log", _change_log(ctx)]
+    for run_id in runs:
+        argv += ["--restored-by", run_id]
+    report = _manage_json(ctx, argv, "restore_fixed_rows --apply")
+    rows = {(str(r.get("model")), str(r.get("pk"))): r for r in report.get("rows") or ()}
+    left: dict[str, str] = {}
+    for a in applied:
+        row = rows.get((a.model, str(a.pk)))
+        status = str(row.get("status")) if row else None
+        a.row_restored = status in ALREADY_RESTORED_STATUSES
+        if a.marked_failed and not a.row_restored:
+            left[f"{a.model}#pk={a.pk}"] = (
+                f"{status}: {row.get('why')}" if row else "not found in the change log"
+            )
+    done = sum(1 for r in rows.values() if r.get("status") == ROW_RESTORED)
+    step.detail = {"restored": done, "rows": list(rows.values()), "left": left}
+    line = f"{_files(done, 'row')} back to their values before --fix"
+    if left:
+        line += f"; {_files(len(left), 'row')} left failed: " + ", ".join(
+            f"{k} ({v})" for k, v in list(left.items())[:6]
+        )
+    if done:
+        step.changed(line)
+    else:
+        step.ok(line)
 
 
 def reaudit_step(ctx: RecoverContext, step: Step) -> None:
@@ -682,6 +726,39 @@ def _audit(ctx: RecoverContext) -> list[MissingRow]:
     return missing_rows(read_audit(run, ctx.token))
 
 
+def _what_is_missing(ctx: RecoverContext) -> list[MissingRow]:
+    """The audit's rows, and the rows the change log says an earlier --fix marked failed
+    (flagged, and added when their file is missing and the audit left them out)."""
+    missing = _audit(ctx)
+    argv = ["restore_fixed_rows", "--json", "--audit-log", _change_log(ctx)]
+    fixed = _manage_json(ctx, argv, "restore_fixed_rows")
+    return with_marked_failed(missing, fixed.get("rows") or ())
+
+
+def _change_log(ctx: RecoverContext) -> str:
+    """The change log on the target's volume, where --fix and the copy write theirs."""
+    state = posixpath.join(media_destination(ctx.config, ctx.target.group), STATE_DIR)
+    return posixpath.join(state, "audit.jsonl")
+
+
+def _manage_json(ctx: RecoverContext, argv: list[str], what: str) -> dict[str, Any]:
+    """``manage.py argv`` on the target as the app user; its JSON document (exit 0 or 2)."""
+    with ctx.transport() as transport:
+        run = run_manage(
+            transport, ctx.target, argv, manage_py=ctx.manage_py,
+            app_user=ctx.settings.app_user, timeout=ctx.options.timeout, token=ctx.token,
+        )  # fmt: skip
+    document = find_document(run.stdout) if run.returncode in (0, 2) else None
+    if document is None:
+        raise RemoteCommandError(
+            ctx.token.redact(
+                f"manage.py {what} failed (exit {run.returncode}, as {run.user}): "
+                f"{run.last_error_line()}"
+            )
+        )
+    return document
+
+
 def _search(ctx: RecoverContext, missing: Sequence[MissingRow], ledger: Ledger) -> RecoverDocument:
     """Each source in the order of its cost. The Machines are each searched for every name
     (two that differ are a conflict); a volume or snapshot, which costs a fork or a restore
@@ -728,7 +805,7 @@ def _applied_from(ctx: RecoverContext, verified: dict[str, str]) -> None:
     if document is None:
         return
     document.applied = [
-        Applied(r.model, r.pk, t.name, t.copy.sha256)
+        Applied(r.model, r.pk, t.name, t.copy.sha256, marked_failed=r.marked_failed)
         for t in transfers(document.plan)
         if verified.get(t.name) == t.copy.sha256
         for r in t.rows

@@ -4,7 +4,7 @@ and the text it shows.
 
 Shape (documented for users in docs/recover.md)::
 
-    {"plan": [{"model", "pk", "field", "name", "status",
+    {"plan": [{"model", "pk", "field", "name", "status", "marked_failed",
                "sources": [{"kind", "id", "size", "sha256", "mtime"}]}],
      "summary": {...},
      "applied": [{"model", "pk", "name", "sha256", "row_restored"}]}   # after --apply
@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from volguard.audit_document import EMPTY_FILE, MISSING
+from volguard.django.row_restore import ALREADY_RESTORED, FILE_MISSING, RESTORED
 
 FOUND, CONFLICT, NOT_FOUND = "found", "conflict", "not_found"
 STATUSES = (FOUND, CONFLICT, NOT_FOUND)
@@ -35,11 +36,13 @@ PREFERENCES = (NEWEST, LARGEST)
 MACHINE_KIND, VOLUME_KIND, SNAPSHOT_KIND = "machine", "volume", "snapshot"
 SOURCE_KINDS = (MACHINE_KIND, VOLUME_KIND, SNAPSHOT_KIND)
 #: What --apply says happened to one file on the target.
-RESTORED, PRESENT = "restored", "present_identical"
-VERIFIED = (RESTORED, PRESENT)
+RESTORED_FILE, PRESENT = "restored", "present_identical"
+VERIFIED = (RESTORED_FILE, PRESENT)
+#: ``restore_fixed_rows`` statuses of a row whose fields are back (this run or an earlier).
+ALREADY_RESTORED_STATUSES = (RESTORED, ALREADY_RESTORED)
 ROWS_NOTE = (
-    "rows an earlier --fix marked failed are not restored yet (row_restored is false): "
-    "run the app's own re-processing for them, or remediate --fix for the rest"
+    "rows an earlier --fix marked failed (marked_failed) get their status and log back once "
+    "their file is restored and verified, unless changed since the fix (row_restored)"
 )
 
 
@@ -82,6 +85,8 @@ class MissingRow:
     field: str
     name: str
     reason: str = MISSING
+    #: An earlier ``--fix`` marked the row failed (the change log says so, not undone since).
+    marked_failed: bool = False
 
 
 @dataclass(frozen=True)
@@ -101,12 +106,16 @@ class PlanRow:
             "field": self.row.field,
             "name": self.row.name,
             "status": self.status,
+            "marked_failed": self.row.marked_failed,
             "sources": [c.as_dict() for c in self.sources],
         }
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> PlanRow:
-        row = MissingRow(str(data["model"]), data["pk"], str(data["field"]), str(data["name"]))
+        row = MissingRow(
+            str(data["model"]), data["pk"], str(data["field"]), str(data["name"]),
+            marked_failed=bool(data.get("marked_failed")),
+        )  # fmt: skip
         return cls(row, str(data["status"]), tuple(Copy.from_dict(c) for c in data["sources"]))
 
 
@@ -124,6 +133,35 @@ def missing_rows(document: Mapping[str, Any]) -> list[MissingRow]:
         )
         seen.setdefault((row.model, row.field, repr(row.pk), row.name), row)
     return list(seen.values())
+
+
+def with_marked_failed(
+    missing: Sequence[MissingRow], fixed: Iterable[Mapping[str, Any]]
+) -> list[MissingRow]:
+    """The audit's rows, each flagged when an earlier ``--fix`` marked it failed, plus the rows
+    the change log names whose file is still missing and the audit did not list.
+
+    ``fixed``: the rows of ``restore_fixed_rows --json`` (its plan): model, pk, field, name,
+    status. A fixed row whose file is back or that changed since is not searched for.
+    """
+    marked = {
+        (str(r.get("model")), str(r.get("pk"))): r
+        for r in fixed
+        if isinstance(r, Mapping) and r.get("status") not in ALREADY_RESTORED_STATUSES
+    }
+    out = [
+        MissingRow(r.model, r.pk, r.field, r.name, r.reason, (r.model, str(r.pk)) in marked)
+        for r in missing
+    ]
+    listed = {(r.model, str(r.pk)) for r in missing}
+    for key, r in marked.items():
+        name = r.get("name")
+        if key in listed or r.get("status") != FILE_MISSING or not isinstance(name, str):
+            continue
+        if not name:
+            continue
+        out.append(MissingRow(key[0], r.get("pk"), str(r.get("field") or ""), name, MISSING, True))
+    return out
 
 
 def classify(row: MissingRow, copies: Sequence[Copy], prefer: str | None = None) -> PlanRow:
@@ -178,6 +216,8 @@ class Applied:
     name: str
     sha256: str
     row_restored: bool = False
+    #: An earlier --fix marked the row failed: restore-rows puts its fields back.
+    marked_failed: bool = False
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -231,8 +271,10 @@ class RecoverDocument:
             "sources_skipped": dict(self.skipped),
             "rows_note": ROWS_NOTE,
         }
+        summary["marked_failed"] = sum(1 for p in self.plan if p.row.marked_failed)
         if self.applied is not None:
             summary["restored_rows"] = len(self.applied)
+            summary["rows_restored"] = sum(1 for a in self.applied if a.row_restored)
         summary.update(self.summary_extra)
         return summary
 
