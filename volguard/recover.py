@@ -44,6 +44,7 @@ import datetime as dt
 import json
 import os
 import posixpath
+import select
 import sys
 import threading
 import time
@@ -130,6 +131,7 @@ CHUNK = 1 << 16
 MAX_LINE = 1 << 20
 #: How often the run record is rewritten while files are being verified (seconds).
 SAVE_EVERY = 0.5
+FLUSH_EVERY = 0.2  # seconds a relayed file may wait in the pipe to the target, at most
 
 
 # -- options and the public entry ------------------------------------------------------------
@@ -863,19 +865,28 @@ class MachineSource:
             "media_root": self.media_root or self.settings.media_root,
         }
 
+    def _spec_stdin(self) -> dict[str, Any]:
+        # the names follow on stdin: a command line holds at most 128 KiB (MAX_ARG_STRLEN)
+        return dict(self._spec(()), names_on_stdin=True)
+
     def search(self, names: Sequence[str]) -> dict[str, Copy]:
         """One probe session: each name's size, sha256 and mtime (absent names left out)."""
         where = f"{self.describe()} over the {self.transport.options.kind} transport"
-        try:
-            done = self.transport.run(self.machine, probe_script({"locate": self._spec(names)}))
+        command = probe_script({"locate": self._spec_stdin()})
+        try:  # a stream, so that the names go on stdin, not on the command line
+            with self.transport.stream(self.machine, command, timeout=self.timeout) as stream:
+                _names_in(stream, names)
+                stdout = stream.stdout.read().decode("utf-8", "replace")
+                stream.wait()
+                stderr = stream.stderr_tail
         except Unreachable as e:
             raise RemoteCommandError(f"{where} is unreachable: {e}") from None
-        except Exception as e:  # testinfra/ssh raise assorted errors for a dead host
+        except Exception as e:  # ssh and flyctl fail in assorted ways for a dead host
             raise RemoteCommandError(f"{where} is unreachable: {type(e).__name__}") from None
-        if exit_status(done.stdout) is None:
-            raise RemoteCommandError(f"{where} is unreachable: {_last(done.stderr)}")
+        if exit_status(stdout) is None:
+            raise RemoteCommandError(f"{where} is unreachable: {_last(stderr)}")
         try:
-            facts = parse_facts(done.stdout)
+            facts = parse_facts(stdout)
         except ProbeError as e:
             raise RemoteCommandError(f"{where}: {e}") from None
         files = facts.get("files")
@@ -894,8 +905,9 @@ class MachineSource:
     @contextlib.contextmanager
     def open_reader(self, names: Sequence[str], timeout: float) -> Iterator[FrameReader]:
         """One streaming session of the probe's send mode."""
-        command = probe_script({"send": self._spec(names)})
+        command = probe_script({"send": self._spec_stdin()})
         with self.transport.stream(self.machine, command, timeout=timeout) as stream:
+            _names_in(stream, names)
             reader = FrameReader(stream, self.describe())
             reader.start()
             yield reader
@@ -968,6 +980,13 @@ class TemporarySource:
             yield reader
 
 
+def _names_in(stream: Stream, names: Sequence[str]) -> None:
+    """The names as one JSON line on the session's stdin, which is then closed."""
+    with contextlib.suppress(OSError):  # a session that ended says why on its stdout/stderr
+        stream.stdin.write(json.dumps(list(names)).encode() + b"\n")
+    stream.close_stdin()
+
+
 class FrameReader:
     """The send mode's frames: a JSON header line, exactly ``size`` bytes, a JSON trailer."""
 
@@ -988,6 +1007,10 @@ class FrameReader:
             skipped += len(line)
             if skipped > MAX_LINE:
                 raise RemoteCommandError(f"{self.where}: no stream in the first {MAX_LINE} bytes")
+
+    def ready(self) -> bool:
+        """Input is waiting on the session's pipe (bytes in the reader's buffer may also be)."""
+        return bool(select.select([self.stream.stdout], [], [], 0)[0])
 
     def header(self) -> dict[str, Any]:
         line = self.stream.stdout.readline(MAX_LINE)
@@ -1015,6 +1038,8 @@ class Receiver:
 
     def __init__(self, stream: Stream, on_result: Callable[[dict[str, Any]], None]) -> None:
         self.stream, self.on_result = stream, on_result
+        self._flushed = time.monotonic()
+        self.where = "the target"
         self.ready: dict[str, Any] | None = None
         self.ended: dict[str, Any] | None = None
         self._ready = threading.Event()
@@ -1055,7 +1080,15 @@ class Receiver:
         self.stream.stdin.write(json.dumps(header, sort_keys=True).encode() + b"\n")
         for chunk in chunks:
             self.stream.stdin.write(chunk)
-        self.stream.stdin.flush()  # the target verifies and links it now, not at the next file
+        # the target verifies and links it when it arrives, not at the next file; but one
+        # flush per file costs an ssh packet per file at every hop: _relay flushes before
+        # it waits on the source, and here at most every FLUSH_EVERY seconds
+        if time.monotonic() - self._flushed >= FLUSH_EVERY:
+            self.flush()
+
+    def flush(self) -> None:
+        self.stream.stdin.flush()
+        self._flushed = time.monotonic()
 
     def finish(self) -> None:
         self.stream.stdin.write(b'{"end": true}\n')
@@ -1090,7 +1123,12 @@ def _copy(
         by_source.setdefault(t.copy.id, []).append(t)
     ledger = Ledger.for_step(record, "copy")
     with ctx.transport(timeout) as transport:
-        sources = {s.id: s for s in ctx.sources(transport, ledger)}
+        sources: dict[str, Source] = {}
+        for source in ctx.sources(transport, ledger):  # cheapest first: stop once all are in
+            if source.id in by_source:
+                sources[source.id] = source
+            if len(sources) == len(by_source):
+                break
         missing = [i for i in by_source if i not in sources]
         if missing:
             raise StepFailed(
@@ -1100,7 +1138,7 @@ def _copy(
         command = probe_script({"receive": spec})
         with transport.stream(target, command, timeout=timeout) as stream:
             receiver = Receiver(stream, on_result)
-            receiver.wait_ready(where)
+            receiver.where = where  # _relay waits for it once the first source has begun
             try:
                 for source_id, wanted in by_source.items():
                     sent: list[str] = []
@@ -1134,7 +1172,11 @@ def _relay(
     sent = [] if sent is None else sent
     by_name = {t.name: t for t in wanted}
     with source.open_reader(list(by_name), timeout) as reader:
+        # both sessions start at once: the target's and the source's set-up overlap
+        receiver.wait_ready(receiver.where)
         while True:
+            if not reader.ready():  # the next frame may take a while: send what we have
+                receiver.flush()
             header = reader.header()
             if header.get("end"):
                 return

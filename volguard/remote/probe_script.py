@@ -523,6 +523,9 @@ STREAM_BEGIN = b"__VOLGUARD_STREAM_BEGIN__"
 RESULT = "__VOLGUARD_RESULT__ "
 TEMP_PREFIX = ".volguard-recover-"
 CHUNK = 1 << 16
+MAX_NAMES = 1 << 28  # bytes of the names list on stdin (millions of names)
+FLUSH_EVERY = 0.2  # seconds a receive result line may wait in the buffer, at most
+LARGE_FRAME = 1 << 20  # a file this large takes a while to arrive: report the others first
 
 
 class Refused(Exception):
@@ -615,6 +618,7 @@ def recover_root(spec, out):
 def locate(spec):
     """Read-only: for each name, the file under MEDIA_ROOT: size, sha256, mtime, mode."""
     out = {"errors": []}
+    names = spec_names(spec, out)
     root, _ = recover_root(spec, out)
     if not root:
         return out
@@ -626,7 +630,7 @@ def locate(spec):
         return out
     files = {}
     try:
-        for name in spec.get("names") or []:
+        for name in names:
             try:
                 fd, st = open_file(root_fd, name)
             except Refused as e:
@@ -652,6 +656,22 @@ def locate(spec):
     return out
 
 
+def spec_names(spec, out):
+    """The names, from the spec or, with names_on_stdin, as one JSON list on stdin: a
+    command line holds at most 128 KiB (Linux's MAX_ARG_STRLEN), about 1,500 names."""
+    if not spec.get("names_on_stdin"):
+        return spec.get("names") or []
+    line = sys.stdin.buffer.readline(MAX_NAMES)
+    try:
+        names = json.loads(line.decode("utf-8")) if line.endswith(b"\n") else None
+    except ValueError:
+        names = None
+    if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
+        out["errors"].append("no list of names on stdin")
+        return []
+    return names
+
+
 def line_out(stream, obj):
     stream.write(json.dumps(obj, sort_keys=True).encode() + b"\n")
 
@@ -660,8 +680,9 @@ def send(spec):
     """Write each file as a frame on stdout: a JSON header line, exactly `size` bytes, a JSON
     trailer line with the sha256 of what was sent. Read-only; memory bounded by one chunk."""
     stdout = sys.stdout.buffer
-    stdout.write(STREAM_BEGIN + b"\n")
     out = {"errors": []}
+    names = spec_names(spec, out)  # stdin read to its end before the first frame
+    stdout.write(STREAM_BEGIN + b"\n")
     root, _ = recover_root(spec, out)
     root_fd = None
     if root:
@@ -669,7 +690,7 @@ def send(spec):
             root_fd = os.open(root, os.O_RDONLY | os.O_DIRECTORY)
         except OSError as e:
             out["errors"].append("MEDIA_ROOT %s: %s" % (root, e))
-    for name in (spec.get("names") or []) if root_fd is not None else []:
+    for name in names if root_fd is not None else []:
         try:
             fd, st = open_file(root_fd, name)
         except (Refused, OSError) as e:
@@ -754,9 +775,24 @@ def receive(spec):
     one change-log line, unlink the temp. One result line per file on stdout."""
     stdout, stdin = sys.stdout.buffer, sys.stdin.buffer
 
-    def result(obj):
+    import select
+
+    flushed = [time.monotonic()]
+
+    def result(obj, now=True):
         stdout.write((RESULT + json.dumps(obj, sort_keys=True) + "\n").encode())
-        stdout.flush()
+        if now:
+            stdout.flush()
+            flushed[0] = time.monotonic()
+
+    def flush_before_waiting(size=0):
+        # a result line per file, flushed one by one, costs a write and an ssh packet per
+        # file at every hop; flush when the next read may wait (no input ready, a large
+        # file next) or every FLUSH_EVERY seconds, so the caller hears of each file promptly
+        if (size > LARGE_FRAME or time.monotonic() - flushed[0] >= FLUSH_EVERY
+                or not select.select([stdin], [], [], 0)[0]):
+            stdout.flush()
+            flushed[0] = time.monotonic()
 
     out = {"errors": []}
     root, procs = recover_root(spec, out)
@@ -791,6 +827,7 @@ def receive(spec):
             "umask": "%04o" % umask, "errors": out["errors"]})
     cleaned, n = set(), 0
     while True:
+        flush_before_waiting()
         header = stdin.readline(1 << 20)
         if not header.endswith(b"\n"):
             result({"end": False, "errors": ["the stream ended before its end frame"]})
@@ -802,6 +839,7 @@ def receive(spec):
         n += 1
         name, size, want = frame["name"], int(frame["size"]), frame["sha256"]
         mode = int(frame.get("mode") or "0644", 8) & 0o777
+        flush_before_waiting(size)
         status = restore_one(root_fd, name, size, want, mode, stdin, run_id, n, stale, cleaned)
         if status.get("status") == "truncated":
             result(dict(status, name=name))
@@ -812,7 +850,7 @@ def receive(spec):
                 status["logged"] = log.log(name, want, more, run_id, user)
             except OSError as e:
                 status["log_error"] = str(e)
-        result(dict(status, name=name))
+        result(dict(status, name=name), now=False)
 
 
 def drain(stdin, size):
