@@ -236,6 +236,82 @@ def _installed(world: World, output: str) -> None:
     assert (Path(world.subst["<venv>"]) / "bin" / "volguard").exists()
 
 
+MIGRATE = "moving-media-to-object-storage.md"
+#: uploaded on the web Machine after the copy, before the cutover's deploy: step 5 copies it
+MEANWHILE = "user_data/meanwhile.csv"
+
+
+def _set_env(world: World, **env: str) -> None:
+    path = world.cwd / "fly.toml"
+    document = tomlkit.parse(path.read_text())
+    document["env"].update(env)
+    path.write_text(tomlkit.dumps(document))
+
+
+def _set_media_storage(world: World, value: str) -> None:
+    path = world.cwd / "invoke.yaml"
+    lines = [line for line in path.read_text().splitlines() if "media_storage:" not in line]
+    path.write_text("\n".join([*lines, f"  media_storage: {value}"]) + "\n")
+
+
+def _manage_on(world: World, group: str, code: str) -> str:
+    """``manage.py shell -c code`` on the group's started Machine, as the app, with its env."""
+    assert world.sim
+    machine = next(
+        m.id for m in world.sim.scenario.machines if m.group == group and m.state == "started"
+    )
+    done = world.site.manage(machine, "shell", "-c", code)  # type: ignore[attr-defined]
+    assert done.returncode == 0, done.stdout + done.stderr
+    return done.stdout
+
+
+def _cutover(world: World) -> None:
+    """moving-media-to-object-storage.md step 5: its toml and yaml blocks, applied. Before
+    them, a user uploads a file on the web Machine (to its volume): step 5 copies it."""
+    _manage_on(
+        world, "app",
+        "from django.core.files.base import ContentFile\n"
+        "from django.core.files.storage import default_storage\n"
+        "from django.contrib.auth import get_user_model\n"
+        "from apps.services.models import UserDataFile\n"
+        f"name = default_storage.save({MEANWHILE!r}, ContentFile(b'uploaded meanwhile'))\n"
+        f"assert name == {MEANWHILE!r}, name\n"
+        "UserDataFile.objects.create(owner=get_user_model().objects.get(username='alice'),\n"
+        "                            file=name, processing_status='done')\n",
+    )  # fmt: skip
+    shown = tomlkit.parse(_block(MIGRATE, "toml", 0))
+    _set_env(world, **shown["env"])
+    settings = yaml.safe_load(_block(MIGRATE, "yaml", 0))["volguard"]
+    _set_media_storage(world, settings["media_storage"])
+
+
+def _worker_reads_the_web_upload(world: World, output: str) -> None:
+    """After the cutover the worker reads, through Django's storage, what the web app wrote."""
+    read = _manage_on(
+        world, "worker",
+        "from django.core.files.storage import default_storage\n"
+        f"print('VG_READ=' + default_storage.open({MEANWHILE!r}).read().decode())",
+    )  # fmt: skip
+    assert "VG_READ=uploaded meanwhile" in read, read
+
+
+def _rollback(world: World) -> None:
+    """Step 6: the setting back (as its text says), and volguard told so."""
+    assert 'MEDIA_FALLBACK = "0"' in (RUNBOOKS / MIGRATE).read_text()
+    _set_env(world, MEDIA_FALLBACK="0")
+    _set_media_storage(world, "volume")
+
+
+def _volumes_untouched(world: World, output: str) -> None:
+    """Rolled back: the worker reads its own volume again, where its files still are."""
+    assert world.fleet_exec("app", ["cat", f"/data/media/{MEANWHILE}"]).stdout == (
+        "uploaded meanwhile"
+    )
+    assert world.fleet_exec("worker", ["cat", "/data/media/user_data/out/report.csv"]).stdout == (
+        "out"
+    )
+
+
 WHY_TOKEN = (
     "flyctl itself: a real Fly organisation issues the token (every simulated world sets the "
     "simulator's token in FLY_API_TOKEN instead)"
@@ -359,6 +435,31 @@ TABLE: tuple[tuple[str, str, Run | NotRun | Same], ...] = (
     (TROUBLE, "volguard verify-volume --verbose",
      Run("split", 2, ("platform: skipped (no FLY_API_TOKEN)",), env={"FLY_API_TOKEN": None})),
     (TROUBLE, "volguard verify-volume", Run("unreachable", 2, ("VG300",))),
+    # -- moving-media-to-object-storage.md: the split fleet, to the bucket and back --------------
+    (MIGRATE, "volguard lint", Run("migrate", 2, ("fly.toml: 1 error - FAIL",))),
+    (MIGRATE, "fly storage create --name test-blue-smoke-97-media",
+     NotRun("flyctl itself: Tigris provisions the bucket (the world creates it in moto's S3 "
+            "server and sets its settings as the app's secrets)")),
+    (MIGRATE, "fly secrets set --app test-blue-smoke-97 "
+     "MIGRATE_MEDIA_BUCKET=test-blue-smoke-97-media "
+     "AWS_ENDPOINT_URL_S3=https://fly.storage.tigris.dev AWS_REGION=auto "
+     "AWS_ACCESS_KEY_ID=<access key id> AWS_SECRET_ACCESS_KEY=<secret access key>",
+     NotRun("flyctl itself: the stand-in has no `secrets`; the world's scenario carries these "
+            "secrets from the start, pointing at the S3 server")),
+    (MIGRATE, "volguard migrate-media --to bucket",
+     Run("migrate", 0, ("plan only: pass --apply to snapshot the volumes and copy",))),
+    (MIGRATE, "volguard migrate-media --to bucket --apply --setting MEDIA_FALLBACK=1 "
+     "--rollback MEDIA_FALLBACK=0",
+     Run("migrate", 0, ("migrate-media --apply: succeeded", "4 file(s) copied from 3 Machine(s)"))),
+    (MIGRATE, "volguard deploy --yes",
+     Run("migrate", 0, ("deploy succeeded: test-blue-smoke-97",), before=_cutover)),
+    (MIGRATE, "volguard migrate-media --to bucket --from volume --apply",
+     Run("migrate", 0, ("1 file(s) copied from 3 Machine(s)",))),
+    (MIGRATE, "volguard migrate-media --to bucket --verify",
+     Run("migrate", 0, ("verified: no row that had a file on a volume is missing",),
+         after=_worker_reads_the_web_upload)),
+    (MIGRATE, "flyctl deploy",
+     Run("migrate", 0, ("Finished deploying",), before=_rollback, after=_volumes_untouched)),
     # -- .github/workflows/volguard.yml: the run: lines of its three jobs -------------------------
     (WORKFLOW_SOURCE, "pip install .", Run("install", 0, after=_installed)),
     (WORKFLOW_SOURCE, "volguard deploy --yes", Same(GATE)),
@@ -522,6 +623,64 @@ class InstallWorld:
     """A checkout of this repository and a throw-away virtualenv to install it into."""
 
 
+@dataclass(frozen=True)
+class MigrateWorld:
+    """moving-media-to-object-storage.md: the incident's split fleet (web app and two
+    workers, each on its own volume, the example app on every Machine) and moto's S3 server
+    behind the strict proxy, the bucket's secrets set as `fly storage create` and the
+    runbook's `fly secrets set` give them. The fleet is tests/test_migrate_media_fly.py's."""
+
+
+MIGRATE_BUCKET = "test-blue-smoke-97-media"
+
+
+@contextlib.contextmanager
+def migrate_world(name: str, spec: MigrateWorld, root: Path) -> Iterator[World]:
+    if WHY:
+        pytest.skip(WHY)
+    pytest.importorskip("moto.server")
+    from s3_server import ServerDidNotStart, StrictS3Proxy, client, moto_server
+    from test_migrate_media_fly import APP, FILES, WORKER_B, split_fleet
+
+    cwd = root / name
+    cwd.mkdir(parents=True)
+    try:
+        with contextlib.ExitStack() as stack:
+            endpoint = stack.enter_context(moto_server(cwd / "s3.log"))
+            proxy = stack.enter_context(StrictS3Proxy(endpoint))
+            client(proxy.url).create_bucket(Bucket=MIGRATE_BUCKET)
+            site = stack.enter_context(split_fleet(cwd, proxy, MIGRATE_MEDIA_BUCKET=MIGRATE_BUCKET))
+            # The runbook's fleet has no conflict and no row without a file: the two workers
+            # hold the same bytes under the shared name, and the row of no file is gone.
+            site.sh(WORKER_B, FILES[WORKER_B].replace("worker b, longer", "worker a"))
+            done = site.manage(
+                APP, "shell", "-c",
+                "from apps.services.models import UserDataFile as U; "
+                "U.objects.filter(file='user_data/gone.csv').delete()",
+            )  # fmt: skip
+            assert done.returncode == 0, done.stdout + done.stderr
+            (cwd / "invoke.yaml").write_text(
+                "volguard:\n"
+                "  volume_fstypes: [ext4, tmpfs]  # the simulated volumes are tmpfs\n"
+                "  transport: ssh\n"
+                f"  ssh_config: {json.dumps(str(site.fleet.ssh_config))}\n"
+                f"  manage_py: {json.dumps(f'{site.python} {MANAGE}')}\n"
+            )
+            env = _base_env(cwd)
+            env.update(
+                {
+                    "FLY_API_TOKEN": site.sim.token,
+                    "FLY_FLAPS_BASE_URL": site.sim.url,
+                    "PATH": f"{site.fleet.flyctl_dir}{os.pathsep}{env['PATH']}",
+                }
+            )
+            world = World(name, cwd, env, fleet=site.fleet, sim=site.sim)
+            world.site = site  # type: ignore[attr-defined]
+            yield world
+    except ServerDidNotStart as e:
+        pytest.skip(str(e))
+
+
 def _mysite(root: Path) -> Path:
     """setting-up-a-media-volume.md: an app that exists, its fly.toml step 0's, no Machines."""
     document = tomlkit.document()
@@ -561,7 +720,9 @@ def _worker_file(world: World) -> None:
 
 
 #: The worlds, the longest first: they run side by side, `Worlds.PARALLEL` at a time.
-WORLDS: dict[str, SimWorld | DjangoWorld | WebWorld | InstallWorld] = {
+WORLDS: dict[str, MigrateWorld | SimWorld | DjangoWorld | WebWorld | InstallWorld] = {
+    # the split fleet moved to object storage (moto's S3 server), its runbook end to end
+    "migrate": MigrateWorld(),
     # the incident, with the example app on the web and worker Machines
     "incident": SimWorld("incident", example_app=LOST, setup=_worker_file),
     # ...after its step 5: one media group; the worker's file is back, two are gone for good
@@ -797,6 +958,7 @@ def install_world(name: str, spec: InstallWorld, root: Path) -> Iterator[World]:
 
 
 _CONTEXTS: dict[type, Callable[..., contextlib.AbstractContextManager[World]]] = {
+    MigrateWorld: migrate_world,
     SimWorld: sim_world,
     DjangoWorld: django_world,
     WebWorld: web_world,
@@ -878,7 +1040,7 @@ _VOLATILE = [
     (re.compile(r"vol_[0-9a-z]{16}"), "vol_•"),
     (re.compile(r"vs_[0-9A-Za-z]{10,}"), "vs_•"),
     (re.compile(r"\b[0-9a-f]{14}\b"), "•machine"),
-    (re.compile(r"\b(deploy|remediate)-[\w.-]+?-\d{8}T\d+-\d+\b"), r"\1-•run"),
+    (re.compile(r"\b(deploy|remediate|migrate-media)-[\w.-]+?-\d{8}T\d+-\d+\b"), r"\1-•run"),
     (re.compile(r"\b\d{8}T\d{6,}Z?\b"), "•time"),
     # a duration and the padding before it: a slow step (10.6s) takes one column more
     (re.compile(r" *\b\d+\.\ds\b"), " •s"),
