@@ -798,3 +798,33 @@ def demo(c: Context, workdir: str = "") -> None:
 
 
 ns.add_task(demo)
+
+
+@task(
+    name="demo-migrate",
+    auto_shortflags=False,
+    help={
+        "workdir": "where the demo's project, database and run records go "
+        "(default: a new temporary directory, kept afterwards)",
+    },
+)
+@_edge
+def demo_migrate(c: Context, workdir: str = "") -> None:
+    """The incident's uploads moved to object storage, end to end in a local simulation.
+
+    Builds the Fly API simulator, a local fleet (web app and worker on their own volumes;
+    needs root), the example Django app and moto's S3 server on loopback; shows the worker
+    failing to open the web app's upload, then runs migrate-media (plan, --apply), the
+    cutover (fly.toml [env], volguard deploy) and --verify, showing each command. Exit 0
+    when the worker reads, through Django's default storage, the bytes the web app wrote.
+    """
+    from pathlib import Path
+
+    from volguard.demo_migrate import run_demo_migrate
+
+    code = run_demo_migrate(print, Path(workdir).resolve() if workdir else None)
+    if code:
+        raise Exit(code=code)
+
+
+ns.add_task(demo_migrate)

@@ -1,0 +1,75 @@
+"""`invoke demo-migrate`, run as a user runs it: the split fleet's uploads moved to a bucket,
+ending with the worker reading what the web app wrote."""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from volguard.demo_migrate import CONTENT, UPLOAD, demo_prerequisites
+
+REPO = Path(__file__).resolve().parents[1]
+WHY = demo_prerequisites()
+if WHY and os.environ.get("CI"):
+    raise RuntimeError(f"CI must be able to run the demo, but: {WHY}")
+
+
+@pytest.fixture
+def workdir() -> Iterator[Path]:
+    """A work directory the Machines' app user can enter (pytest's tmp_path is 0700)."""
+    path = Path(tempfile.mkdtemp(prefix="volguard-demo-migrate-test-"))
+    path.chmod(0o755)
+    yield path
+    shutil.rmtree(path, ignore_errors=True)
+
+
+def _section(out: str, number: int) -> str:
+    start = out.index(f"== {number}.")
+    end = out.find(f"== {number + 1}.", start)
+    return out[start : end if end >= 0 else None]
+
+
+@pytest.mark.skipif(WHY is not None, reason=WHY or "")
+def test_after_the_move_the_worker_reads_the_bytes_the_web_app_wrote(workdir: Path) -> None:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("FLY_", "INVOKE_", "AWS_"))}
+    done = subprocess.run(
+        [str(Path(sys.executable).with_name("invoke")), "demo-migrate", "--workdir", str(workdir)],
+        cwd=REPO,
+        env=env,
+        stdin=subprocess.DEVNULL,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+    out = done.stdout
+    assert done.returncode == 0, out[-3000:] + done.stderr
+    split, plan, copy, cutover, verify, read = (_section(out, n) for n in range(1, 7))
+    # before: the web app saved the upload on its volume; the worker cannot open it
+    assert f"saved {UPLOAD} ({len(CONTENT)} bytes) with FileSystemStorage" in split
+    assert "FileNotFoundError" in split
+    assert "error   VG103" in split
+    # every step ran and exited as the runbook says (the demo stops on any other code)
+    assert "merged: 2 Machine(s)" in plan
+    assert "2 to copy" in plan
+    assert "migrate-media --apply: succeeded" in copy
+    assert "2 file(s) copied from 2 Machine(s)" in copy
+    assert "deploy succeeded: test-blue-smoke-97" in cutover
+    assert re.search(r"2 row\(s\) audited against the storage the app now uses", verify)
+    assert "verified: no row that had a file on a volume is missing" in verify
+    # after: the worker, through Django's default storage, reads the web app's bytes
+    assert f"read {len(CONTENT)} bytes with FallbackStorage: {CONTENT!r}" in read
+    for section in (plan, copy, cutover, verify, read):
+        assert "(exit 1)" not in section
+    assert "demo-migrate: done" in out
+    assert "demo-secret" not in out + done.stderr  # the demo's S3 secret is never shown
+    # the volumes were never touched: the run records and snapshots stay, no file was deleted
+    assert list((workdir / ".volguard" / "runs").glob("migrate-media-*.json"))
