@@ -218,3 +218,36 @@ def test_a_run_killed_mid_batch_then_rerun_logs_each_restored_row_once(
     restores = [e["target"] for e in tr._log(log) if e["action"] == "restore_row"]
     assert sorted(restores) == sorted(KEY.format(pk) for pk in pks.values())
     assert not list(tmp_path.glob("audit.jsonl.pending.*"))
+
+
+def test_a_killed_restore_is_settled_by_the_next_fix_not_dropped(
+    site: ta.Site, tmp_path: Path
+) -> None:
+    # Whichever command runs next settles the journal; `--fix` must recognise restore_row
+    # entries as in place, or the restored rows would be restored with no line in the log.
+    log = tmp_path / "audit.jsonl"
+    rows = {f"r{i}": {"owner": "alice", "name": f"r/{i}.csv", "status": "done"} for i in range(25)}
+    rows["a"] = {"owner": "alice", "name": "a.csv", "status": "done"}
+    pks = _fixed(site, log, rows)
+    site.files("a.csv", *(f"r/{i}.csv" for i in range(25)))
+    killed = subprocess.run(
+        [sys.executable, "manage.py", "shell", "-c", KILLER],
+        cwd=ta.EXAMPLE,
+        env=site.env(VG_KILL_BATCH="2", VG_LOG=str(log)),
+        stdin=subprocess.DEVNULL,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+    assert killed.returncode == -signal.SIGKILL, killed.stdout + killed.stderr
+    assert len(list(tmp_path.glob("audit.jsonl.pending.*"))) == 1
+
+    proc = tr._run(site, *FIX, str(log))
+    assert "settled an interrupted run's journal: 5 change(s) logged" in proc.stderr, proc.stderr
+    now = tr._rows(site)
+    restored = [pk for pk in pks.values() if now[pk]["processing_status"] == "done"]
+    assert len(restored) == 20  # two batches of 10 committed before the kill
+    restores = [e["target"] for e in tr._log(log) if e["action"] == "restore_row"]
+    assert sorted(restores) == sorted(KEY.format(pk) for pk in restored)
+    assert not list(tmp_path.glob("audit.jsonl.pending.*"))

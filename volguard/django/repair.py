@@ -886,15 +886,22 @@ def _journal(
 
 
 def recover(log: AuditLog) -> tuple[int, int]:
-    """Settle journals left by a killed ``--fix``/``--delete``: ``(logged, dropped)``.
+    """Settle journals left by a killed ``--fix``, ``--delete`` or ``restore_fixed_rows``:
+    ``(logged, dropped)``.
 
     An entry is logged when its change is in place (the row is failed with the message as
-    its log's last line; the deleted row is gone), dropped when its batch rolled back.
+    its log's last line; the deleted row is gone; a restored row holds its ``after``),
+    dropped when its batch rolled back. One judge for every action, so whichever command
+    runs next settles what any of them left.
     """
     return log.recover(_in_place)
 
 
 def _in_place(entry: dict[str, Any]) -> bool:
+    from volguard.django.row_restore import RESTORE_ACTION, restored_in_place
+
+    if entry.get("action") == RESTORE_ACTION:
+        return restored_in_place(entry)
     label, _, pk = str(entry.get("target", "")).partition("#pk=")
     try:
         model = _model(label)

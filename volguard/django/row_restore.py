@@ -413,18 +413,16 @@ def _undo(
 
 def settle(log: AuditLog) -> tuple[int, int]:
     """Settle the journals a killed run left, restore_row and --fix alike: ``(logged,
-    dropped)``. A ``restore_row`` entry is in place when the row holds its ``after``."""
-    from volguard.django.repair import _in_place
+    dropped)`` (`volguard.django.repair.recover` judges every action)."""
+    from volguard.django.repair import recover
 
     try:
-        return log.recover(
-            lambda e: _restored_in_place(e) if e.get("action") == RESTORE_ACTION else _in_place(e)
-        )
+        return recover(log)
     except (OSError, ValueError) as e:
         raise RemediationError(f"cannot settle the journal of {log.path}: {e}") from None
 
 
-def _restored_in_place(entry: dict[str, Any]) -> bool:
+def restored_in_place(entry: dict[str, Any]) -> bool:
     from volguard.django.queries import base_rows
     from volguard.django.targets import model_config
 
