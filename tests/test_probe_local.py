@@ -493,3 +493,46 @@ def test_a_failing_manage_py_falls_back_to_the_environment(base: Path, media: Pa
     assert data["media_root"] == str(media)
     assert data["media_root_source"] == "process environment"
     assert any(e.startswith("manage.py:") for e in data["errors"])
+
+
+# -- directories made as root for the app user (manage mode's make_dirs) --------------------
+
+
+def _manage_with_dirs(base: Path, marker: Path, *dirs: Path) -> dict[str, Any]:
+    """manage mode making ``dirs`` first, then running ``touch marker`` as the app user."""
+    return run_probe(
+        manage={
+            "app_user": "nobody",
+            "manage_py": "/usr/bin/touch",
+            "argv": [str(marker)],
+            "make_dirs": [str(d) for d in dirs],
+        }
+    )
+
+
+def test_missing_directories_are_made_for_the_app_user_owner_only(
+    base: Path, media: Path, app_process: subprocess.Popen[bytes]
+) -> None:
+    state = base / ".volguard"
+    data = _manage_with_dirs(base, media / "ran", state, state / "exports")
+    assert data["errors"] == []
+    for made in (state, state / "exports"):
+        st = made.lstat()
+        assert (st.st_uid, oct(st.st_mode & 0o777)) == (NOBODY.pw_uid, "0o700")
+    assert (media / "ran").exists()
+
+
+@pytest.mark.parametrize("where", ["last", "parent"])
+def test_a_symlink_on_the_way_is_refused_and_stops_the_step(
+    base: Path, media: Path, app_process: subprocess.Popen[bytes], where: str
+) -> None:
+    outside = base / "outside"
+    outside.mkdir()
+    state = base / ".volguard"
+    state.symlink_to(outside)
+    target = state if where == "last" else state / "exports"
+    data = _manage_with_dirs(base, media / "ran", target)
+    assert any("refusing to use" in e and str(state) in e for e in data["errors"]), data
+    assert "manage" not in data  # the command never ran
+    assert not (media / "ran").exists()
+    assert list(outside.iterdir()) == []  # nothing made through the link

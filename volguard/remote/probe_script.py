@@ -115,7 +115,8 @@ def manage(spec):
         out["errors"].append("cannot become the app user %s: %s" % (user, e))
         return out
     for path in spec.get("make_dirs") or []:
-        make_dir_for(path, entry, out)
+        if not make_dir_for(path, entry, out):
+            return out  # a refusal stops the step: the command never runs
     argv = shlex.split(spec.get("manage_py") or "python3 manage.py") + list(spec["argv"])
     cap = int(spec.get("max_output", 16 << 20))
     result = {
@@ -190,20 +191,44 @@ def process_environment(pid):
 
 def make_dir_for(path, entry, out):
     """Create `path` (its parent must exist) for the app user: made by root, then given to
-    the user, mode 0700. An existing directory is left as it is; a symlink is refused."""
+    the user, mode 0700; an existing directory is left as it is. True when `path` is ready.
+
+    Root never goes through a link: the path is walked from / one component at a time,
+    each opened relative to its parent's descriptor with O_NOFOLLOW|O_DIRECTORY, and the
+    last one made with mkdir relative to its parent's descriptor. A symlink (or anything but
+    a directory) anywhere on the way is a refusal, and the caller stops there: nothing is
+    created inside it, by root or by the app user."""
     if not path.startswith("/") or os.path.normpath(path) != path:
         out["errors"].append("refusing to create %r: not a plain absolute path" % path)
-        return
-    if os.path.islink(path):
-        out["errors"].append("refusing to use %s: it is a symlink" % path)
-        return
-    if os.path.isdir(path):
-        return
+        return False
+    parts = [p for p in path.split("/") if p]
+    flags = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW
+    fd = os.open("/", os.O_RDONLY | os.O_DIRECTORY)
     try:
-        os.mkdir(path, 0o700)
-        os.lchown(path, entry.pw_uid, entry.pw_gid)
-    except OSError as e:
-        out["errors"].append("cannot create %s: %s" % (path, e))
+        for i, part in enumerate(parts):
+            here = "/" + "/".join(parts[: i + 1])
+            try:
+                try:
+                    child = os.open(part, flags, dir_fd=fd)
+                except FileNotFoundError:
+                    if i < len(parts) - 1:
+                        raise
+                    os.mkdir(part, 0o700, dir_fd=fd)
+                    child = os.open(part, flags, dir_fd=fd)
+                    os.fchown(child, entry.pw_uid, entry.pw_gid)
+            except OSError as e:
+                if e.errno in (errno.ELOOP, errno.ENOTDIR):
+                    out["errors"].append(
+                        "refusing to use %s: %s is a symlink or not a directory" % (path, here)
+                    )
+                else:
+                    out["errors"].append("cannot create %s: %s" % (path, e))
+                return False
+            os.close(fd)
+            fd = child
+    finally:
+        os.close(fd)
+    return True
 
 
 def device(path):
@@ -808,7 +833,9 @@ def receive(spec):
         result({"ready": False, "errors": ["no such user %s" % user]})
         return 1
     for path in spec.get("make_dirs") or []:
-        make_dir_for(path, entry, out)
+        if not make_dir_for(path, entry, out):
+            result({"ready": False, "errors": out["errors"]})
+            return 1
     umask = app_umask(procs[0]["pid"])
     if os.getuid() == 0:
         os.initgroups(user, entry.pw_gid)
