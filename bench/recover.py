@@ -534,6 +534,14 @@ class Bench:
         step = next((s for s in record["steps"] if s["name"] == "copy"), None)
         return step.get("seconds") if step else None
 
+    def copy_detail(self) -> dict[str, Any]:
+        """The latest run record's copy step detail (what it had verified, saved as it went)."""
+        runs = sorted((self.workdir / ".volguard" / "runs").glob("recover-*.json"))
+        if not runs:
+            return {}
+        steps = json.loads(runs[-1].read_text())["steps"]
+        return next((s.get("detail") or {} for s in steps if s["name"] == "copy"), {})
+
     def change_log(self) -> list[dict[str, Any]]:
         text = self._exec(APP, ["sh", "-c", "cat /data/.volguard/audit.jsonl 2>/dev/null; true"])
         return [json.loads(line) for line in text.splitlines() if line.strip()]
@@ -578,6 +586,7 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
             killed.pop("stdout")
             _progress("killed", killed)
             first_log = bench.change_log()
+            at_kill = bench.copy_detail()
             time.sleep(1)  # the orphaned sessions see their pipes close
             resumed = bench.resume()
             document = _json(resumed.pop("stdout"))
@@ -600,6 +609,8 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
                 "restored_lines": len(restored),
                 "files_restored_twice": sum(1 for v in by_name.values() if len(v) > 1),
                 "files_never_restored": len(set(bench.names) - set(by_name)),
+                "verified_in_record_at_kill": len(at_kill.get("verified") or {}),
+                "results_in_record_at_kill": len(at_kill.get("results") or {}),
                 "carried": copy["detail"].get("carried"),
                 "resent_present_identical": statuses.count("present_identical"),
                 "applied": len(document.get("applied") or ()),
@@ -679,7 +690,8 @@ def print_table(r: dict[str, Any], args: argparse.Namespace, goals: list[dict[st
     print(
         f"kill: {k['restored_before_kill']} restored before SIGKILL; after --resume "
         f"{k['restored_lines']} restore_file lines, {k['files_restored_twice']} files twice, "
-        f"{k['files_never_restored']} never; {k['carried']} carried from the record, "
+        f"{k['files_never_restored']} never; the killed run's record held "
+        f"{k['verified_in_record_at_kill']} verified, {k['carried']} carried from it, "
         f"{k['resent_present_identical']} re-sent and found in place; complete {k['complete']}"
     )
     print()
