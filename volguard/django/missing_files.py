@@ -83,7 +83,7 @@ from volguard.django.storage_index import (
     MAX_NAME_BYTES,
     invalid_name_reason,
 )
-from volguard.django.targets import SETTING, Target, base_rows, discover, per_row_storage
+from volguard.django.targets import SETTING, Target, discover, per_row_storage
 from volguard.errors import AuditError
 
 if TYPE_CHECKING:
@@ -184,7 +184,7 @@ def recheck(rows: Iterable[AuditRow], *, names: bool = True) -> list[AuditRow]:
         index = storage_index.PerRowIndex(storage, gone_directories=True)
         own = _row_indexes(model, field_, [r.pk for r in group])
         current = (
-            queries.values_by_pk(base_rows(model), [r.pk for r in group], [field_name])
+            queries.values_by_pk(queries.base_rows(model), [r.pk for r in group], [field_name])
             if names
             else None
         )
@@ -221,7 +221,7 @@ def _row_indexes(
     indexes: dict[int, storage_index.NameIndex] = {}
     found: dict[Any, storage_index.NameIndex] = {}
     for chunk in queries.chunks(pks, queries.IN_CHUNK):
-        for obj in base_rows(model).filter(pk__in=chunk):
+        for obj in queries.base_rows(model).filter(pk__in=chunk):
             try:
                 storage = storage_index.unwrap(getattr(obj, field_.attname).storage)
             except Exception as e:  # the app's own code

@@ -28,7 +28,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from volguard.django import storage_index
+from volguard.django import queries, storage_index
 from volguard.errors import AuditError
 
 if TYPE_CHECKING:
@@ -75,8 +75,8 @@ class Target:
         return storage_index.unwrap(self.field.storage)
 
     def rows(self) -> QuerySet:
-        """Every row of the model, as stored: see `base_rows`."""
-        return base_rows(self.model)
+        """Every row of the model, as stored: see `volguard.django.queries.base_rows`."""
+        return queries.base_rows(self.model)
 
     @property
     def per_row_storage(self) -> str | None:
@@ -177,18 +177,6 @@ def per_row_storage(model: type[Model], field: FileField) -> str | None:
         if "__get__" in vars(klass):
             return f"its descriptor {klass.__qualname__} defines __get__"
     return None
-
-
-def base_rows(model: type[Model]) -> QuerySet:
-    """Every row of ``model``: a plain queryset, not the model's managers.
-
-    A default manager may filter (soft-deleted rows) or downcast (django-polymorphic, whose
-    ``_base_manager`` downcasts too): the audit and the repair must see each row of the
-    table as stored, once, as the model it was asked about.
-    """
-    from django.db.models import QuerySet
-
-    return QuerySet(model=model)
 
 
 def _targets(model: type[Model], *, inherited: bool = False) -> list[Target]:
