@@ -610,15 +610,18 @@ def copy_step(ctx: RecoverContext, step: Step) -> None:
             # a save writes the whole record (the plan, every result), holding the GIL the
             # relay needs: with 10,000 files it takes tenths of a second, so save at most
             # every SAVE_EVERY seconds and at most a tenth of the time. What a kill loses
-            # is only re-sent: the target finds it in place (present_identical), logged once
+            # is not sent again: the target answers first with the files already in place
+            # (present_identical, logged once), and only the rest is sent
             now = time.monotonic()
             if now - last_save[0] >= max(SAVE_EVERY, SAVE_SHARE * save_cost[0]):
                 record.save()
                 last_save[0] = time.monotonic()
                 save_cost[0] = last_save[0] - now
 
+    sent = {"files": 0, "bytes": 0}
+    step.detail["sent"] = sent
     if todo:
-        _copy(ctx, todo, on_result, record)
+        sent.update(_copy(ctx, todo, on_result, record))
     with lock:
         record.save()
     _applied_from(ctx, verified)
@@ -1051,6 +1054,10 @@ class Receiver:
         self.ready: dict[str, Any] | None = None
         self.ended: dict[str, Any] | None = None
         self._ready = threading.Event()
+        self.checked: dict[str, Any] | None = None
+        self._checked = threading.Event()
+        #: what the sources sent through this session: the figure a resume must keep low
+        self.sent_files = self.sent_bytes = 0
         self._thread = threading.Thread(target=self._read, daemon=True)
         self._thread.start()
 
@@ -1068,12 +1075,16 @@ class Receiver:
                     self._ready.set()
                 elif "end" in result:
                     self.ended = result
+                elif "checked" in result:
+                    self.checked = result
+                    self._checked.set()
                 elif "name" in result:
                     self.on_result(result)
         except (OSError, ValueError):
             pass
         finally:
             self._ready.set()
+            self._checked.set()
 
     def wait_ready(self, where: str) -> dict[str, Any]:
         self._ready.wait(self.stream.timeout)
@@ -1084,10 +1095,30 @@ class Receiver:
             raise RemoteCommandError(f"{where}: cannot receive files: {errors}")
         return self.ready
 
+    def check(self, todo: Sequence[Transfer], where: str) -> None:
+        """Tell the target every file to come; it answers (through ``on_result``) for those
+        already in place before the first frame, and this returns once it has."""
+        wanted = [{"name": t.name, "sha256": t.copy.sha256, "size": t.copy.size,
+                   "source": t.copy.id} for t in todo]  # fmt: skip
+        try:
+            self.stream.stdin.write(json.dumps(wanted).encode() + b"\n")
+            self.flush()
+        except BrokenPipeError:
+            pass  # it could not start: wait_ready says why
+        self.wait_ready(where)
+        self._checked.wait(self.stream.timeout)
+        if not self.checked:
+            raise RemoteCommandError(
+                f"{where}: no answer on the files already in place "
+                f"({_last(self.stream.stderr_tail)})"
+            )
+
     def send(self, header: dict[str, Any], chunks: Iterator[bytes]) -> None:
         self.stream.stdin.write(json.dumps(header, sort_keys=True).encode() + b"\n")
+        self.sent_files += 1
         for chunk in chunks:
             self.stream.stdin.write(chunk)
+            self.sent_bytes += len(chunk)
         # the target verifies and links it when it arrives, not at the next file; but one
         # flush per file costs an ssh packet per file at every hop: _relay flushes before
         # it waits on the source, and here at most every FLUSH_EVERY seconds
@@ -1110,9 +1141,11 @@ def _copy(
     todo: Sequence[Transfer],
     on_result: Callable[[dict[str, Any]], None],
     record: RunRecord,
-) -> None:
+) -> dict[str, int]:
     """ONE receive session on the target; ONE send session per source Machine, relayed a
-    chunk at a time (memory bounded by the pipes and one chunk)."""
+    chunk at a time (memory bounded by the pipes and one chunk). The target first answers
+    for the files already in place (a resumed run's record may not know of them: it is
+    saved rarely), and only the rest is sent. Returns the files and bytes sent."""
     target = ctx.target
     state = posixpath.join(media_destination(ctx.config, target.group), STATE_DIR)
     spec = {
@@ -1123,6 +1156,7 @@ def _copy(
         "stale_runs": list(record.options.get("chain") or ()),
         "make_dirs": [state],
         "audit_log": posixpath.join(state, "audit.jsonl"),
+        "check_first": True,
     }
     where = f"Machine {target.id} (the target)"
     timeout = ctx.options.copy_timeout
@@ -1146,9 +1180,21 @@ def _copy(
         command = probe_script({"receive": spec})
         with transport.stream(target, command, timeout=timeout) as stream:
             receiver = Receiver(stream, on_result)
-            receiver.where = where  # _relay waits for it once the first source has begun
+            receiver.where = where
+            answered: set[str] = set()
+
+            def on_answer(result: dict[str, Any]) -> None:
+                answered.add(str(result.get("name")))
+                on_result(result)
+
+            receiver.on_result = on_answer
             try:
-                for source_id, wanted in by_source.items():
+                receiver.check(todo, where)
+                receiver.on_result = on_result
+                for source_id, all_wanted in by_source.items():
+                    wanted = [t for t in all_wanted if t.name not in answered]
+                    if not wanted:  # all in place: no send session (nor fork) for it
+                        continue
                     sent: list[str] = []
                     try:
                         _relay(sources[source_id], wanted, receiver, timeout, sent)
@@ -1166,6 +1212,7 @@ def _copy(
                 raise RemoteCommandError(
                     f"{where}: the receiving session ended early: {_last(stream.stderr_tail)}"
                 ) from None
+            return {"files": receiver.sent_files, "bytes": receiver.sent_bytes}
 
 
 def _relay(

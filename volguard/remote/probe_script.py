@@ -30,7 +30,9 @@ refused, never followed):
 - `{"receive": {...}}`: frames from stdin, each written as the app user (with the app
   process's umask) to a temporary name created O_EXCL, fsynced, its sha256 read back,
   then linked to its final name (which fails if the name exists: nothing is replaced)
-  and logged once to the change log; one result line per file on stdout.
+  and logged once to the change log; one result line per file on stdout. With
+  ``check_first``, a list of the files to come arrives first, and those already in place are
+  answered before any frame, so that the sender sends only the rest.
 """
 
 PROBE_SOURCE = r'''
@@ -852,6 +854,9 @@ def receive(spec):
     log = LogSeen(spec["audit_log"]) if spec.get("audit_log") else None
     result({"ready": True, "media_root": root, "user": user, "uid": entry.pw_uid,
             "umask": "%04o" % umask, "errors": out["errors"]})
+    if spec.get("check_first") and not check_in_place(root_fd, stdin, log, run_id, user, result):
+        result({"end": False, "errors": ["no list of files to check on stdin"]})
+        return 1
     cleaned, n = set(), 0
     while True:
         flush_before_waiting()
@@ -878,6 +883,58 @@ def receive(spec):
             except OSError as e:
                 status["log_error"] = str(e)
         result(dict(status, name=name), now=False)
+
+
+def check_in_place(root_fd, stdin, log, run_id, user, result):
+    """Before any frame: one JSON line on stdin listing the files to come ({name, sha256,
+    size, source}); each already under its final name is answered now, so that the sender
+    sends only the rest: ``present_identical`` (logged once, as when its frame arrives) or
+    ``target_exists`` (other bytes: reported, never replaced), ``refused`` for a name that
+    cannot be resolved. Absent names get no line. Ends with a ``checked`` line."""
+    line = stdin.readline(MAX_NAMES)
+    try:
+        wanted = json.loads(line.decode("utf-8")) if line.endswith(b"\n") else None
+    except ValueError:
+        wanted = None
+    if not isinstance(wanted, list) or not all(isinstance(w, dict) for w in wanted):
+        return False
+    answered = 0
+    for want in wanted:
+        name, sha = want.get("name"), want.get("sha256")
+        try:
+            parts = split_name(name)
+            dfd = open_dir(root_fd, parts)
+        except Refused as e:
+            result({"name": name, "status": "refused", "why": str(e)}, now=False)
+            answered += 1
+            continue
+        except OSError:  # absent (or unreadable): its frame comes, and says
+            continue
+        try:
+            st = os.stat(parts[-1], dir_fd=dfd, follow_symlinks=False)
+            same = False
+            if stat.S_ISREG(st.st_mode):
+                fd = os.open(parts[-1], os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK, dir_fd=dfd)
+                try:
+                    same = digest_fd(fd)[0] == sha
+                finally:
+                    os.close(fd)
+        except OSError:
+            continue
+        finally:
+            os.close(dfd)
+        status = {"name": name, "status": "present_identical" if same else "target_exists"}
+        if same and log:
+            more = {"size": st.st_size, "source": want.get("source"),
+                    "mode": "%04o" % stat.S_IMODE(st.st_mode)}
+            try:
+                status["logged"] = log.log(name, sha, more, run_id, user)
+            except OSError as e:
+                status["log_error"] = str(e)
+        result(status, now=False)
+        answered += 1
+    result({"checked": len(wanted), "in_place": answered})
+    return True
 
 
 def drain(stdin, size):
