@@ -43,6 +43,7 @@ from volguard.remediate import (
     STEP_FUNCTIONS,
     STEPS,
     AuditSummary,
+    Outcome,
     RemediateContext,
     choose_machine,
     gate,
@@ -113,6 +114,23 @@ def test_the_plan_counts_reasons_users_and_samples() -> None:
     assert json.loads(json.dumps(plan.as_dict()))["samples"]["missing"][0]["name"] == "a.csv"
 
 
+def test_the_text_plan_escapes_what_the_machine_and_the_database_said() -> None:
+    machine = Machine(id="148e21ea4d3089", state="started", region="syd\x1b]0;x\x07", group="app")
+    run = ManageRun(returncode=0, stdout="", stderr="", user="app\u202e", cwd="/a\x1b[31m", pid=1)
+
+    def text(name: str) -> str:
+        rows = [{**DOCUMENT["rows"][0], "name": name}]
+        plan = AuditSummary.from_document({**DOCUMENT, "rows": rows}, samples=2)
+        return render_text(Outcome(app="shop", action=None, machine=machine, run=run, plan=plan))
+
+    shown = text("a\x1b[2J\nb.csv")
+    assert "\x1b" not in shown
+    assert "\x07" not in shown
+    assert "\u202e" not in shown
+    # a newline in a file name makes no line of its own
+    assert len(shown.splitlines()) == len(text("ab.csv").splitlines())
+
+
 def _report(*findings: Finding, machine: str | None = "ran") -> Report:
     report = Report()
     report.ran("static")
@@ -170,6 +188,9 @@ def test_the_acting_command_line() -> None:
     argv = remote_argv("delete", export="/e", audit_log="/l", max_missing="50%", force=True)
     assert argv[1] == "--delete"
     assert argv[-3:] == ["--max-missing", "50%", "--force"]
+    argv = remote_argv("delete", export="/e", audit_log="/l", allow_delete_receivers=True)
+    assert argv[-1] == "--allow-delete-receivers"
+    assert "--allow-delete-receivers" not in remote_argv("delete", export="/e", audit_log="/l")
     assert parse_max_missing(" 10% ").text == "10%"
     for bad in ("10x", "150%", "1.5", "-3"):
         with pytest.raises(UsageError):

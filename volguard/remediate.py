@@ -77,6 +77,7 @@ from volguard.remote.probe import (
 from volguard.remote.transports import Transport, TransportOptions
 from volguard.report import RAN, Report
 from volguard.runs import RUNS_DIR, SKIPPED, RunLock, RunRecord, Step, write_step_summary
+from volguard.terminal import printable
 
 Out = Callable[[str], None]
 Confirm = Callable[[str], bool]
@@ -147,6 +148,7 @@ class RemediateOptions:
     machine_id: str | None = None  # --machine; default: the first started web Machine
     max_missing: str | None = None  # passed to check_missing_files (VG404's cap)
     force: bool = False  # passed to check_missing_files: override VG404
+    allow_delete_receivers: bool = False  # passed: --delete may run the app's delete receivers
     timeout: float = 900.0  # seconds manage.py may run on the Machine
     samples: int = 3  # sample rows shown per reason
     snapshot_timeout: float = 300.0
@@ -348,6 +350,7 @@ def remediate_step(ctx: RemediateContext, step: Step) -> None:
         max_missing=ctx.options.max_missing,
         force=ctx.options.force,
         plan=outcome.plan.plans.get(action),
+        allow_delete_receivers=ctx.options.allow_delete_receivers,
     )
     with _transport(ctx.settings, ctx.app, ctx.options.timeout) as transport:
         run = run_manage(
@@ -553,6 +556,7 @@ def remote_argv(
     max_missing: str | None = None,
     force: bool = False,
     plan: str | None = None,
+    allow_delete_receivers: bool = False,
 ) -> list[str]:
     """The acting ``check_missing_files`` command line (an argv, never given to a shell);
     ``plan`` is the confirmed plan's ``--plan`` value (`volguard.audit_document.Plan`)."""
@@ -562,6 +566,8 @@ def remote_argv(
         argv += ["--max-missing", max_missing]
     if force:
         argv.append("--force")
+    if allow_delete_receivers:
+        argv.append("--allow-delete-receivers")
     if plan is not None:
         argv += ["--plan", plan]
     return argv
@@ -763,6 +769,8 @@ class AuditSummary:
 
 def render_text(outcome: Outcome) -> str:
     """The plan, and for --fix/--delete the steps and the run record's path."""
+    # Every value below came from the API, the Machine or the database: each line is escaped
+    # on its own (`printable`), so a name cannot carry a control sequence or a fake new line.
     lines: list[str] = []
     machine, run = outcome.machine, outcome.run
     if machine and run:
@@ -774,7 +782,8 @@ def render_text(outcome: Outcome) -> str:
         lines += outcome.plan.lines()
     if outcome.record is not None:
         record = outcome.record
-        lines += ["", f"remediate --{outcome.action}: {record.status}", record.text()]
+        lines += ["", f"remediate --{outcome.action}: {record.status}"]
+        lines += record.text().splitlines()
         if outcome.snapshots:
             lines.append(
                 "snapshots: " + ", ".join(f"{v} {s}" for v, s in outcome.snapshots.items())
@@ -784,7 +793,7 @@ def render_text(outcome: Outcome) -> str:
         if outcome.after:
             lines.append(f"after: {outcome.after.left_line(outcome.action or FIX)}")
         lines.append(f"run record: {record.path}")
-    return "\n".join(lines) + "\n"
+    return "\n".join(printable(line) for line in lines) + "\n"
 
 
 # -- helpers ---------------------------------------------------------------------------------

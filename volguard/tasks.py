@@ -332,6 +332,8 @@ def snapshot_volumes(
         "max_missing": "passed to check_missing_files: refuse (VG404) above this many missing "
         "rows, a count or a percentage (its default: 10%)",
         "force": "passed to check_missing_files: override the VG404 interlock",
+        "allow_delete_receivers": "passed to check_missing_files: let --delete run the app's "
+        "pre_delete/post_delete receivers, which may delete files (refused by default)",
         "timeout": "seconds manage.py may run on the Machine (default: 900)",
         "samples": "sample rows shown per reason (default: 3)",
     },
@@ -350,6 +352,7 @@ def remediate(
     manage_py: str | None = None,
     max_missing: str = "",
     force: bool = False,
+    allow_delete_receivers: bool = False,
     timeout: str = "",
     samples: str = "",
 ) -> None:
@@ -369,6 +372,8 @@ def remediate(
         for flag, given in (("--yes", yes), ("--force", force), ("--max-missing", max_missing)):
             if given:
                 raise UsageError(f"{flag} needs --fix or --delete")
+    if allow_delete_receivers and action != "delete":
+        raise UsageError("--allow-delete-receivers needs --delete")
     seconds = _whole_number("--timeout", timeout, 10, 86400) or 900
     per_reason = _whole_number("--samples", samples, 0, 100)
     if max_missing:
@@ -387,6 +392,7 @@ def remediate(
         machine_id=machine or None,
         max_missing=max_missing or None,
         force=force,
+        allow_delete_receivers=allow_delete_receivers,
         timeout=seconds,
         samples=3 if per_reason is None else per_reason,
     )
