@@ -612,7 +612,10 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
                 "verified_in_record_at_kill": len(at_kill.get("verified") or {}),
                 "results_in_record_at_kill": len(at_kill.get("results") or {}),
                 "carried": copy["detail"].get("carried"),
-                "resent_present_identical": statuses.count("present_identical"),
+                "found_in_place": statuses.count("present_identical"),
+                # every file the resume sent that it did not restore was sent a second time
+                "files_sent_twice": copy["detail"].get("sent", {}).get("files", 0)
+                - statuses.count("restored"),
                 "applied": len(document.get("applied") or ()),
                 "complete": bench._check_copy("/data/media"),
             }
@@ -649,9 +652,11 @@ def verdicts(r: dict[str, Any]) -> list[dict[str, Any]]:
         {"goal": f"ssh connections to the source <= {MAX_SOURCE_CONNECTIONS} per run",
          "value": str(source),
          "verdict": "PASS" if source <= MAX_SOURCE_CONNECTIONS else "FAIL"},
-        {"goal": "SIGKILL at 50% + --resume: no file restored twice",
-         "value": f"{k['files_restored_twice']} twice, {k['files_never_restored']} never",
+        {"goal": "SIGKILL at 50% + --resume: no file restored or sent twice",
+         "value": f"{k['files_restored_twice']} restored twice, {k['files_sent_twice']} sent "
+                  f"twice, {k['files_never_restored']} never",
          "verdict": "PASS" if k["files_restored_twice"] == 0 and k["files_never_restored"] == 0
+         and k["files_sent_twice"] == 0
          and k["complete"] and k["killed"]["killed"] else "FAIL"},
         {"goal": f"peak RSS <= {MAX_RSS_MB} MB", "value": f"{rss:.0f} MB",
          "verdict": "PASS" if rss <= MAX_RSS_MB else "FAIL"},
@@ -692,7 +697,8 @@ def print_table(r: dict[str, Any], args: argparse.Namespace, goals: list[dict[st
         f"{k['restored_lines']} restore_file lines, {k['files_restored_twice']} files twice, "
         f"{k['files_never_restored']} never; the killed run's record held "
         f"{k['verified_in_record_at_kill']} verified, {k['carried']} carried from it, "
-        f"{k['resent_present_identical']} re-sent and found in place; complete {k['complete']}"
+        f"{k['found_in_place']} found in place, {k['files_sent_twice']} sent twice; "
+        f"complete {k['complete']}"
     )
     print()
     for g in goals:

@@ -825,6 +825,11 @@ def _applied_from(ctx: RecoverContext, verified: dict[str, str]) -> None:
     ]
 
 
+#: The names a send session is to send, or a function that returns them (called once the
+#: session is under way).
+Names = Sequence[str] | Callable[[], Sequence[str]]
+
+
 class Source(Protocol):
     """Where a lost file may be. Read-only: ``search`` looks, ``open_reader`` streams the
     named files as frames (`FrameReader`): a started Machine (`MachineSource`), or an
@@ -840,7 +845,7 @@ class Source(Protocol):
     def search(self, names: Sequence[str]) -> dict[str, Copy]: ...
 
     def open_reader(
-        self, names: Sequence[str], timeout: float
+        self, names: Names, timeout: float
     ) -> contextlib.AbstractContextManager[FrameReader]: ...
 
 
@@ -914,11 +919,12 @@ class MachineSource:
         return found
 
     @contextlib.contextmanager
-    def open_reader(self, names: Sequence[str], timeout: float) -> Iterator[FrameReader]:
-        """One streaming session of the probe's send mode."""
+    def open_reader(self, names: Names, timeout: float) -> Iterator[FrameReader]:
+        """One streaming session of the probe's send mode. ``names`` may be a function: it
+        is called once the session is under way, so that its set-up overlaps the wait."""
         command = probe_script({"send": self._spec_stdin()})
         with self.transport.stream(self.machine, command, timeout=timeout) as stream:
-            _names_in(stream, names)
+            _names_in(stream, names() if callable(names) else names)
             reader = FrameReader(stream, self.describe())
             reader.start()
             yield reader
@@ -986,7 +992,7 @@ class TemporarySource:
             return machine.search(names)
 
     @contextlib.contextmanager
-    def open_reader(self, names: Sequence[str], timeout: float) -> Iterator[FrameReader]:
+    def open_reader(self, names: Names, timeout: float) -> Iterator[FrameReader]:
         with self._machine() as machine, machine.open_reader(names, timeout) as reader:
             yield reader
 
@@ -1095,9 +1101,9 @@ class Receiver:
             raise RemoteCommandError(f"{where}: cannot receive files: {errors}")
         return self.ready
 
-    def check(self, todo: Sequence[Transfer], where: str) -> None:
-        """Tell the target every file to come; it answers (through ``on_result``) for those
-        already in place before the first frame, and this returns once it has."""
+    def ask(self, todo: Sequence[Transfer]) -> None:
+        """Tell the target every file to come; before the first frame it answers (through
+        ``on_result``) for those already in place, then with a ``checked`` line."""
         wanted = [{"name": t.name, "sha256": t.copy.sha256, "size": t.copy.size,
                    "source": t.copy.id} for t in todo]  # fmt: skip
         try:
@@ -1105,6 +1111,9 @@ class Receiver:
             self.flush()
         except BrokenPipeError:
             pass  # it could not start: wait_ready says why
+
+    def wait_checked(self, where: str) -> None:
+        """Return once the target has answered for the files already in place."""
         self.wait_ready(where)
         self._checked.wait(self.stream.timeout)
         if not self.checked:
@@ -1181,23 +1190,32 @@ def _copy(
         with transport.stream(target, command, timeout=timeout) as stream:
             receiver = Receiver(stream, on_result)
             receiver.where = where
-            answered: set[str] = set()
+            answered: set[str] = set()  # in place already: sent by no source
 
             def on_answer(result: dict[str, Any]) -> None:
-                answered.add(str(result.get("name")))
+                if receiver.checked is None:
+                    answered.add(str(result.get("name")))
                 on_result(result)
 
             receiver.on_result = on_answer
             try:
-                receiver.check(todo, where)
-                receiver.on_result = on_result
-                for source_id, all_wanted in by_source.items():
-                    wanted = [t for t in all_wanted if t.name not in answered]
-                    if not wanted:  # all in place: no send session (nor fork) for it
+                receiver.ask(todo)
+                for i, (source_id, wanted) in enumerate(by_source.items()):
+
+                    def left(wanted: Sequence[Transfer] = wanted) -> list[Transfer]:
+                        receiver.wait_checked(where)
+                        return [t for t in wanted if t.name not in answered]
+
+                    # the first Machine's send session starts while the target checks (the
+                    # set-ups overlap; at worst it sends nothing); any other source, and a
+                    # volume or snapshot (a fork, a temporary Machine) only if it has a
+                    # file to send
+                    first = i == 0 and sources[source_id].kind == MACHINE_KIND
+                    if not first and not left():
                         continue
                     sent: list[str] = []
                     try:
-                        _relay(sources[source_id], wanted, receiver, timeout, sent)
+                        _relay(sources[source_id], left, receiver, timeout, sent)
                     except TemporaryResourceError as e:
                         # its copy or Machine could not be made (nothing was sent from it),
                         # or not removed after the send (the run's end retries that): the
@@ -1217,16 +1235,22 @@ def _copy(
 
 def _relay(
     source: Source,
-    wanted: Sequence[Transfer],
+    wanted: Callable[[], Sequence[Transfer]],
     receiver: Receiver,
     timeout: float,
     sent: list[str] | None = None,
 ) -> None:
     """One send session of `source`: each frame relayed to the receiver (``sent`` gets
-    the name of each file handed on, and of each the source could not read)."""
+    the name of each file handed on, and of each the source could not read). ``wanted``
+    is asked once the session is under way."""
     sent = [] if sent is None else sent
-    by_name = {t.name: t for t in wanted}
-    with source.open_reader(list(by_name), timeout) as reader:
+    by_name: dict[str, Transfer] = {}
+
+    def names() -> list[str]:
+        by_name.update((t.name, t) for t in wanted())
+        return list(by_name)
+
+    with source.open_reader(names, timeout) as reader:
         # both sessions start at once: the target's and the source's set-up overlap
         receiver.wait_ready(receiver.where)
         while True:
