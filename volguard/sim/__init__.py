@@ -15,7 +15,8 @@ applies a fly.toml as `fly deploy` would, the flyctl stand-in's `flyctl deploy` 
 and the local fleet (`volguard.sim.local_fleet`) restarts its Machines to match, volumes kept.
 
 **The boundary.** The simulator is a tool of the tests and the demo, not part of the
-product: no product module imports it except `volguard.demo` (tests/test_sim_boundary.py
+product: no product module imports it except the demos (`volguard.demo`,
+`volguard.demo_migrate`; tests/test_sim_boundary.py
 checks the imports). Where it reads fly.toml itself, it is one of two kinds:
 
 - an *independent oracle* for which mounts each process group gets and the default group
