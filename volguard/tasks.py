@@ -357,7 +357,6 @@ def remediate(
     samples: str = "",
 ) -> None:
     """Audit the app's rows whose file is missing, on one Machine; --fix/--delete repair them."""
-    import json as json_module
 
     from volguard.audit_document import parse_max_missing
     from volguard.audit_log import AuditLog
@@ -408,10 +407,23 @@ def remediate(
             out=note,
         )
     )
-    if json:
-        print(json_module.dumps(outcome.as_dict(), indent=2, default=str))
+    _end_with(outcome, json, render_text)
+
+
+def _end_with(
+    outcome: Any,
+    as_json: bool,
+    render_text: Callable[[Any], str],
+    mask: Callable[[str], str] = lambda text: text,
+) -> None:
+    """Print a runbook command's outcome (its JSON document, or its text for people), then
+    end with the command's exit code or its error (one line, exit 1, by `_edge`)."""
+    import json
+
+    if as_json:
+        print(mask(json.dumps(outcome.as_dict(), indent=2, default=str)))
     else:
-        sys.stdout.write(render_text(outcome))
+        sys.stdout.write(mask(render_text(outcome)))
     sys.stdout.flush()
     if outcome.error is not None:
         raise outcome.error
@@ -602,7 +614,6 @@ def recover(
     Exit 0 when every missing row is found (or restored with --apply), 2 when some remain,
     1 when volguard could not run. See docs/recover.md.
     """
-    import json as json_module
 
     from volguard.audit_log import AuditLog
     from volguard.config import Settings
@@ -657,15 +668,7 @@ def recover(
             out=note,
         )
     )
-    if as_json:
-        print(json_module.dumps(outcome.as_dict(), indent=2, default=str))
-    else:
-        sys.stdout.write(render_text(outcome))
-    sys.stdout.flush()
-    if outcome.error is not None:
-        raise outcome.error
-    if outcome.exit_code:
-        raise Exit(code=outcome.exit_code)
+    _end_with(outcome, as_json, render_text)
 
 
 ns.add_task(recover)
@@ -724,7 +727,6 @@ def migrate_media(
     volumes. Exit 0 all verified, 2 conflicts or missing rows, 1 could not run. See
     runbooks/moving-media-to-object-storage.md.
     """
-    import json as json_module
 
     from volguard.audit_log import AuditLog
     from volguard.config import Settings
@@ -764,15 +766,7 @@ def migrate_media(
         out=note,
     )  # fmt: skip
     outcome = run_migrate(ctx)
-    if as_json:
-        print(ctx.mask(json_module.dumps(outcome.as_dict(), indent=2, default=str)))
-    else:
-        sys.stdout.write(ctx.mask(render_text(outcome)))
-    sys.stdout.flush()
-    if outcome.error is not None:
-        raise outcome.error
-    if outcome.exit_code:
-        raise Exit(code=outcome.exit_code)
+    _end_with(outcome, as_json, render_text, mask=ctx.mask)
 
 
 ns.add_task(migrate_media)
