@@ -276,7 +276,7 @@ def test_a_machine_that_cannot_start_is_named_with_sshds_words(
         fleet_module, "sshd_config", lambda plan, **kw: real(plan, **kw) + "NoSuchOption yes\n"
     )
     with pytest.raises(FleetError) as failure:
-        LocalFleet("healthy", workdir=tmp_path, start_timeout=10).start()
+        LocalFleet("healthy", workdir=tmp_path, start_timeout=30).start()  # room under load
     assert WEB in str(failure.value)
     assert "NoSuchOption" in str(failure.value)  # sshd's own complaint, from its stderr
     assert leftovers(tmp_path) == []
