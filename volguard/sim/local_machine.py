@@ -450,7 +450,10 @@ class MachineProcess:
         if not pids:
             raise MachineError(self._failure("lost its init process"))
         self.init_pid = pids[0]
-        fd = os.open(f"/proc/{self.init_pid}/ns/mnt", os.O_RDONLY | os.O_CLOEXEC)
+        try:
+            fd = os.open(f"/proc/{self.init_pid}/ns/mnt", os.O_RDONLY | os.O_CLOEXEC)
+        except FileNotFoundError:  # the init has already exited (sshd refused its config)
+            raise MachineError(self._failure("lost its init process")) from None
         self._release_namespace()
         self._ns_fd, self.mnt_ns = fd, os.fstat(fd).st_ino
 
