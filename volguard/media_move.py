@@ -41,7 +41,6 @@ from __future__ import annotations
 import os
 import posixpath
 import shlex
-import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -71,8 +70,8 @@ from volguard.runs import (
     RunLock,
     RunRecord,
     Step,
+    finish_run,
     latest,
-    write_step_summary,
 )
 
 Out = Callable[[str], None]
@@ -398,12 +397,7 @@ def migrate_media(ctx: MigrateContext) -> Outcome:
             outcome.error = e
             outcome.exit_code = e.exit_code
         finally:
-            record.finish()
-            try:
-                write_step_summary(record)
-            except OSError as e:
-                print(f"volguard: warning: cannot append to $GITHUB_STEP_SUMMARY: {e}",
-                      file=sys.stderr)  # fmt: skip
+            finish_run(record)
     return outcome
 
 

@@ -104,7 +104,7 @@ from volguard.remediate import (
 from volguard.remote.probe import exit_status, parse_facts, probe_script
 from volguard.remote.transports import Stream, Transport
 from volguard.report import RAN, Report
-from volguard.runs import RUNS_DIR, SKIPPED, RunLock, RunRecord, Step, write_step_summary
+from volguard.runs import RUNS_DIR, SKIPPED, RunLock, RunRecord, Step, finish_run
 from volguard.terminal import printable
 
 Out = Callable[[str], None]
@@ -422,12 +422,7 @@ def recover(ctx: RecoverContext) -> Outcome:
             outcome.exit_code = e.exit_code
         finally:
             _clean_up_run(ctx, record)
-            record.finish()
-            try:
-                write_step_summary(record)
-            except OSError as e:
-                print(f"volguard: warning: cannot append to $GITHUB_STEP_SUMMARY: {e}",
-                      file=sys.stderr)  # fmt: skip
+            finish_run(record)
     return outcome
 
 

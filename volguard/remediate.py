@@ -34,7 +34,6 @@ masked.
 from __future__ import annotations
 
 import posixpath
-import sys
 from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -76,7 +75,7 @@ from volguard.remote.probe import (
 )
 from volguard.remote.transports import Transport, TransportOptions
 from volguard.report import RAN, Report
-from volguard.runs import RUNS_DIR, SKIPPED, RunLock, RunRecord, Step, write_step_summary
+from volguard.runs import RUNS_DIR, SKIPPED, RunLock, RunRecord, Step, finish_run
 from volguard.terminal import printable
 
 Out = Callable[[str], None]
@@ -251,12 +250,7 @@ def remediate(ctx: RemediateContext) -> Outcome:
             outcome.error = e
             outcome.exit_code = e.exit_code
         finally:
-            record.finish()
-            try:
-                write_step_summary(record)
-            except OSError as e:
-                print(f"volguard: warning: cannot append to $GITHUB_STEP_SUMMARY: {e}",
-                      file=sys.stderr)  # fmt: skip
+            finish_run(record)
     return outcome
 
 

@@ -25,6 +25,7 @@ import hashlib
 import json
 import os
 import re
+import sys
 import tempfile
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -374,6 +375,16 @@ def file_sha256(path: str) -> str | None:
             return hashlib.sha256(fh.read()).hexdigest()
     except OSError:
         return None
+
+
+def finish_run(record: RunRecord) -> None:
+    """End ``record`` (saved) and append its Markdown to ``$GITHUB_STEP_SUMMARY``; a summary
+    that cannot be written is a warning on stderr, never the run's failure."""
+    record.finish()
+    try:
+        write_step_summary(record)
+    except OSError as e:
+        print(f"volguard: warning: cannot append to $GITHUB_STEP_SUMMARY: {e}", file=sys.stderr)
 
 
 def write_step_summary(record: RunRecord, environ: dict[str, str] | None = None) -> str | None:
