@@ -18,15 +18,19 @@ from __future__ import annotations
 import os
 import sys
 
-from invoke import Argument, Program
-from invoke.config import AmbiguousMergeError
-from invoke.exceptions import AmbiguousEnvVar, UncastableEnvVar
-from invoke.parser import Parser, ParserContext
+from volguard._lean_invoke import import_invoke
 
-from volguard import __version__
-from volguard.config import InvokeConfig
-from volguard.errors import ConfigError
-from volguard.tasks import OPTIONAL_POSITIONALS, ns
+import_invoke()  # before anything imports invoke: the start-up budget of `volguard lint`
+
+from invoke import Argument, Program  # noqa: E402
+from invoke.config import AmbiguousMergeError  # noqa: E402
+from invoke.exceptions import AmbiguousEnvVar, UncastableEnvVar  # noqa: E402
+from invoke.parser import Parser, ParserContext  # noqa: E402
+
+from volguard import __version__  # noqa: E402
+from volguard.config import InvokeConfig  # noqa: E402
+from volguard.errors import ConfigError  # noqa: E402
+from volguard.tasks import OPTIONAL_POSITIONALS, ns  # noqa: E402
 
 #: Invoke's core options that volguard offers, with volguard's help text where invoke's
 #: speaks of its own concepts (tasks, run()).
