@@ -339,3 +339,26 @@ def test_temporary_forks_restores_and_machines_send_and_get_the_apis_shapes(tmp_
         for p in check_response(m, path, status, body)
     ] == []  # fmt: skip
     assert [p for s in seen for p in check_response(*s)] == []
+
+
+def test_create_volume_asks_for_a_new_groups_vm_section_as_flyctl_would(tmp_path):
+    """A group with no Machine yet: its `[[vm]]` (size preset, then memory), as flyctl's first
+    deploy and `fly scale count` send it (volguard.fly.guest)."""
+    healthy = load_scenario("healthy")
+    fly_toml = (
+        healthy.fly_toml.replace(
+            'app = "honcho start -f Procfile.fly"\n',
+            'app = "honcho start -f Procfile.fly"\n  worker = "celery -A config worker"\n',
+        ).replace(
+            'destination = "/data"\n', 'destination = "/data"\n  processes = ["app", "worker"]\n'
+        )
+        + '\n[[vm]]\n  size = "performance-2x"\n  memory = "8gb"\n  processes = ["worker"]\n'
+    )
+    recorder = run_volguard(replace(healthy, fly_toml=fly_toml), tmp_path)
+    bodies = [
+        json.loads(sent) for m, p, sent, _s, _r in recorder.exchanges
+        if sent and route(m, p) == ("POST", "volumes")
+    ]  # fmt: skip
+    worker = {"cpu_kind": "performance", "cpus": 2, "memory_mb": 8192}
+    assert [b["compute"] for b in bodies].count(worker) == 2, bodies
+    assert all(problems(REQUESTS[("POST", "volumes")], b) == [] for b in bodies)

@@ -374,20 +374,87 @@ def test_compute_keeps_only_fly_gos_guest_fields_that_are_set():
     assert need.request()["compute"] == PERF_2X
 
 
-def test_the_last_listed_machine_with_a_guest_gives_the_groups_guest():
-    """`lo.Associate` in flyctl's scale defaults keeps the last Machine of each group."""
+def test_the_first_listed_machine_gives_the_groups_guest():
+    """`fly scale count` copies the group's first Machine's config (FLYCTL
+    scale/count_machines.go: `mConfig := groupMachines[0].Config`)."""
     machines = [
-        machine("m1", "syd", guest={"cpu_kind": "shared", "cpus": 1, "memory_mb": 256}),
-        machine("m2", "ams", guest=PERF_2X),
-        machine("m3", "ams"),
+        machine("m1", "syd", guest=PERF_2X),
+        machine("m2", "ams", guest={"cpu_kind": "shared", "cpus": 1, "memory_mb": 256}),
     ]
     plan = plan_volumes(config(SINGLE), fleet(machines))
     assert [n.request()["compute"] for n in plan] == [PERF_2X, PERF_2X]
 
 
-def test_no_machine_no_compute():
+def test_a_first_machine_without_a_guest_sends_no_compute():
+    """flyctl sends the first Machine's nil guest as null: the API's default placement."""
+    machines = [machine("m1", "syd"), machine("m2", "syd", guest=PERF_2X)]
+    plan = plan_volumes(config(SINGLE), fleet(machines), count=3)
+    assert [n.compute for n in plan] == [None]
+    assert "compute" not in plan[0].request()
+
+
+def test_a_new_group_without_vm_section_takes_the_default_groups_guest():
+    """machine_defaults.go `newDefaults`: the default group's guest (the last of its Machines
+    that has one, lo.Associate), for a group fly.toml gives no [[vm]]."""
+    text = INCIDENT
+    machines = [
+        machine("m_a1", group="app", volume="vol_a1", guest={"cpu_kind": "shared", "cpus": 2}),
+        machine("m_a2", group="app", volume="vol_a2", guest=PERF_2X),
+    ]
+    volumes = [volume("vol_a1", attached_to="m_a1"), volume("vol_a2", attached_to="m_a2")]
+    (need,) = plan_volumes(config(text), fleet(machines, volumes))
+    assert need.group == "worker"
+    assert need.request()["compute"] == PERF_2X
+
+
+SHARED_1X = {"cpu_kind": "shared", "cpus": 1, "memory_mb": 256}
+
+
+def test_a_group_without_machines_or_vm_section_asks_for_flyctls_default_size():
+    """A first deploy and `fly volumes create` both send shared-cpu-1x (FLYCTL
+    internal/flag/machines.go GetMachineGuest(ctx, nil))."""
     (need,) = plan_volumes(config(SINGLE), fleet())
-    assert "compute" not in need.request()
+    assert need.request()["compute"] == SHARED_1X
+
+
+def test_a_group_without_machines_asks_for_its_vm_section():
+    """flyctl's first deploy: ToMachineConfig(group).Guest, from the group's [[vm]]."""
+    text = INCIDENT + (
+        '\n[[vm]]\n  size = "performance-2x"\n  processes = ["app"]\n'
+        '\n[[vm]]\n  memory = "1gb"\n  cpus = 2\n  processes = ["worker"]\n'
+    )
+    plan = plan_volumes(config(text), fleet())
+    assert {n.group: n.request()["compute"] for n in plan} == {
+        "app": PERF_2X,
+        "worker": {"cpu_kind": "shared", "cpus": 2, "memory_mb": 1024},
+    }
+
+
+def test_the_groups_machines_win_over_its_vm_section():
+    """`fly scale count` sends what the Machines run, whatever fly.toml now says."""
+    text = SINGLE + '\n[[vm]]\n  size = "shared-cpu-8x"\n'
+    (need,) = plan_volumes(config(text), fleet([machine("m1", guest=PERF_2X)]))
+    assert need.request()["compute"] == PERF_2X
+
+
+def test_a_gpu_vm_section_gets_flyctls_gpu_preset_and_100_gb_volume():
+    """toMachineGuest: only a GPU kind means performance-8x; deploy_first.go sizes a GPU
+    group's volume 100 GB unless the mount says otherwise."""
+    text = SINGLE + '\n[[vm]]\n  gpu_kind = "l40s"\n'
+    (need,) = plan_volumes(config(text), fleet())
+    assert need.request()["compute"] == {
+        "cpu_kind": "performance",
+        "cpus": 8,
+        "memory_mb": 16384,
+        "gpu_kind": "l40s",
+    }
+    assert need.size_gb == 100
+
+
+def test_an_unknown_vm_size_is_flyctls_error_before_anything_is_created():
+    text = SINGLE + '\n[[vm]]\n  size = "shared-cpu-3x"\n'
+    with pytest.raises(UsageError, match="'shared-cpu-3x' is an invalid machine size"):
+        plan_volumes(config(text), fleet())
 
 
 def test_auto_extend_settings_stay_out_of_the_create_body():

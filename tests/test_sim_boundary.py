@@ -20,8 +20,11 @@ from conftest import CORPUS
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from volguard.fly.fleet import Fleet
+from volguard.fly.guest import guest_for_new_volume
 from volguard.flytoml import parse_fly_toml
 from volguard.sim import deployment
+from volguard.sim.objects import _guest as sim_guest
 from volguard.units import parse_size_gb
 
 PACKAGE = Path(__file__).resolve().parents[1] / "volguard"
@@ -153,3 +156,41 @@ def test_the_simulator_and_volguard_agree_on_generated_mounts(text):
     ours = _mounts_by_group(text)
     if ours is not None:
         assert _sim_mounts_by_group(text) == ours
+
+
+_size = st.sampled_from(["shared-cpu-1x", "shared-cpu-4x", "performance-2x", "a10"])
+
+
+@st.composite
+def _vm_configs(draw) -> str:
+    """fly.toml with groups and [[vm]]/[compute] sections: which one a group gets, and how
+    size, memory and the guest fields combine."""
+    groups = draw(st.lists(_group, min_size=1, max_size=3, unique=True))
+    lines = ['app = "shop"', "[processes]", *[f'{g} = "run {g}"' for g in groups]]
+    for _ in range(draw(st.integers(0, 4))):
+        lines.append("[[vm]]")
+        if draw(st.booleans()):
+            lines.append(f'size = "{draw(_size)}"')
+        if draw(st.booleans()):
+            lines.append(f'memory = "{draw(st.sampled_from(["512", "1gb", "2GiB"]))}"')
+        if draw(st.booleans()):
+            lines.append(f"cpus = {draw(st.integers(0, 8))}")
+        if draw(st.booleans()):
+            lines.append(f'cpu_kind = "{draw(st.sampled_from(["shared", "performance"]))}"')
+        if draw(st.booleans()):
+            names = draw(st.lists(st.sampled_from([*groups, ""]), max_size=2))
+            lines.append("processes = [" + ", ".join(f'"{n}"' for n in names) + "]")
+    return "\n".join(lines) + "\n"
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(_vm_configs())
+def test_the_simulator_and_volguard_agree_on_each_groups_guest(text):
+    """A new volume's `compute` (volguard.fly.guest) is the guest the simulator's deploy gives
+    the group's new Machines (volguard.sim.objects): written apart, both from flyctl."""
+    config, findings = parse_fly_toml(text)
+    assert config is not None, findings
+    raw = tomlkit.parse(text).unwrap()
+    no_machines = Fleet(app="shop", machines=(), volumes=())
+    for group in config.group_names:
+        assert guest_for_new_volume(config, group, no_machines) == sim_guest(raw, group), group

@@ -51,6 +51,31 @@ class Service(NamedTuple):
     key: Path
 
 
+#: The fields of FLYGO machine_types.go `MachineGuest` @22d6e518 that describe the size a
+#: host must fit, with their JSON/TOML types, as a `[[vm]]` section and the API's Machine
+#: config both carry them. All are `omitempty`: a zero means "not set".
+GUEST_FIELDS: dict[str, type] = {
+    "cpu_kind": str,
+    "cpus": int,
+    "memory_mb": int,
+    "max_memory_mb": int,
+    "gpus": int,
+    "gpu_kind": str,
+    "host_dedication_id": str,
+}
+
+
+class Compute(NamedTuple):
+    """One `[[vm]]` section (also spelt `[[compute]]`/`[[computes]]`, merged by flyctl's
+    patchCompute in that order: compute, computes, vm)."""
+
+    size: str  # a preset name ("shared-cpu-2x"); "" when not set
+    memory: str  # "1gb", "512" (MiB); "" when not set
+    guest: dict[str, Any]  # the GUEST_FIELDS the section sets, with their values
+    processes: tuple[str, ...]
+    key: Path
+
+
 @dataclass(frozen=True)
 class FlyConfig:
     path: str
@@ -64,6 +89,8 @@ class FlyConfig:
     deploy_strategy: str | None = None
     release_command: str | None = None
     services: tuple[Service, ...] = ()
+    computes: tuple[Compute, ...] = ()  # [[vm]] sections; volguard.fly.guest reads them
+    host_dedication_id: str | None = None
 
     @property
     def group_names(self) -> list[str]:
@@ -278,6 +305,8 @@ class _Builder:
             deploy_strategy=self._str(deploy, ("deploy", "strategy")),
             release_command=self._str(deploy, ("deploy", "release_command")),
             services=tuple(self._services(data)),
+            computes=tuple(self._computes(data)),
+            host_dedication_id=self._str(data, ("host_dedication_id",)),
         )
         return config, self.findings
 
@@ -395,6 +424,38 @@ class _Builder:
         else:
             env = self._table(data, ("env",)) or {}
         return {k: v if isinstance(v, str) else _go_string(v) for k, v in env.items()}
+
+    def _computes(self, data: dict[str, Any]) -> list[Compute]:
+        """flyctl's patchCompute: `compute`, `computes`, `vm`, each a table or an array of
+        tables, `memory` cast to a string. A value of the wrong type is VG100 from the type
+        check (flyctl_types) and is left out here."""
+        computes = []
+        for name in ("compute", "computes", "vm"):
+            value = data.get(name)
+            entries = [value] if isinstance(value, dict) else value
+            if not isinstance(entries, list):
+                continue
+            for i, entry in enumerate(entries):
+                if not isinstance(entry, dict):
+                    continue
+                memory = entry.get("memory")
+                processes = entry.get("processes")
+                computes.append(
+                    Compute(
+                        size=entry["size"] if isinstance(entry.get("size"), str) else "",
+                        memory=_go_string(memory) if memory is not None else "",
+                        guest={
+                            k: v
+                            for k, kind in GUEST_FIELDS.items()
+                            if isinstance(v := entry.get(k), kind) and not isinstance(v, bool)
+                        },
+                        processes=tuple(p for p in processes if isinstance(p, str))
+                        if isinstance(processes, list)
+                        else (),
+                        key=(name, i) if isinstance(value, list) else (name,),
+                    )
+                )
+        return computes
 
     def _mount_entries(self, data: dict[str, Any]) -> list[tuple[Path, Any]]:
         """flyctl's patchMounts: the legacy `mount` and `mounts`, each a table or array."""

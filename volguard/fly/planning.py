@@ -29,25 +29,12 @@ from typing import Any
 
 from volguard.errors import UsageError
 from volguard.fly.fleet import Fleet
-from volguard.fly.models import Machine
+from volguard.fly.guest import guest_for_new_volume
 from volguard.flytoml import FlyConfig
 from volguard.units import SizeError, parse_size_gb
 
 FLYCTL_DEFAULT_SIZE_GB = 1  # fly-facts §0.7: flyctl's default, not the API's 3
-
-#: The fields of FLYGO machine_types.go `MachineGuest` @22d6e518 that describe the size
-#: placement must fit, with their JSON types. All are `omitempty`, so a zero is left out;
-#: keys fly-go does not declare are dropped, as decoding into fly-go's struct drops them
-#: before flyctl sends the guest back.
-GUEST_FIELDS: dict[str, type] = {
-    "cpu_kind": str,
-    "cpus": int,
-    "memory_mb": int,
-    "max_memory_mb": int,
-    "gpus": int,
-    "gpu_kind": str,
-    "host_dedication_id": str,
-}
+FLYCTL_GPU_DEFAULT_SIZE_GB = 100  # a group whose guest has a GPU
 
 
 @dataclass(frozen=True)
@@ -62,7 +49,7 @@ class VolumeNeed:
     snapshot_retention: int | None = None
     auto_backup_enabled: bool | None = None
     require_unique_zone: bool = True
-    compute: Mapping[str, Any] | None = None  # the group's guest; None when it has no Machine
+    compute: Mapping[str, Any] | None = None  # the guest placement must fit (fly.guest)
 
     def describe(self) -> str:
         noun = "volume" if self.count == 1 else "volumes"
@@ -112,7 +99,7 @@ def plan_volumes(
             continue
         mount = mounts[0]
         machines = fleet.machines_of(group)
-        compute = group_guest(machines)
+        compute = guest_for_new_volume(config, group, fleet)
         wanted = _wanted_per_region(config, group, machines, count)
         for region in sorted(wanted):
             attached = sum(
@@ -133,7 +120,7 @@ def plan_volumes(
                         region=region,
                         group=group,
                         count=missing - spare,
-                        size_gb=size_gb or _initial_size_gb(mount.initial_size),
+                        size_gb=size_gb or _initial_size_gb(mount.initial_size, compute),
                         snapshot_retention=mount.snapshot_retention,
                         auto_backup_enabled=mount.scheduled_snapshots,
                         require_unique_zone=require_unique_zone,
@@ -141,31 +128,6 @@ def plan_volumes(
                     )
                 )
     return plan
-
-
-def group_guest(machines: list[Machine]) -> dict[str, Any] | None:
-    """The guest the group's Machines run with, as `fly scale count` sends it for a new
-    volume: the last listed Machine's that has one (FLYCTL scale/machine_defaults.go
-    `newDefaults`, `lo.Associate` keeps the last @ad0172fa). None when no Machine of the
-    group reports a guest: a first deploy sends fly.toml's `[[vm]]` (or none), which
-    volguard does not read, so the API's default placement applies."""
-    compute: dict[str, Any] | None = None
-    for machine in machines:
-        guest = {
-            key: value
-            for key, kind in GUEST_FIELDS.items()
-            if _sized(value := machine.guest.get(key), kind)
-        }
-        if guest:
-            compute = guest
-    return compute
-
-
-def _sized(value: Any, kind: type) -> bool:
-    """A value of the field's JSON type that `omitempty` would write (not 0, not "")."""
-    if kind is int:
-        return isinstance(value, int) and not isinstance(value, bool) and value > 0
-    return isinstance(value, str) and value != ""
 
 
 def _wanted_per_region(
@@ -184,9 +146,12 @@ def _wanted_per_region(
     return regions
 
 
-def _initial_size_gb(initial_size: str | None) -> int:
+def _initial_size_gb(initial_size: str | None, compute: Mapping[str, Any] | None) -> int:
+    """The mount's `initial_size`, else flyctl's default: 100 GB for a GPU guest, else 1 GB
+    (FLYCTL deploy_first.go and machines.go `DefaultGPUVolumeInitialSizeGB` @ad0172fa)."""
     if not initial_size:
-        return FLYCTL_DEFAULT_SIZE_GB
+        gpu = compute is not None and compute.get("gpu_kind")
+        return FLYCTL_GPU_DEFAULT_SIZE_GB if gpu else FLYCTL_DEFAULT_SIZE_GB
     try:
         size = parse_size_gb(initial_size)
     except SizeError as e:

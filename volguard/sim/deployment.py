@@ -745,11 +745,6 @@ class Deployment:
         if self.region:
             env["PRIMARY_REGION"] = self.region
         command = process_commands(self.config).get(group, "")
-        vms = self.config.get("vm") or self.config.get("compute") or []
-        vms = [vms] if isinstance(vms, Mapping) else vms
-        vms = [v for v in vms if isinstance(v, Mapping)]
-        mine = [v for v in vms if group in _names(v.get("processes"))]
-        mine = mine or [v for v in vms if not v.get("processes")]
         metadata = {
             k: v
             for k, v in ((old or {}).get("metadata") or {}).items()
@@ -765,7 +760,7 @@ class Deployment:
         return {
             "env": env,
             "init": {"cmd": shlex.split(command)} if command else {},
-            "guest": _guest({"vm": mine[:1]}),
+            "guest": _guest(self.config, group),
             "metadata": metadata,
             "image": self.image,
             "restart": {"policy": "on-failure", "max_retries": 10},

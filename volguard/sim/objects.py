@@ -11,13 +11,14 @@ an id or a time, and each object family writes its timestamps in its own format.
 
 from __future__ import annotations
 
-import re
+import contextlib
 import shlex
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
+from volguard.fly.guest import MACHINE_PRESETS
 from volguard.sim import ids
 from volguard.sim.scenario import (
     CONSOLE_GROUP,
@@ -27,6 +28,7 @@ from volguard.sim.scenario import (
     SnapshotSpec,
     VolumeSpec,
 )
+from volguard.units import parse_memory_mb
 
 GIB = 1024**3
 BLOCK_SIZE = 4096
@@ -282,7 +284,7 @@ def _machine_config(
     config: dict[str, Any] = {
         "env": _env(spec, scenario, fly_config),
         "init": _init(spec, fly_config),
-        "guest": _guest(fly_config),
+        "guest": _guest(fly_config, spec.group),
         "metadata": {
             "fly_flyctl_version": FLYCTL_VERSION,
             "fly_platform_version": "v2",
@@ -330,23 +332,50 @@ def _init(spec: MachineSpec, fly_config: Mapping[str, Any]) -> dict[str, Any]:
     return {"cmd": shlex.split(command)} if command else {}
 
 
-def _guest(fly_config: Mapping[str, Any]) -> dict[str, Any]:
-    """The first [[vm]] as a guest; only decoration, so anything odd falls back."""
-    vm = fly_config.get("vm") or [{}]
-    vm = (vm[0] if isinstance(vm, list) and vm else vm) or {}
-    guest = {"cpu_kind": "shared", "cpus": 1, "memory_mb": 256}
-    try:
-        guest["cpu_kind"] = str(vm.get("cpu_kind", "shared"))
-        guest["cpus"] = int(vm.get("cpus", 1))
-        guest["memory_mb"] = _memory_mb(str(vm.get("memory", "256")))
-    except (AttributeError, TypeError, ValueError):
-        pass
+def _guest(fly_config: Mapping[str, Any], group: str) -> dict[str, Any]:
+    """The guest flyctl gives a new Machine of `group`: its `[[vm]]` section as toMachineGuest
+    reads it (FLYCTL internal/appconfig/machines.go @ad0172fa), shared-cpu-1x without one
+    (internal/flag/machines.go GetMachineGuest). Only decoration here, so a value flyctl
+    would refuse (validated elsewhere) falls back to the preset."""
+    vm = vm_section(fly_config, group) or {}
+    size = vm.get("size") or ("performance-8x" if vm.get("gpu_kind") else "shared-cpu-1x")
+    guest = dict(MACHINE_PRESETS.get(str(size)) or MACHINE_PRESETS["shared-cpu-1x"])
+    memory = vm.get("memory")
+    if memory is not None:
+        with contextlib.suppress(ValueError):  # flyctl refuses it; decoration falls back
+            guest["memory_mb"] = parse_memory_mb(_go_string(memory)) or guest["memory_mb"]
+    for key in ("cpu_kind", "cpus", "memory_mb", "max_memory_mb", "gpus", "gpu_kind"):
+        value = vm.get(key)
+        if value and not isinstance(value, bool) and isinstance(value, (int, str)):
+            guest[key] = value
     return guest
 
 
-def _memory_mb(text: str) -> int:
-    number, unit = re.fullmatch(r"\s*([\d.]+)\s*([a-z]*)\s*", text.lower()).groups()
-    return int(float(number) * (1024 if unit.startswith("g") else 1))
+def vm_section(fly_config: Mapping[str, Any], group: str) -> Mapping[str, Any] | None:
+    """The `[[vm]]` table a group gets (`compute`, `computes` and `vm` merged in that order):
+    among the tables without `processes` or listing the group ("" meaning the default group),
+    the last that lists the group by name, else the first (FLYCTL processgroups.go
+    ComputeForGroup, lo.MaxBy)."""
+    tables: list[Mapping[str, Any]] = []
+    for key in ("compute", "computes", "vm"):
+        value = fly_config.get(key)
+        items = [value] if isinstance(value, Mapping) else value if isinstance(value, list) else []
+        tables += [t for t in items if isinstance(t, Mapping)]
+    from volguard.sim.deployment import default_group  # deployment imports this module
+
+    default = default_group(fly_config)
+
+    def listed(table: Mapping[str, Any]) -> list[str]:
+        names = table.get("processes")
+        return [str(n) for n in names] if isinstance(names, list) else []
+
+    candidates = [
+        t
+        for t in tables
+        if not listed(t) or group in listed(t) or ("" in listed(t) and group == default)
+    ]
+    named = [t for t in candidates if group in listed(t)]
+    return named[-1] if named else (candidates[0] if candidates else None)
 
 
 def _checks(spec: MachineSpec, fly_config: Mapping[str, Any], at: datetime) -> list[dict[str, Any]]:
