@@ -412,3 +412,12 @@ def test_the_test_scan_tells_presence_from_absence() -> None:
     asserts = [n for n in ast.walk(tree) if isinstance(n, ast.Assert)]
     assert [_is_negative(a.test) for a in asserts] == [False, True, True, False]
     assert catalogue.CHECKS is CHECKS
+
+
+def test_a_message_quoting_a_line_break_stays_one_line_and_keeps_the_rest() -> None:
+    """A value from a Machine with a line break (an app user "a\\nb") cannot split a finding
+    in two; only the line breaks are escaped, the location keeps the exact value."""
+    value = "a\nb\r\u2028c\x1b[2J"
+    f = finding("VG307", f"owned by app, not {value}", Location(machine=value))
+    assert f.message == "owned by app, not a\\x0ab\\x0d\\u2028c\x1b[2J"
+    assert f.location.machine == value

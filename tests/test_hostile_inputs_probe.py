@@ -195,6 +195,7 @@ def mutate(top: list[tuple], nested: list[tuple]) -> tuple[dict[str, Any], set[s
 @fuzz(1_000)
 @given(top=top_ops, nested=nested_ops)
 @example(top=[("set", "errors", 5)], nested=[])
+@example(top=[("set", "app_user", "a\nY<")], nested=[])  # VG307 quoted it: two lines (full scale)
 @example(top=[("set", "visible", [1, 2, 3])], nested=[])
 @example(top=[("set", "processes", 7)], nested=[])
 @example(top=[("set", "destination_exists", "false")], nested=[])

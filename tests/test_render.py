@@ -499,6 +499,10 @@ def test_github_annotations_and_step_summary_escape_control_characters() -> None
 
 
 def test_json_keeps_the_exact_data() -> None:
+    """Exact in the location and evidence; the message is one line: only its line breaks
+    are escaped (a finding's message is one line in every format)."""
     data = json.loads(render(_hostile_report(), "json", fail_on=ERROR))
     messages = [f["message"] for f in data["findings"]]
-    assert f"Machine {HOSTILE} has no volume" in messages
+    one_line = HOSTILE.replace("\r", "\\x0d").replace("\n", "\\x0a")
+    assert f"Machine {one_line} has no volume" in messages
+    assert HOSTILE in [f["location"].get("machine") for f in data["findings"]]

@@ -14,6 +14,7 @@ from __future__ import annotations
 from typing import Any, NamedTuple
 
 from volguard.findings import Finding, Location, Severity
+from volguard.terminal import single_line
 
 E, W, INFO = Severity.ERROR, Severity.WARNING, Severity.INFO
 
@@ -370,7 +371,9 @@ def finding(
     return Finding(
         id=check_id,
         severity=check.severity,
-        message=message,
+        # One line, whatever a Machine, the API or fly.toml put into the values it quotes
+        # (kept exact in `location` and `evidence`): their line breaks are shown escaped.
+        message=single_line(message),
         hint=check.hint if hint is None else hint,
         location=location,
         evidence=evidence or {},

@@ -22,6 +22,17 @@ _UNSAFE_KEEP_NEWLINES = re.compile(
 )
 
 
+#: What str.splitlines() breaks a line at.
+_LINE_BREAKS = re.compile("[\n\r\x0b\x0c\x1c-\x1e\x85\u2028\u2029]")
+
+
+def single_line(text: str) -> str:
+    """``text`` with its line breaks shown as escapes (``\\x0a``) and nothing else changed:
+    a finding's message quoting outside data stays one line in every format, JSON
+    included, while the rest of the data stays exact."""
+    return _LINE_BREAKS.sub(_escape, text) if _LINE_BREAKS.search(text) else text
+
+
 def printable(text: object, *, newlines: bool = False) -> str:
     """``text`` as a string with every control character escaped.
 
