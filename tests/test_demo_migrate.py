@@ -52,7 +52,7 @@ def test_after_the_move_the_worker_reads_the_bytes_the_web_app_wrote(workdir: Pa
     )
     out = done.stdout
     assert done.returncode == 0, out[-3000:] + done.stderr
-    split, plan, copy, cutover, verify, read = (_section(out, n) for n in range(1, 7))
+    split, plan, move, verify, read = (_section(out, n) for n in range(1, 6))
     # before: the web app saved the upload on its volume; the worker cannot open it
     assert f"saved {UPLOAD} ({len(CONTENT)} bytes) with FileSystemStorage" in split
     assert "FileNotFoundError" in split
@@ -60,16 +60,25 @@ def test_after_the_move_the_worker_reads_the_bytes_the_web_app_wrote(workdir: Pa
     # every step ran and exited as the runbook says (the demo stops on any other code)
     assert "merged: 2 Machine(s)" in plan
     assert "2 to copy" in plan
-    assert "migrate-media --apply: succeeded" in copy
-    assert "2 file(s) copied from 2 Machine(s)" in copy
-    assert "deploy succeeded: test-blue-smoke-97" in cutover
+    # one --apply --setting: the copy, then the cutover performed, deployed and verified
+    assert "migrate-media --apply: succeeded" in move
+    assert "2 file(s) copied from 2 Machine(s)" in move
+    assert re.search(r"cutover +changed .*fly\.toml \[env\]: MEDIA_FALLBACK=1 \(was absent\)", move)
+    assert "deploy succeeded: test-blue-smoke-97" in move
+    assert "[lint] ok" in move  # the gate judged media in object storage (VG115), not VG103
+    assert re.search(r"verify +ok ", move)
+    assert "rollback: flyctl deploy" in move
+    assert "--env MEDIA_FALLBACK=0" in move
     assert re.search(r"2 row\(s\) audited against the storage the app now uses", verify)
     assert "verified: no row that had a file on a volume is missing" in verify
     # after: the worker, through Django's default storage, reads the web app's bytes
     assert f"read {len(CONTENT)} bytes with FallbackStorage: {CONTENT!r}" in read
-    for section in (plan, copy, cutover, verify, read):
+    for section in (plan, move, verify, read):
         assert "(exit 1)" not in section
     assert "demo-migrate: done" in out
     assert "demo-secret" not in out + done.stderr  # the demo's S3 secret is never shown
-    # the move left its run records in the work directory, as the runbook says
+    # the move left its run records in the work directory, as the runbook says, and wrote
+    # the setting into fly.toml [env], where the next deploy keeps it
     assert list((workdir / ".volguard" / "runs").glob("migrate-media-*.json"))
+    assert list((workdir / ".volguard" / "runs").glob("deploy-*.json"))
+    assert 'MEDIA_FALLBACK = "1"' in (workdir / "fly.toml").read_text()

@@ -307,11 +307,17 @@ def test_split_fleet_is_merged_snapshotted_first_copied_and_verified_after_the_c
 
         # the operator settles the conflict: worker B's copy is the right one
         site.sh(WORKER, "printf 'worker b, longer' > /data/media/user_data/c.csv")
-        outcome = migrate_media(site.context(apply=True, settings=("BUCKET_NAME=" + site.bucket,),
-                                             rollback=("BUCKET_NAME=",)))  # fmt: skip
-        assert outcome.record is not None
-        assert outcome.record.get("cutover").status == "ok"
-        assert any("volguard deploy" in line for line in outcome.cutover)
+        fly_toml = (tmp_path / "fly.toml").read_bytes()
+        outcome = migrate_media(site.context(apply=True, rollback=("BUCKET_NAME=",)))
+        record = outcome.record
+        assert record is not None
+        # without --setting the cutover is printed, not performed: the run ends there
+        assert record.get("cutover").status == "skipped"
+        assert "no --setting" in record.get("cutover").detail["why"]
+        assert [record.get(s).status for s in ("deploy", "delta", "verify")] == ["skipped"] * 3
+        assert any("volguard deploy --yes" in line for line in outcome.cutover)
+        assert "Next, the cutover:" in render_text(outcome)
+        assert (tmp_path / "fly.toml").read_bytes() == fly_toml
         assert outcome.exit_code == 2  # `gone` has a file on no volume, before and after
 
         # before the cutover the web app reads its own volume: the worker's output is missing
@@ -391,3 +397,118 @@ def test_a_missing_credential_is_one_clear_error_that_prints_no_secret(
         assert done.stderr.count("volguard: error:") == 1, done.stderr
         assert SECRET_KEY not in done.stdout + done.stderr
         assert site.sim.token not in done.stdout + done.stderr
+
+
+MEANWHILE = "user_data/meanwhile.csv"
+UPLOAD = f"""\
+from django.contrib.auth import get_user_model
+from django.core.files.base import ContentFile
+from django.core.files.storage import default_storage
+from apps.services.models import UserDataFile
+name = default_storage.save({MEANWHILE!r}, ContentFile(b"uploaded meanwhile"))
+assert name == {MEANWHILE!r}, name
+UserDataFile.objects.create(owner=get_user_model().objects.get(username="alice"), file=name,
+                            processing_status="done")
+"""
+READ = """\
+from django.core.files.storage import default_storage
+for name in NAMES:
+    print("VG_READ %s=%s" % (name, default_storage.open(name).read().decode()))
+"""
+
+
+def _settled(site: Site) -> None:
+    """The fleet with no conflict and no row without a file (the runbook's): the workers hold
+    the same bytes under the shared name, and the row of no file is gone."""
+    site.sh(WORKER_B, FILES[WORKER_B].replace("worker b, longer", "worker a"))
+    done = site.manage(
+        APP, "shell", "-c",
+        "from apps.services.models import UserDataFile as U; "
+        f"U.objects.filter(file={ROWS['gone']!r}).delete()",
+    )  # fmt: skip
+    assert done.returncode == 0, done.stdout + done.stderr
+
+
+def _machine_env(site: Site) -> dict[str, str | None]:
+    with MachinesClient(Token(site.sim.token), base_url=site.sim.url) as api:
+        machines = api.list_machines(site.sim.scenario.app)
+    return {m.id: m.env.get("MEDIA_FALLBACK") for m in machines}
+
+
+@needs_fleet
+def test_apply_with_a_setting_performs_the_cutover_and_a_failed_deploy_resumes_to_the_end(
+    tmp_path: Path, proxy: StrictS3Proxy, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    with split_fleet(tmp_path, proxy) as site:
+        _settled(site)
+        path = tmp_path / "fly.toml"
+        path.write_text(path.read_text().replace("[env]\n", "[env]\n  # the app's own switch\n"))
+        monkeypatch.setenv("FLY_FLAPS_BASE_URL", site.sim.url)  # for the flyctl stand-in
+        monkeypatch.setenv("FLY_API_TOKEN", site.sim.token)
+        monkeypatch.setenv("VOLGUARD_SIM_DEPLOY_FAIL", "1")  # the release command fails
+        cutover = {"apply": True, "source": "volume", "settings": ("MEDIA_FALLBACK=1",),
+                   "rollback": ("MEDIA_FALLBACK=0",)}  # fmt: skip
+
+        failed = migrate_media(site.context(**cutover))
+        record = failed.record
+        assert record is not None
+        assert failed.exit_code == 2
+        message = str(failed.error)
+        assert "release command failed" in message, message
+        assert "\n" not in message
+        assert record.get("cutover").status == "changed"
+        assert record.get("cutover").detail["env"] == {
+            "MEDIA_FALLBACK": {"before": None, "after": "1"}
+        }
+        assert record.get("deploy").status == "failed"
+        assert record.get("delta").status == "pending"
+        text = path.read_text()
+        assert tomlkit.parse(text)["env"]["MEDIA_FALLBACK"] == "1"
+        assert "# the app's own switch" in text
+        assert "# The incident app" in text  # fly.toml's comments stay
+        assert set(_machine_env(site).values()) == {None}  # nothing was deployed
+        assert any(line.startswith("rollback: flyctl deploy") and "--env MEDIA_FALLBACK=0"
+                   in line for line in failed.cutover)  # fmt: skip
+
+        # an upload to the web Machine's volume after the copy, before the deploy
+        done = site.manage(APP, "shell", "-c", UPLOAD)
+        assert done.returncode == 0, done.stdout + done.stderr
+        assert f"media/{MEANWHILE}" not in site.objects()
+
+        monkeypatch.delenv("VOLGUARD_SIM_DEPLOY_FAIL")
+        resumed = migrate_media(site.context(resume=True, **cutover))
+        again = resumed.record
+        assert again is not None, resumed.error
+        assert resumed.exit_code == 0, render_text(resumed)
+        assert again.resumed_from == record.id
+        assert {s.name: s.status for s in again.steps} == {
+            "plan": "ok", "snapshot": "changed", "copy": "changed", "check": "ok",
+            "cutover": "changed", "deploy": "changed", "delta": "changed", "verify": "ok",
+        }  # fmt: skip
+        assert again.get("cutover").carried_over
+        assert again.status == "succeeded"
+        assert "1 file(s) copied" in again.get("delta").summary
+        assert site.objects()[f"media/{MEANWHILE}"] == b"uploaded meanwhile"
+        assert set(_machine_env(site).values()) == {"1"}  # the deploy carried [env]
+        assert resumed.verified is not None
+        assert resumed.verified["missing"] == []
+        # the worker reads the web app's uploads, the one of the delta included
+        done = site.manage(
+            WORKER, "shell", "-c", READ.replace("NAMES", repr([ROWS["web"], MEANWHILE]))
+        )
+        assert done.returncode == 0, done.stdout + done.stderr
+        assert f"VG_READ {ROWS['web']}=web" in done.stdout
+        assert f"VG_READ {MEANWHILE}=uploaded meanwhile" in done.stdout
+
+        # run again: everything is done, so nothing is written, snapshotted or deployed
+        before = path.stat()
+        runs = tmp_path / ".volguard" / "runs"
+        deploys = sorted(runs.glob("deploy-*.json"))
+        noop = migrate_media(site.context(**cutover))
+        assert noop.record is not None, noop.error
+        assert noop.exit_code == 0, render_text(noop)
+        assert {s.name: s.status for s in noop.record.steps} == dict.fromkeys(STEPS, "ok")
+        after = path.stat()
+        assert (after.st_ino, after.st_mtime_ns) == (before.st_ino, before.st_mtime_ns)
+        assert sorted(runs.glob("deploy-*.json")) == deploys
+        assert noop.snapshots == {}

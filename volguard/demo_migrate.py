@@ -14,11 +14,13 @@ Machine reaches, out of the same real parts:
   ``FallbackStorage`` over the bucket and the volume when ``MEDIA_FALLBACK=1``.
 
 It shows the split (the worker cannot open what the web app saved), then runs the runbook
-(runbooks/moving-media-to-object-storage.md) with the ``volguard`` command: the plan,
-``--apply``, the cutover (``MEDIA_FALLBACK=1`` in fly.toml ``[env]``, ``volguard deploy``),
-``--verify``; and ends with the worker opening, through Django's ``default_storage``, the
-bytes the web app wrote. Every step's exit code is checked. Like `invoke demo`, it needs
-Linux and root, and changes nothing outside its work directory.
+(runbooks/moving-media-to-object-storage.md) with the ``volguard`` command: the plan, then
+one ``--apply --setting MEDIA_FALLBACK=1`` that copies and performs the cutover
+(``MEDIA_FALLBACK=1`` in fly.toml ``[env]``, the deploy runbook, the delta, the
+verification), then ``--verify`` on its own; and ends with the worker opening, through
+Django's ``default_storage``, the bytes the web app wrote. Every step's exit code is
+checked. Like `invoke demo`, it needs Linux and root, and changes nothing outside its work
+directory.
 """
 
 from __future__ import annotations
@@ -34,8 +36,6 @@ import textwrap
 from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING
-
-import tomlkit
 
 from volguard.demo import EXAMPLE, Demo, Out, prerequisites, scenario_file
 from volguard.errors import DemoError
@@ -221,30 +221,26 @@ def _story(demo: Demo, sim: SimServer, fleet: LocalFleet, python: str) -> int:
     """)
     demo.expect(0, "migrate-media", "--to", "bucket")
 
-    demo.step("3. Copy, verified: snapshots first, then each Machine in turn")
+    demo.step("3. Copy, verified, and the cutover: fly.toml [env], deployed through the gate")
+    demo.say("""
+        Snapshots first, then each Machine in turn; then MEDIA_FALLBACK=1 goes into
+        fly.toml [env] and the deploy runbook ships it: the default storage becomes a
+        FallbackStorage (the bucket first, the volume for anything not copied yet). The
+        gate judges the new state, media in object storage (VG115); then what reached a
+        volume meanwhile is copied, and the audit runs against the bucket.
+    """)
     demo.expect(
-        0, "migrate-media", "--to", "bucket", "--apply",
+        0, "migrate-media", "--to", "bucket", "--from", "volume", "--apply",
         "--setting", "MEDIA_FALLBACK=1", "--rollback", "MEDIA_FALLBACK=0",
     )  # fmt: skip
-
-    demo.step("4. The cutover: MEDIA_FALLBACK=1 in fly.toml [env], deployed through the gate")
-    demo.say("""
-        The default storage becomes a FallbackStorage: the bucket first, the volume for
-        anything not copied yet. invoke.yaml tells volguard media live in object storage
-        (media_storage: object), so the volume checks for media no longer apply (VG115).
-    """)
-    path = demo.workdir / "fly.toml"
-    document = tomlkit.parse(path.read_text(encoding="utf-8"))
-    document["env"]["MEDIA_FALLBACK"] = "1"
-    path.write_text(tomlkit.dumps(document), encoding="utf-8")
+    # what the run told the operator to do: volguard's own checks know media left the volumes
     settings = demo.workdir / "invoke.yaml"
     settings.write_text(settings.read_text(encoding="utf-8") + "  media_storage: object\n")
-    demo.expect(0, "deploy", "--yes")
 
-    demo.step("5. Verify: the missing-file audit, now against the bucket")
+    demo.step("4. Verify, on its own: the missing-file audit, now against the bucket")
     demo.expect(0, "migrate-media", "--to", "bucket", "--verify")
 
-    demo.step("6. The worker reads what the web app wrote")
+    demo.step("5. The worker reads what the web app wrote")
     after = _manage(demo, sim, fleet, python, "worker", READ, UPLOAD)
     expected = f"read {len(CONTENT.encode())} bytes with FallbackStorage: {CONTENT!r}"
     if expected not in after:

@@ -25,10 +25,24 @@ per-app lock, ``--resume`` from the first that did not finish:
    already parallel (``--workers``), and one at a time makes the order in which volumes
    reach the bucket, and so which Machine reports a cross-volume conflict, deterministic;
 4. ``check``: each Machine's plan again: nothing left to copy;
-5. ``cutover``: the settings change, the deploy and the verification, printed. volguard
-   does not change the app's settings itself: which setting switches the storage is the
-   app's own (``--setting NAME=VALUE``), and ``fly secrets set`` restarts every Machine
-   outside volguard's deploy gate; the operator runs the printed commands.
+5. ``cutover``: with ``--setting NAME=VALUE``, the settings written into fly.toml's
+   ``[env]`` (tomlkit: comments and layout kept; atomically, the file's mode kept; the
+   previous values in the step's detail); without, printed for the operator and the run
+   ends here (``skipped``). Conflicts or files still changing stop the run before any write;
+   values already set are not written again. ``[env]`` loses to a Fly secret of the same
+   name (docs/fly-facts.md: secrets override env), which volguard cannot see: it warns;
+6. ``deploy``: the deploy runbook (`volguard.deploy.run_deploy`, ``--yes``, its own run
+   record), its gates judging the new state: media in object storage (``media_storage:
+   object``, VG115), held in memory for this run; skipped (``ok``) when every media Machine
+   already runs with the settings, so a second run deploys nothing;
+7. ``delta``: ``migrate_media --apply`` on every media Machine again, the copy step's code
+   path, for what was uploaded to a volume between the copy and the deploy. After the
+   deploy the default storage is the new one, so a performed cutover needs ``--from``
+   naming the volume's own entry of ``STORAGES``;
+8. ``verify``: `_verify`, the audit against the object store (``--verify``'s).
+
+``--rollback`` is printed only, as the exact command: switching back is the operator's
+decision.
 
 ``--verify`` (after the cutover): ``check_missing_files`` on a started Machine, now reading
 the object store, must report no row missing except those that had no file on any volume
@@ -38,9 +52,13 @@ back: volguard never deletes a source file or a volume.
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
 import os
 import posixpath
 import shlex
+import stat
+import tempfile
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -70,6 +88,7 @@ from volguard.runs import (
     RunLock,
     RunRecord,
     Step,
+    file_sha256,
     finish_run,
     latest,
 )
@@ -78,7 +97,7 @@ Out = Callable[[str], None]
 ClientFactory = Callable[[Token], MachinesClient]
 
 KIND = "migrate-media"
-STEPS = ("plan", "snapshot", "copy", "check", "cutover")
+STEPS = ("plan", "snapshot", "copy", "check", "cutover", "deploy", "delta", "verify")
 #: The secrets ``fly storage create`` sets (https://fly.io/docs/reference/tigris/): their
 #: values are never shown; a ``--setting`` with one of these names is masked too.
 STORAGE_SECRETS = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY")
@@ -151,6 +170,18 @@ class Merged:
             "missing_from_every_volume": list(self.missing),
             "changing": list(self.changing),
         }
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Merged:
+        """A merge read back from a run record (a resumed run's carried-over step)."""
+        return cls(
+            machines=list(data.get("machines") or ()),
+            files=dict(data.get("files") or {}),
+            bytes=dict(data.get("bytes") or {}),
+            conflicts=list(data.get("conflicts") or ()),
+            missing=list(data.get("missing_from_every_volume") or ()),
+            changing=list(data.get("changing") or ()),
+        )
 
     def line(self) -> str:
         f = self.files
@@ -236,6 +267,10 @@ class Outcome:
     reports: list[MachineReport] = field(default_factory=list)
     snapshots: dict[str, str] = field(default_factory=dict)
     cutover: list[str] = field(default_factory=list)
+    #: the cutover performed (``--setting``): fly.toml, each NAME's value before and after
+    env_change: dict[str, Any] | None = None
+    deployed: dict[str, Any] | None = None  # the deploy step's run: id, record, status
+    delta: Merged | None = None  # the delta step's copy, merged
     verified: dict[str, Any] | None = None
     record: RunRecord | None = None
     error: VolguardError | None = None
@@ -253,6 +288,9 @@ class Outcome:
             "machines": [r.as_dict() for r in self.reports],
             "snapshots": self.snapshots,
             "cutover": list(self.cutover),
+            "env_change": self.env_change,
+            "deploy": self.deployed,
+            "delta": self.delta.as_dict() if self.delta else None,
             "verify": self.verified,
             "record": self.record.path if self.record else None,
             "status": self.record.status if self.record else None,
@@ -286,6 +324,19 @@ class MigrateContext:
     @property
     def manage_py(self) -> str:
         return self.settings.manage_py or DEFAULT_MANAGE_PY
+
+    @property
+    def fly_toml(self) -> str:
+        return self.options.fly_toml or self.settings.fly_toml
+
+    def machines_without(self, env: dict[str, str]) -> list[Machine]:
+        """The media groups' Machines whose environment (the deployed ``[env]``, as the
+        Machines API shows it) lacks one of ``env``'s values."""
+        groups = static_context(self.config, self.settings).media_groups
+        with self.client_factory(self.token) as client:
+            fleet = load_fleet(client, self.app)
+        return [m for g in groups for m in fleet.machines_of(g)
+                if any(m.env.get(n) != v for n, v in env.items())]  # fmt: skip
 
     def machines(self) -> list[Machine]:
         """Every started Machine of every media group: each may hold files of its own."""
@@ -359,6 +410,8 @@ def migrate_media(ctx: MigrateContext) -> Outcome:
         raise UsageError("--verify runs after the cutover, on its own (not with --apply)")
     for setting in options.settings + options.rollback:
         _name(setting)
+    if options.apply and options.settings:
+        _check_performed_settings(options)
     if options.verify:
         return _verify(ctx)
     if not options.apply:
@@ -372,7 +425,8 @@ def migrate_media(ctx: MigrateContext) -> Outcome:
             "fly_toml": options.fly_toml or ctx.settings.fly_toml,
             "runs_dir": ctx.runs_dir,
             "options": {"to": options.to, "from": options.source, "workers": options.workers,
-                        "transport": ctx.settings.transport, "manage_py": ctx.manage_py},
+                        "transport": ctx.settings.transport, "manage_py": ctx.manage_py,
+                        "settings": [_shown(s) for s in options.settings]},
             "mask": ctx.mask,
         }  # fmt: skip
         if options.resume:
@@ -393,6 +447,8 @@ def migrate_media(ctx: MigrateContext) -> Outcome:
             merged = outcome.after or outcome.plan
             if merged is not None and merged.problems:
                 outcome.exit_code = 2
+            if outcome.delta is not None and (outcome.delta.conflicts or outcome.delta.changing):
+                outcome.exit_code = 2
         except VolguardError as e:
             outcome.error = e
             outcome.exit_code = e.exit_code
@@ -409,6 +465,18 @@ def _carry_over(ctx: MigrateContext, step: Step) -> None:
         outcome.plan = merge(outcome.reports)
     elif step.name == "snapshot":
         outcome.snapshots = dict(step.detail.get("snapshots") or {})
+    elif step.name == "check" and "merged" in step.detail:
+        outcome.after = Merged.from_dict(step.detail["merged"])
+    elif step.name == "cutover":
+        outcome.cutover = list(step.detail.get("commands") or ())
+        if step.detail.get("performed"):
+            outcome.env_change = dict(step.detail)
+    elif step.name == "deploy" and step.detail:
+        outcome.deployed = dict(step.detail)
+    elif step.name == "delta" and "merged" in step.detail:
+        outcome.delta = Merged.from_dict(step.detail["merged"])
+    elif step.name == "verify" and "verify" in step.detail:
+        outcome.verified = dict(step.detail["verify"])
 
 
 # -- the steps -------------------------------------------------------------------------------
@@ -429,6 +497,11 @@ def snapshot_step(ctx: MigrateContext, step: Step) -> None:
     from volguard.fly.volumes import snapshot_media_volumes
 
     outcome = ctx.outcome
+    if outcome.plan is not None and not outcome.plan.files.get("to_copy"):
+        # Everything is in the object store already (a second run): no byte will move, and
+        # a snapshot per run would only use up the volumes' snapshot retention.
+        step.ok("nothing to copy: no new snapshot")
+        return
     outcome.snapshots = snapshot_media_volumes(
         ctx.config,
         ctx.settings,
@@ -450,12 +523,19 @@ def snapshot_step(ctx: MigrateContext, step: Step) -> None:
 
 def copy_step(ctx: MigrateContext, step: Step) -> None:
     """``migrate_media --apply`` on each Machine, one at a time."""
+    _copy_everywhere(ctx, step)
+
+
+def _copy_everywhere(ctx: MigrateContext, step: Step) -> list[MachineReport]:
+    """``migrate_media --apply`` on each Machine in turn, each recorded as it finishes."""
     outcome = ctx.outcome
     assert outcome.record is not None
     done: list[dict[str, Any]] = []
+    reports: list[MachineReport] = []
     step.detail = {"machines": done}
     for machine in ctx.machines():
         report = ctx.run_on(machine, apply=True)
+        reports.append(report)
         files = report.document.get("files") or {}
         done.append({"machine": machine.id, "group": machine.group,
                      "exit_code": report.exit_code, "files": files})  # fmt: skip
@@ -463,6 +543,7 @@ def copy_step(ctx: MigrateContext, step: Step) -> None:
     copied = merge_counts(done, "copied")
     summary = f"{copied} file(s) copied from {len(done)} Machine(s), one at a time"
     step.changed(summary) if copied else step.ok(summary)
+    return reports
 
 
 def check_step(ctx: MigrateContext, step: Step) -> None:
@@ -478,7 +559,7 @@ def check_step(ctx: MigrateContext, step: Step) -> None:
 
 
 def cutover_step(ctx: MigrateContext, step: Step) -> None:
-    """The settings change, the deploy and the verification, printed for the operator."""
+    """With ``--setting``: the settings into fly.toml ``[env]``; without: printed."""
     outcome = ctx.outcome
     after = outcome.after
     assert after is not None
@@ -489,10 +570,134 @@ def cutover_step(ctx: MigrateContext, step: Step) -> None:
         )
         return
     outcome.cutover = cutover_lines(ctx)
-    step.detail = {"commands": outcome.cutover}
+    missing = f" ({len(after.missing)} row(s) had a file on no volume)" if after.missing else ""
+    if not ctx.options.settings:
+        why = "no --setting: which setting switches the storage is the app's"
+        step.detail = {"commands": outcome.cutover, "performed": False, "why": why}
+        step.skipped(
+            "every file on a volume is in the object store; no --setting, so the cutover is "
+            "printed for the operator, not performed" + missing
+        )
+        return
+    path = ctx.fly_toml
+    wanted = {_name(s): _value(s) for s in ctx.options.settings}
+    previous, written = set_env(path, wanted)
+    record = outcome.record
+    assert record is not None
+    if written:
+        # --resume compares fly.toml with the record's digest: this change is the run's own
+        record.fly_toml_sha256 = file_sha256(path)
+        record.save()
+    outcome.env_change = step.detail = {
+        "performed": True,
+        "fly_toml": path,
+        "env": {
+            n: {"before": _shown_value(n, previous[n]), "after": _shown_value(n, v)}
+            for n, v in wanted.items()
+        },
+        "written": written,
+        "commands": outcome.cutover,
+    }
+    for name in wanted:
+        ctx.out(
+            f"warning: fly.toml [env] {name} loses to a Fly secret of the same name (secrets "
+            f"override env); volguard cannot see secrets: check `fly secrets list --app "
+            f"{ctx.app}`"
+        )
+    shown = ", ".join(
+        f"{n}={_shown_value(n, v)} (was {_shown_value(n, previous[n]) or 'absent'})"
+        for n, v in wanted.items()
+    )
+    if written:
+        step.changed(f"fly.toml [env]: {shown}{missing}")
+    else:
+        step.ok(f"fly.toml [env] already has {', '.join(_shown(s) for s in ctx.options.settings)}")
+
+
+def deploy_step(ctx: MigrateContext, step: Step) -> None:
+    """The deploy runbook, its gates judging media in object storage."""
+    from volguard.deploy import DeployContext, DeployOptions, run_deploy
+    from volguard.flytoml import read_fly_toml
+
+    outcome = ctx.outcome
+    if outcome.env_change is None:
+        step.skipped("no cutover performed")
+        return
+    wanted = _wanted(ctx)
+    waiting = ctx.machines_without(wanted)
+    if not waiting:
+        step.detail = {"deployed": False}
+        step.ok(f"every media Machine already runs with {_env_line(wanted)}: nothing to deploy")
+        return
+    ctx.out(
+        "note: the media now live in object storage: add `media_storage: object` to the "
+        "volguard section of invoke.yaml (this deploy's gates already judge it so, VG115)"
+    )
+    config, problems = read_fly_toml(ctx.fly_toml)
+    if config is None:
+        raise VolguardError(problems[0].message if problems else f"{ctx.fly_toml}: unreadable")
+    ctx.config = config
+    deploy = DeployContext(
+        settings=dataclasses.replace(ctx.settings, media_storage="object"),
+        config=config,
+        app=ctx.app,
+        token=ctx.token,
+        options=DeployOptions(fly_toml=ctx.fly_toml, yes=True, audit=False),
+        out=lambda line: ctx.out(f"  {line}"),
+        confirm=None,
+        client_factory=ctx.client_factory,
+        runs_dir=ctx.runs_dir,
+    )
+    ctx.out(f"deploy: {len(waiting)} Machine(s) to switch to {_env_line(wanted)}")
+    record = run_deploy(deploy)
+    outcome.deployed = step.detail = {
+        "deployed": True,
+        "run": record.id,
+        "record": record.path,
+        "status": record.status,
+        "steps": {s.name: s.status for s in record.steps},
+    }
+    if record.status != "succeeded":
+        failed = next((s for s in record.steps if s.status == "failed"), None)
+        why = f" at {failed.name}: {failed.summary}" if failed else ""
+        step.failed(f"deploy {record.status}{why} (run record {record.path})")
+        raise StepFailed(step.summary)
+    step.changed(f"deploy succeeded: {ctx.app} (run record {record.path})")
+
+
+def delta_step(ctx: MigrateContext, step: Step) -> None:
+    """What reached a volume between the copy and the deploy: the copy again."""
+    outcome = ctx.outcome
+    if outcome.env_change is None:
+        step.skipped("no cutover performed")
+        return
+    reports = _copy_everywhere(ctx, step)
+    outcome.delta = merge(reports)
+    step.detail["merged"] = outcome.delta.as_dict()
+    if outcome.delta.conflicts or outcome.delta.changing:
+        step.failed(f"after the deploy: {outcome.delta.line()}")
+        raise StepFailed(step.summary)
+
+
+def verify_step(ctx: MigrateContext, step: Step) -> None:
+    """``--verify``: the audit on a started Machine, against the object store."""
+    outcome = ctx.outcome
+    if outcome.env_change is None:
+        step.skipped("no cutover performed")
+        return
+    _verify(ctx)
+    verified = outcome.verified
+    assert verified is not None
+    step.detail = {"verify": verified}
+    if verified["missing"]:
+        step.failed(
+            f"{len(verified['missing'])} row(s) had a file on a volume and are missing now "
+            f"(Machine {verified['machine']})"
+        )
+        raise StepFailed(step.summary)
     step.ok(
-        "every file on a volume is in the object store; the cutover is the operator's"
-        + (f" ({len(after.missing)} row(s) had a file on no volume)" if after.missing else "")
+        f"{verified['audited_rows']} row(s) audited on Machine {verified['machine']}: none "
+        "that had a file on a volume is missing"
     )
 
 
@@ -502,24 +707,105 @@ STEP_FUNCTIONS: dict[str, Callable[[MigrateContext, Step], None]] = {
     "copy": copy_step,
     "check": check_step,
     "cutover": cutover_step,
+    "deploy": deploy_step,
+    "delta": delta_step,
+    "verify": verify_step,
 }
 
 
 def cutover_lines(ctx: MigrateContext) -> list[str]:
-    """What the operator runs next, values of credentials masked."""
+    """What the operator runs next (values of credentials masked): without ``--setting`` the
+    whole cutover, with it only the way back."""
     to = shlex.quote(ctx.options.to)
+    config = shlex.quote(ctx.fly_toml)
+    if ctx.options.settings:
+        back = [_shown(s) for s in ctx.options.rollback] or ["NAME=VALUE"]
+        return [
+            f"rollback: flyctl deploy --config {config} --app {ctx.app} "
+            + " ".join(f"--env {b}" for b in back),
+            "   (then the same values in fly.toml [env], or the next deploy switches back; the "
+            "files on the volumes were never touched)",
+        ]
     setting = " ".join(_shown(s) for s in ctx.options.settings) or "NAME=VALUE"
     rollback = " ".join(_shown(s) for s in ctx.options.rollback) or "NAME=VALUE"
+    source = f" --from {shlex.quote(ctx.options.source)}" if ctx.options.source else ""
     return [
         f"1. switch the app's storage: fly secrets set --stage --app {ctx.app} {setting}",
-        "   (or the same settings in fly.toml [env]); the app reads the object store first",
+        "   (or the same settings in fly.toml [env], or run this again with --setting to have "
+        "volguard do 1-4); the app reads the object store first",
         "   (FallbackStorage over the object store and the volume, docs/migrate-media.md)",
         "2. deploy it: volguard deploy --yes",
-        f"3. copy what was uploaded since: volguard migrate-media --to {to} --apply",
+        f"3. copy what was uploaded since: volguard migrate-media --to {to}{source} --apply",
         f"4. verify: volguard migrate-media --to {to} --verify",
         f"rollback: fly secrets set --stage --app {ctx.app} {rollback}, then volguard deploy "
         "(the files on the volumes were never touched)",
     ]
+
+
+# -- fly.toml [env] --------------------------------------------------------------------------
+
+
+def set_env(path: str, wanted: dict[str, str]) -> tuple[dict[str, str | None], bool]:
+    """Write ``wanted`` into fly.toml's ``[env]`` (tomlkit keeps comments and layout),
+    atomically and with the file's mode; each NAME's previous value (None: absent) and
+    whether the file was written (not when every value is already there)."""
+    import tomlkit
+    from tomlkit.exceptions import TOMLKitError
+
+    target = os.path.realpath(path)  # a symlinked fly.toml stays a symlink
+    try:
+        with open(target, encoding="utf-8") as fh:
+            text = fh.read()
+        mode = stat.S_IMODE(os.stat(target).st_mode)
+    except OSError as e:
+        raise VolguardError(f"cannot read {path}: {e.strerror or e}") from None
+    try:
+        document = tomlkit.parse(text)
+    except TOMLKitError as e:
+        raise VolguardError(f"{path}: not TOML ({' '.join(str(e).split())})") from None
+    env = document.get("env")
+    if env is None:
+        env = tomlkit.table()
+        document["env"] = env
+    elif not isinstance(env, dict):
+        raise VolguardError(f"{path}: env is not a table")
+    before = {str(k): v for k, v in env.unwrap().items()} if hasattr(env, "unwrap") else {}
+    previous = {n: None if n not in before else _flyctl_string(before[n]) for n in wanted}
+    changes = {n: v for n, v in wanted.items() if previous[n] != v}
+    if not changes:
+        return previous, False
+    # a new key takes the indent of the table's first key, as fly.toml files indent [env]
+    indents = [v.trivia.indent for k, v in getattr(env, "value", env).body if k is not None]
+    for name, value in changes.items():
+        env[name] = value
+        if previous[name] is None and indents and hasattr(env[name], "trivia"):
+            env[name].trivia.indent = indents[0]
+    directory = os.path.dirname(target)
+    fd, tmp = tempfile.mkstemp(dir=directory, prefix=".fly.toml-", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as fh:
+            fh.write(tomlkit.dumps(document))
+            fh.flush()
+            os.fchmod(fh.fileno(), mode)
+            os.fsync(fh.fileno())
+        os.replace(tmp, target)
+    except OSError as e:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise VolguardError(f"cannot write {path}: {e.strerror or e}") from None
+    dir_fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(dir_fd)  # the rename itself survives a crash
+    finally:
+        os.close(dir_fd)
+    return previous, True
+
+
+def _flyctl_string(value: Any) -> str:
+    """An ``[env]`` value as flyctl sends it: ``fmt.Sprintf("%v")`` (docs/fly-facts.md)."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    return str(value)
 
 
 # -- verification after the cutover ----------------------------------------------------------
@@ -576,24 +862,9 @@ def _verify(ctx: MigrateContext) -> Outcome:
 
 def render_text(outcome: Outcome, limit: int = 20) -> str:
     """The plan, the steps and the cutover, for people."""
+    if outcome.record is None and outcome.verified is not None:  # --verify on its own
+        return "\n".join(_verify_lines(outcome, limit)) + "\n"
     lines: list[str] = []
-    if outcome.verified is not None:
-        v = outcome.verified
-        lines.append(
-            f"app {outcome.app}: check_missing_files on Machine {v['machine']} ({v['group']}): "
-            f"{v['audited_rows']} row(s) audited against the storage the app now uses"
-        )
-        if v["missing"]:
-            lines.append(f"{len(v['missing'])} row(s) had a file on a volume and are missing now:")
-            lines += [f"  {r['model']} {r['pk']}: {r['name']} ({r['reason']})"
-                      for r in v["missing"][:limit]]  # fmt: skip
-            lines.append("roll back (switch the setting back), then run migrate-media again")
-        else:
-            lines.append(
-                f"verified: no row that had a file on a volume is missing "
-                f"({v['known_missing']} had a file on no volume before the move)"
-            )
-        return "\n".join(lines) + "\n"
     for report in outcome.reports:
         f = report.document.get("files") or {}
         lines.append(
@@ -616,12 +887,35 @@ def render_text(outcome: Outcome, limit: int = 20) -> str:
             lines.append("  volguard chooses no copy: settle each conflict, then run again")
     if outcome.record is not None:
         lines += ["", f"migrate-media --apply: {outcome.record.status}", outcome.record.text()]
+        if outcome.verified is not None:
+            lines += ["", *_verify_lines(outcome, limit)]
         if outcome.cutover:
-            lines += ["", "Next, the cutover:", *(f"  {c}" for c in outcome.cutover)]
+            heading = "The way back:" if outcome.env_change else "Next, the cutover:"
+            lines += ["", heading, *(f"  {c}" for c in outcome.cutover)]
         lines.append(f"run record: {outcome.record.path}")
     elif outcome.plan is not None:
         lines.append("plan only: pass --apply to snapshot the volumes and copy")
     return "\n".join(lines) + "\n"
+
+
+def _verify_lines(outcome: Outcome, limit: int) -> list[str]:
+    v = outcome.verified
+    assert v is not None
+    lines = [
+        f"app {outcome.app}: check_missing_files on Machine {v['machine']} ({v['group']}): "
+        f"{v['audited_rows']} row(s) audited against the storage the app now uses"
+    ]
+    if v["missing"]:
+        lines.append(f"{len(v['missing'])} row(s) had a file on a volume and are missing now:")
+        lines += [f"  {r['model']} {r['pk']}: {r['name']} ({r['reason']})"
+                  for r in v["missing"][:limit]]  # fmt: skip
+        lines.append("roll back (switch the setting back), then run migrate-media again")
+    else:
+        lines.append(
+            f"verified: no row that had a file on a volume is missing "
+            f"({v['known_missing']} had a file on no volume before the move)"
+        )
+    return lines
 
 
 # -- helpers ---------------------------------------------------------------------------------
@@ -642,10 +936,53 @@ def _value(setting: str) -> str:
     return setting.partition("=")[2]
 
 
+def _secret_name(name: str) -> bool:
+    """A name whose value is shown masked: the storage credentials, and what names a secret."""
+    upper = name.upper()
+    return name in STORAGE_SECRETS or any(
+        word in upper for word in ("SECRET", "PASSWORD", "TOKEN", "ACCESS_KEY", "PRIVATE")
+    )
+
+
 def _shown(setting: str) -> str:
     name = _name(setting)
-    value = MASK if name in STORAGE_SECRETS else _value(setting)
+    value = MASK if _secret_name(name) else _value(setting)
     return f"{name}={shlex.quote(value)}"
+
+
+def _shown_value(name: str, value: str | None) -> str | None:
+    return None if value is None else MASK if _secret_name(name) else value
+
+
+def _check_performed_settings(options: MigrateOptions) -> None:
+    """``--apply --setting``: what the performed cutover needs, refused before any step."""
+    for setting in options.settings:
+        name = _name(setting)
+        if _secret_name(name):
+            raise UsageError(
+                f"--setting {name}: looks like a secret, and fly.toml [env] is plain text in "
+                "your repository; set it with `fly secrets set` instead"
+            )
+        if name.upper().startswith("FLY_"):
+            raise UsageError(f"--setting {name}: Fly reserves names that begin with FLY_")
+    if not options.source:
+        raise UsageError(
+            "--setting performs the cutover, after which the default storage is the new one: "
+            "name the volume's own entry of STORAGES with --from (e.g. --from volume), which "
+            "the copy and the delta after the deploy read"
+        )
+
+
+def _wanted(ctx: MigrateContext) -> dict[str, str]:
+    """The cutover's NAME=VALUE: the flags, or (a resumed run) what the cutover wrote."""
+    if ctx.options.settings:
+        return {_name(s): _value(s) for s in ctx.options.settings}
+    change = ctx.outcome.env_change or {}
+    return {n: str(v.get("after")) for n, v in (change.get("env") or {}).items()}
+
+
+def _env_line(env: dict[str, str]) -> str:
+    return ", ".join(f"{n}={shlex.quote(v)}" for n, v in env.items())
 
 
 def _digest(copy: dict[str, Any]) -> str:

@@ -681,14 +681,17 @@ ns.add_task(recover)
         "path": "fly.toml naming the media mounts (default: volguard.fly_toml, i.e. fly.toml)",
         "app": "Fly app (default: volguard.app, else fly.toml `app`)",
         "to": "the STORAGES alias of the object store to copy to (required)",
-        "from": "the STORAGES alias to copy from (default: migrate_media's, the default storage)",
-        "apply": "snapshot the media volumes, then copy on each Machine, one at a time",
+        "from": "the STORAGES alias to copy from (default: migrate_media's, the default "
+        "storage; required with --apply --setting: after the deploy the default is the new one)",
+        "apply": "snapshot the media volumes, then copy on each Machine, one at a time; with "
+        "--setting, then the cutover: fly.toml [env], volguard deploy, the delta, the verify",
         "resume": "continue the latest migrate-media --apply run of this app",
         "verify": "after the cutover: the missing-file audit against the storage the app now "
         "uses finds no row that had a file on a volume missing",
-        "setting": "NAME=VALUE the cutover sets, shown in the printed commands (repeatable; "
-        "credentials masked)",
-        "rollback": "NAME=VALUE that switches the storage back, shown likewise (repeatable)",
+        "setting": "NAME=VALUE the cutover sets (repeatable): with --apply, written into "
+        "fly.toml [env] and deployed; without --apply, shown in the printed commands",
+        "rollback": "NAME=VALUE that switches the storage back, printed as the exact command "
+        "(repeatable; volguard never rolls back by itself)",
         "workers": "parallel copies on each Machine (migrate_media --workers)",
         "format": "stdout format: text or json (default: text)",
         "transport": "how to reach each Machine: fly, ssh or local (default: volguard.transport)",
@@ -722,9 +725,11 @@ def migrate_media(
     Plan by default: manage.py migrate_media on every started Machine of the media groups,
     merged (a row is missing only when its file is on no volume; the same name with other
     bytes is a conflict: volguard chooses no copy). --apply snapshots the media volumes,
-    copies on each Machine, checks that nothing is left and prints the cutover (the setting,
-    volguard deploy, --verify) and its rollback; volguard never deletes the files on the
-    volumes. Exit 0 all verified, 2 conflicts or missing rows, 1 could not run. See
+    copies on each Machine and checks that nothing is left; then, with --setting (and
+    --from), performs the cutover: the settings into fly.toml [env], the deploy runbook, the
+    copy of what arrived meanwhile and the verification; without --setting it prints them.
+    The rollback is printed, never run; volguard never deletes the files on the volumes.
+    Exit 0 all verified, 2 conflicts, missing rows or a failed step, 1 could not run. See
     runbooks/moving-media-to-object-storage.md.
     """
 
