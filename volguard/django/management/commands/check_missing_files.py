@@ -25,13 +25,12 @@ from __future__ import annotations
 
 import json
 import re
-import shlex
 import sys
 from collections.abc import Iterable
 from datetime import timedelta
 from typing import Any
 
-from django.core.management.base import BaseCommand, CommandError, CommandParser
+from django.core.management.base import CommandError, CommandParser
 
 from volguard.audit_document import (
     DEFAULT_MAX_MISSING,
@@ -51,6 +50,7 @@ from volguard.audit_log import DEFAULT_PATH as DEFAULT_AUDIT_LOG
 from volguard.audit_log import AuditLog
 from volguard.django import repair
 from volguard.django.audit_result import AuditResult, AuditRow
+from volguard.django.management.base import VolguardCommand, command_line
 from volguard.django.missing_files import audit
 from volguard.django.storage_index import STRATEGIES
 from volguard.django.targets import discover
@@ -63,7 +63,7 @@ _DURATION_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
 MAX_DURATION_DAYS = 36500
 
 
-class Command(BaseCommand):
+class Command(VolguardCommand):
     help = (
         "Report rows whose file is missing from storage, empty, or stored under an invalid "
         "name, and files shared by several rows. Read-only. Exit 0: nothing missing; "
@@ -71,8 +71,6 @@ class Command(BaseCommand):
     )
     # An incident tool must run even when an unrelated system check fails.
     requires_system_checks = ()
-
-    exit_code = 0
 
     def add_arguments(self, parser: CommandParser) -> None:
         parser.add_argument(
@@ -186,23 +184,6 @@ class Command(BaseCommand):
             help=f"append-only JSONL log of every change (default {DEFAULT_AUDIT_LOG})",
         )
 
-    def create_parser(self, prog_name: str, subcommand: str, **kwargs: Any) -> CommandParser:
-        parser = super().create_parser(prog_name, subcommand, **kwargs)
-        if parser.called_from_command_line:
-            # argparse exits 2 on a bad flag, which here means "files missing": say it as
-            # the one-line CommandError every other bad input gets, and exit 1.
-            def error(message: str) -> None:
-                sys.stderr.write(f"CommandError: {message} (see --help)\n")
-                sys.exit(1)
-
-            parser.error = error  # type: ignore[method-assign]
-        return parser
-
-    def run_from_argv(self, argv: list[str]) -> None:
-        super().run_from_argv(argv)
-        if self.exit_code:
-            sys.exit(self.exit_code)
-
     def handle(self, *args: Any, **options: Any) -> None:
         from django.db import DatabaseError
 
@@ -273,7 +254,7 @@ class Command(BaseCommand):
         text = not options["json"]
         # The plan goes to stderr under --json, so stdout stays one JSON document.
         say = self.stdout.write if text else self.stderr.write
-        log = AuditLog(options["audit_log"], command=_command_line())
+        log = AuditLog(options["audit_log"], command=command_line("check_missing_files"))
         try:
             logged, dropped = repair.recover(log)
         except (OSError, ValueError) as e:
@@ -607,11 +588,6 @@ def _sortable(value: Any) -> tuple[int, Any]:
     if isinstance(value, int):
         return (0, value)
     return (1, str(value))
-
-
-def _command_line() -> str:
-    """The command as typed, for the audit log."""
-    return shlex.join(["manage.py", *sys.argv[1:]]) if sys.argv[1:] else "check_missing_files"
 
 
 def _counts(counter: Any) -> str:

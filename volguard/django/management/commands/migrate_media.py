@@ -16,13 +16,14 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from django.core.management.base import BaseCommand, CommandError, CommandParser
+from django.core.management.base import CommandError, CommandParser
 
 from volguard.django import media_migration
+from volguard.django.management.base import VolguardCommand
 from volguard.errors import VolguardError
 
 
-class Command(BaseCommand):
+class Command(VolguardCommand):
     help = (
         "Copy every file a row references (with --all-files, every file) from one storage "
         "to another, e.g. from the volume to an S3/Tigris bucket: verified, resumable, never "
@@ -30,8 +31,6 @@ class Command(BaseCommand):
         "missing; 1: could not run."
     )
     requires_system_checks = ()
-
-    exit_code = 0
 
     def add_arguments(self, parser: CommandParser) -> None:
         parser.add_argument(
@@ -87,23 +86,6 @@ class Command(BaseCommand):
         parser.add_argument(
             "--json", action="store_true", help="print the report as one JSON document"
         )
-
-    def create_parser(self, prog_name: str, subcommand: str, **kwargs: Any) -> CommandParser:
-        parser = super().create_parser(prog_name, subcommand, **kwargs)
-        if parser.called_from_command_line:
-            # argparse exits 2 on a bad flag, which here means "conflicts": say it as the
-            # one-line CommandError every other failure to run gets, and exit 1.
-            def error(message: str) -> None:
-                sys.stderr.write(f"CommandError: {message} (see --help)\n")
-                sys.exit(1)
-
-            parser.error = error  # type: ignore[method-assign]
-        return parser
-
-    def run_from_argv(self, argv: list[str]) -> None:
-        super().run_from_argv(argv)
-        if self.exit_code:
-            sys.exit(self.exit_code)
 
     def handle(self, *args: Any, **options: Any) -> None:
         if options["batch_size"] < 1:

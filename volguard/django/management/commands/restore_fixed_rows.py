@@ -14,27 +14,25 @@ bad input, as one ``CommandError:`` line.
 from __future__ import annotations
 
 import json
-import shlex
 import sys
 from typing import Any
 
-from django.core.management.base import BaseCommand, CommandError, CommandParser
+from django.core.management.base import CommandError, CommandParser
 
 from volguard.audit_log import DEFAULT_PATH as DEFAULT_AUDIT_LOG
 from volguard.audit_log import AuditLog
 from volguard.django import row_restore
+from volguard.django.management.base import VolguardCommand, command_line
 from volguard.errors import VolguardError
 
 
-class Command(BaseCommand):
+class Command(VolguardCommand):
     help = (
         "Put back the status and log an earlier check_missing_files --fix changed, for the "
         "rows whose file is back in storage and whose fields nobody changed since. Plan by "
         "default; --apply acts. Exit 0: all restored; 2: some left (named); 1: bad input."
     )
     requires_system_checks = ()  # an incident tool must run even when a check fails
-
-    exit_code = 0
 
     def add_arguments(self, parser: CommandParser) -> None:
         parser.add_argument(
@@ -68,22 +66,6 @@ class Command(BaseCommand):
         )
         parser.add_argument("--json", action="store_true", help="print one JSON document")
 
-    def create_parser(self, prog_name: str, subcommand: str, **kwargs: Any) -> CommandParser:
-        parser = super().create_parser(prog_name, subcommand, **kwargs)
-        if parser.called_from_command_line:
-            # argparse exits 2 on a bad flag, which here means "rows left": exit 1 instead.
-            def error(message: str) -> None:
-                sys.stderr.write(f"CommandError: {message} (see --help)\n")
-                sys.exit(1)
-
-            parser.error = error  # type: ignore[method-assign]
-        return parser
-
-    def run_from_argv(self, argv: list[str]) -> None:
-        super().run_from_argv(argv)
-        if self.exit_code:
-            sys.exit(self.exit_code)
-
     def handle(self, *args: Any, **options: Any) -> None:
         from django.db import DatabaseError
 
@@ -91,7 +73,7 @@ class Command(BaseCommand):
             raise CommandError("--batch-size must be at least 1")
         try:
             selection = self._selection(options)
-            log = AuditLog(options["audit_log"], command=_command_line())
+            log = AuditLog(options["audit_log"], command=command_line("restore_fixed_rows"))
             report = row_restore.restore(
                 log, selection, apply=options["apply"], batch_size=options["batch_size"]
             )
@@ -141,7 +123,3 @@ class Command(BaseCommand):
             self.stdout.write("Plan only: --apply restores them.")
         if report.apply and counts.get(row_restore.RESTORED):
             self.stdout.write(f"  logged to {report.audit_log}")
-
-
-def _command_line() -> str:
-    return shlex.join(["manage.py", *sys.argv[2:]]) if len(sys.argv) > 1 else "restore_fixed_rows"
