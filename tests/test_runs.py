@@ -218,3 +218,45 @@ def test_a_corrupt_record_is_one_line_naming_the_file(tmp_path: Path, content: s
     message = str(raised.value)
     assert str(bad) in message
     assert "\n" not in message
+
+
+def test_a_record_changed_by_two_threads_under_its_lock_always_saves(tmp_path):
+    """recover's copy: the receiving session's thread records each file while the main
+    thread records a temporary Machine it makes (the Ledger); each save walks the whole
+    record. A save without the lock met a dict mid-change ("dictionary changed size during
+    iteration") and the run died as an internal error."""
+    import threading
+
+    from volguard.fly.temporary import Ledger
+
+    record = RunRecord.new("recover", "a", STEPS, runs_dir=str(tmp_path))
+    record.step(STEPS[0])
+    results: dict[str, dict] = {}
+    record.get(STEPS[0]).detail["results"] = results
+    stop, failures = threading.Event(), []
+
+    def receiver() -> None:
+        i = 0
+        try:
+            while not stop.is_set():
+                with record.lock:
+                    results[f"user_data/{i:06d}.bin"] = {"status": "restored", "size": i}
+                    if i % 50 == 0:
+                        record.save()
+                i += 1
+        except Exception as e:
+            failures.append(e)
+
+    thread = threading.Thread(target=receiver)
+    thread.start()
+    try:
+        ledger = Ledger.for_step(record, STEPS[0])
+        for n in range(60):
+            entry = ledger.intend("machine", f"vg_tmp_{n}", "a")
+            ledger.mark(entry, "started", f"m{n}")
+    finally:
+        stop.set()
+        thread.join()
+    assert failures == []
+    saved = json.loads(Path(record.path).read_text())
+    assert len(saved["steps"][0]["detail"]["temporary"]) == 60

@@ -590,7 +590,7 @@ def copy_step(ctx: RecoverContext, step: Step) -> None:
     step.detail = {"verified": verified, "results": results, "carried": len(verified)}
     record.save()  # what earlier runs verified stays in the record even if this one is killed
     todo = [t for t in moves if t.name not in verified]
-    lock = threading.Lock()
+    lock = record.lock  # the receiving session's thread and this one both change the record
     last_save, save_cost = [time.monotonic()], [0.0]
     planned = {t.name: t.copy.sha256 for t in moves}
 

@@ -27,6 +27,7 @@ import os
 import re
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field, fields, is_dataclass
@@ -88,6 +89,12 @@ class RunRecord:
     resumed_from: str | None = None
     steps: list[Step] = field(default_factory=list)
     options: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        # Not a field (never written): held by `save` and by whoever changes the record from
+        # another thread (recover's copy: the receiving session's results, and the ledger
+        # of a temporary Machine made meanwhile), so a save never walks a dict mid-change.
+        self.lock = threading.RLock()
 
     # -- making one -----------------------------------------------------------------------
 
@@ -196,13 +203,15 @@ class RunRecord:
     # -- persistence ----------------------------------------------------------------------
 
     def save(self) -> None:
-        """Write the record atomically (temporary file, fsync, rename)."""
+        """Write the record atomically (temporary file, fsync, rename), under `lock`."""
         directory = os.path.dirname(os.path.abspath(self.path))
         os.makedirs(directory, exist_ok=True)
+        with self.lock:
+            data = self.as_dict()
         fd, tmp = tempfile.mkstemp(dir=directory, prefix=".run-", suffix=".tmp")
         try:
             with os.fdopen(fd, "w", encoding="utf-8") as fh:
-                json.dump(self.as_dict(), fh, indent=2, sort_keys=True, default=str)
+                json.dump(data, fh, indent=2, sort_keys=True, default=str)
                 fh.write("\n")
                 fh.flush()
                 os.fsync(fh.fileno())

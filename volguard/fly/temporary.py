@@ -44,6 +44,7 @@ from __future__ import annotations
 
 import contextlib
 import secrets
+import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -78,9 +79,15 @@ class Ledger:
     for the user to see in `fly volumes list`)."""
 
     def __init__(
-        self, entries: Callable[[], list[dict[str, Any]]], save: Callable[[], None], run: str
+        self,
+        entries: Callable[[], list[dict[str, Any]]],
+        save: Callable[[], None],
+        run: str,
+        lock: Any = None,
     ) -> None:
         self._entries, self._save, self.run = entries, save, run
+        #: the record's lock: an entry changes while another thread may be saving the record
+        self._lock = lock if lock is not None else threading.RLock()
 
     @classmethod
     def for_step(cls, record: Any, step: str) -> Ledger:
@@ -90,7 +97,7 @@ class Ledger:
         def entries() -> list[dict[str, Any]]:
             return record.get(step).detail.setdefault(TEMPORARY_KEY, [])
 
-        return cls(entries, record.save, str(record.id))
+        return cls(entries, record.save, str(record.id), getattr(record, "lock", None))
 
     @classmethod
     def in_memory(cls, run: str = "") -> Ledger:
@@ -114,15 +121,17 @@ class Ledger:
 
     def intend(self, kind: str, name: str, app: str, **facts: Any) -> dict[str, Any]:
         entry = {"kind": kind, "name": name, "app": app, "id": None, "status": CREATING, **facts}
-        self.entries.append(entry)
-        self._save()
+        with self._lock:
+            self.entries.append(entry)
+            self._save()
         return entry
 
     def mark(self, entry: dict[str, Any], status: str, resource_id: str | None = None) -> None:
-        if resource_id is not None:
-            entry["id"] = resource_id
-        entry["status"] = status
-        self._save()
+        with self._lock:
+            if resource_id is not None:
+                entry["id"] = resource_id
+            entry["status"] = status
+            self._save()
 
 
 # -- the context manager --------------------------------------------------------------------
