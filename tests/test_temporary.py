@@ -330,3 +330,35 @@ def test_an_unattached_volumes_seeded_files_reach_its_fork(fleet_and_sim):
             seen = ssh(fleet, tmp.machine.id, "cat /data/media/up/old.txt")
         assert (fleet.volume_dir(spare.id) / "media/up/old.txt").read_bytes() == b"stranded"
     assert seen.stdout == "stranded"
+
+
+def test_cleanup_outlasts_a_platform_that_fails_for_a_while_and_names_its_reason(tmp_path):
+    """A destroy that keeps failing (5xx) past the client's own retries is tried again until
+    the deadline; one that never succeeds is one error naming the API's words."""
+    runs = tmp_path / "runs"
+    with SimServer(SCENARIO) as sim, client_for(sim) as client:
+        before = live(sim)
+        argv = [sys.executable, "-c", KILLED_RUN, sim.url, sim.token, APP, WEB_VOLUME, str(runs)]
+        child = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        assert child.stdout is not None
+        path, machine_id, volume_id = child.stdout.readline().split()
+        os.kill(child.pid, signal.SIGKILL)
+        child.wait()
+        sim.inject(fail_next=12)  # more than one call's retries
+        destroyed = cleanup(RunRecord.load(path), client, poll=0.01, timeout=30)
+        after = live(sim)
+        child2 = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        assert child2.stdout is not None
+        path2, machine2, _ = child2.stdout.readline().split()
+        os.kill(child2.pid, signal.SIGKILL)
+        child2.wait()
+        sim.inject(fail_next=10_000)
+        with pytest.raises(TemporaryResourceError) as caught:
+            cleanup(RunRecord.load(path2), client, poll=0.01, timeout=0.5)
+        sim.reset()
+        cleanup(RunRecord.load(path2), client)
+    assert sorted(destroyed) == sorted([machine_id, volume_id])
+    assert after == before
+    assert machine2 in caught.value.left
+    assert f"{machine2} (" in str(caught.value)  # with the API's reason
+    assert sim.token not in str(caught.value)

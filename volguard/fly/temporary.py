@@ -50,7 +50,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
-from volguard.errors import FlyAPIError, FlyNotFound, TemporaryResourceError
+from volguard.errors import FlyAPIError, FlyNotFound, FlyUnavailable, TemporaryResourceError
 from volguard.fly.client import MachinesClient
 from volguard.fly.models import Machine, Volume
 
@@ -192,7 +192,7 @@ def temporary_machine(
         if not isinstance(e, FlyAPIError | TemporaryResourceError):
             raise
         ending = (
-            f"; left: {', '.join(left)} (`volguard recover --resume` removes them)"
+            f"; left: {made.said(left)} (`volguard recover --resume` removes them)"
             if left
             else "; nothing was left behind"
         )
@@ -205,10 +205,10 @@ def temporary_machine(
     finally:
         left = made.undo()
         if left and failed:
-            say(f"could not remove {', '.join(left)}: `volguard recover --resume` will")
+            say(f"could not remove {made.said(left)}: `volguard recover --resume` will")
         elif left:
             raise TemporaryResourceError(
-                f"could not remove the temporary {', '.join(left)}; "
+                f"could not remove the temporary {made.said(left)}; "
                 "`volguard recover --resume` removes them",
                 left,
             )
@@ -249,6 +249,7 @@ def cleanup(
     say = out or (lambda line: None)
     done: list[str] = []
     left: list[str] = []
+    why: list[str] = []
     for step in record.steps:
         if not step.detail.get(TEMPORARY_KEY):
             continue
@@ -258,6 +259,7 @@ def cleanup(
                 gone = _destroy(client, ledger, entry, timeout, poll, time.sleep, time.monotonic)
             except (FlyAPIError, TemporaryResourceError) as e:
                 left.append(str(entry.get("id") or entry.get("name")))
+                why.append(f"{left[-1]} ({e})")
                 say(f"could not remove temporary {entry.get('kind')} {entry.get('id')}: {e}")
                 continue
             if gone:
@@ -265,7 +267,7 @@ def cleanup(
                 say(f"{gone}: temporary {entry['kind']} of run {record.id} destroyed")
     if left:
         raise TemporaryResourceError(
-            f"could not remove the temporary {', '.join(left)} left by run {record.id}", left
+            f"could not remove the temporary {', '.join(why)} left by run {record.id}", left
         )
     return done
 
@@ -290,6 +292,7 @@ class _Maker:
         self.timeout, self.poll, self.sleep, self.clock = timeout, poll, sleep, clock
         self.entries: list[dict[str, Any]] = []
         self.doing = "preparing a temporary Machine"
+        self.why: dict[str, str] = {}  # what could not be removed -> the API's reason
 
     def copy_of(self, volume: Volume, snapshot_id: str | None) -> Volume:
         # Fly volume names: lowercase letters, digits and underscores, at most 30.
@@ -366,9 +369,15 @@ class _Maker:
                     self.client, self.ledger, entry, self.timeout, self.poll, self.sleep,
                     self.clock,
                 )  # fmt: skip
-            except (FlyAPIError, TemporaryResourceError):
-                left.append(f"{entry['kind']} {entry.get('id') or entry['name']}")
+            except (FlyAPIError, TemporaryResourceError) as e:
+                label = f"{entry['kind']} {entry.get('id') or entry['name']}"
+                left.append(label)
+                self.why[label] = str(e)
         return left
+
+    def said(self, left: list[str]) -> str:
+        """``left`` with the API's reason for each, for a message."""
+        return ", ".join(f"{x} ({self.why[x]})" if x in self.why else x for x in left)
 
     def _state(self, machine_id: str) -> str:
         try:
@@ -408,7 +417,11 @@ def _destroy(
             break
         except FlyAPIError as e:
             # 412: the volume is still bound to the Machine just destroyed; it frees soon.
-            if e.status != 412 or clock() >= deadline:
+            # FlyUnavailable (the client's retries used up: a 5xx, a timeout) is worth
+            # another try while the deadline lasts: a Machine killed with live sessions
+            # can take the platform a while to take down.
+            transient = e.status == 412 or isinstance(e, FlyUnavailable)
+            if not transient or clock() >= deadline:
                 raise
             sleep(poll)
     ledger.mark(entry, DESTROYED)
