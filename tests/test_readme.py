@@ -44,7 +44,7 @@ def test_both_readme_commands_start_with_the_system_set_up() -> None:
 def test_readme_command_2_runs_the_linters_and_the_whole_suite() -> None:
     command = readme_commands()["2"]
     assert ".venv/bin/pip install -e '.[dev]'" in command
-    assert command.endswith("&& .venv/bin/ruff format --check . && .venv/bin/pytest -q")
+    assert command.endswith("&& .venv/bin/ruff format --check . && .venv/bin/pytest -q -n 2")
 
 
 def test_ci_runs_readme_command_2_verbatim() -> None:
