@@ -218,16 +218,23 @@ KILLED_RUN = textwrap.dedent(
 )
 
 
+def killed_run(sim: SimServer, runs: Path) -> tuple[subprocess.Popen, str, str, str]:
+    """A run killed right after it made a fork and a temporary Machine: (the process, its
+    record's path, the Machine's id, the fork's id)."""
+    argv = [sys.executable, "-c", KILLED_RUN, sim.url, sim.token, APP, WEB_VOLUME, str(runs)]
+    child = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    assert child.stdout is not None
+    path, machine_id, volume_id = child.stdout.readline().split()
+    os.kill(child.pid, signal.SIGKILL)
+    child.wait()
+    return child, path, machine_id, volume_id
+
+
 def test_a_run_killed_after_creating_resources_is_cleaned_up_from_its_record(tmp_path):
     runs = tmp_path / "runs"
     with SimServer(SCENARIO) as sim, client_for(sim) as client:
         before = live(sim)
-        argv = [sys.executable, "-c", KILLED_RUN, sim.url, sim.token, APP, WEB_VOLUME, str(runs)]
-        child = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-        assert child.stdout is not None
-        path, machine_id, volume_id = child.stdout.readline().split()
-        os.kill(child.pid, signal.SIGKILL)
-        child.wait()
+        child, path, machine_id, volume_id = killed_run(sim, runs)
         assert live(sim)[0] - before[0] == {machine_id}  # left behind by the killed run
         record = RunRecord.load(path)
         destroyed = cleanup(record, client)
@@ -338,20 +345,11 @@ def test_cleanup_outlasts_a_platform_that_fails_for_a_while_and_names_its_reason
     runs = tmp_path / "runs"
     with SimServer(SCENARIO) as sim, client_for(sim) as client:
         before = live(sim)
-        argv = [sys.executable, "-c", KILLED_RUN, sim.url, sim.token, APP, WEB_VOLUME, str(runs)]
-        child = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-        assert child.stdout is not None
-        path, machine_id, volume_id = child.stdout.readline().split()
-        os.kill(child.pid, signal.SIGKILL)
-        child.wait()
+        _, path, machine_id, volume_id = killed_run(sim, runs)
         sim.inject(fail_next=12)  # more than one call's retries
         destroyed = cleanup(RunRecord.load(path), client, poll=0.01, timeout=30)
         after = live(sim)
-        child2 = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-        assert child2.stdout is not None
-        path2, machine2, _ = child2.stdout.readline().split()
-        os.kill(child2.pid, signal.SIGKILL)
-        child2.wait()
+        _, path2, machine2, _ = killed_run(sim, runs)
         sim.inject(fail_next=10_000)
         with pytest.raises(TemporaryResourceError) as caught:
             cleanup(RunRecord.load(path2), client, poll=0.01, timeout=0.5)
