@@ -24,7 +24,7 @@ In one run, each to the app Machine's volume, through the proxy:
 - volguard: `volguard recover --apply --yes --transport ssh --format json` (the gate, the
   audit, the search — the worker, then a fork of the volume on a temporary Machine for the
   names not found —, a snapshot, the copy — the worker's send session, then the volume's,
-  forked again onto a new temporary Machine —, the re-audit), its copy step's seconds from
+  on the temporary Machine the search made —, the re-audit), its copy step's seconds from
   the run record. It runs with each temporary Machine's set-up (fork and start: the
   simulator's hydrate and start delays) and removal timed (TIMING_DRIVER), reported apart;
 - volguard killed: the same command SIGKILLed once half the files are restored (counted in
@@ -34,9 +34,10 @@ In one run, each to the app Machine's volume, through the proxy:
 
 Per source: the files and bytes of the plan, the ssh connections to the worker and to each
 temporary Machine, the temporary Machines' set-up, time held and removal. Figures (the
-goals of #10): the copy step's wall time, less its temporary Machine's set-up and removal,
-<= 1.3x the transfer floor (file bytes / the cap, plus one round trip per session: the two
-send sessions and the target's receive session); at most 3 ssh connections to each source
+goals of #10): the copy step's wall time, whole (any temporary Machine it had to make
+included), <= 1.3x the transfer floor (file bytes / the cap, plus one round trip per
+session: the two send sessions and the target's receive session); at most 3 ssh
+connections to each source
 Machine (the worker, each temporary Machine) per run; zero files restored or sent twice
 after the kill, zero temporary resources left; peak RSS <= 300 MB (of volguard and its
 children: the largest single process, from wait4's rusage, and the sum over the process
@@ -880,15 +881,15 @@ def most_connections(run: dict[str, Any]) -> dict[str, int]:
 def verdicts(r: dict[str, Any]) -> list[dict[str, Any]]:
     v = r["volguard"]
     k = r["kill"]
-    ratio = transfer_s(v) / r["floor_s"]
+    ratio = (v["copy_s"] if v.get("copy_s") is not None else float("inf")) / r["floor_s"]
     runs = (v, k["killed"], k["resumed"])
     source = max(n for run in runs for n in most_connections(run).values())
     rss = max(v["maxrss_mb"], v["tree_rss_mb"], k["resumed"]["tree_rss_mb"])
     both = set(v.get("per_source", {})) == {"machine", "volume"}
     ok_run = v["returncode"] == 0 and v["complete"] and v["applied"] == r["files"] and both
     return [
-        {"goal": f"copy step less the temporary Machine's set-up <= {MAX_WALL_RATIO}x floor "
-                 "(both sources)", "value": f"{ratio:.2f}x",
+        {"goal": f"copy step <= {MAX_WALL_RATIO}x floor (both sources, any temporary "
+                 "Machine's set-up included)", "value": f"{ratio:.2f}x",
          "verdict": "PASS" if ratio <= MAX_WALL_RATIO and ok_run else "FAIL"},
         {"goal": f"ssh connections to each source Machine <= {MAX_SOURCE_CONNECTIONS} per run",
          "value": str(source),

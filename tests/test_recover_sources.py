@@ -120,8 +120,11 @@ def test_files_on_an_unattached_volume_are_found_on_a_fork_and_copied_back(
         original = tree(site.fleet.volume_dir(OLD_VOLUME))
         before = live(site)
         plan = site.run_cli("--format", "json", "--transport", "ssh")
+        planned = len(site.sim.state.actions)
         outcome = recover(site.context(apply=True))
         after = live(site)
+        forks = [a["request"] for a in site.sim.state.actions[planned:]
+                 if a["action"] == "create_volume"]  # fmt: skip
         target = site.files(APP)
         unchanged = tree(site.fleet.volume_dir(OLD_VOLUME))
         never_attached = not attached_ever(site, OLD_VOLUME)
@@ -166,6 +169,8 @@ def test_files_on_an_unattached_volume_are_found_on_a_fork_and_copied_back(
     assert entries
     assert all(e["status"] == "destroyed" for e in entries)
     assert {e["kind"] for e in entries} == {"volume", "machine"}
+    # the copy read the fork its search made: one fork of the volume in the whole run
+    assert [f.get("source_volume_id") for f in forks].count(OLD_VOLUME) == 1
 
 
 @needs_fleet

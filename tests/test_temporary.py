@@ -30,6 +30,7 @@ from volguard.fly.temporary import (
     GROUP,
     TEMPORARY_KEY,
     Ledger,
+    TemporaryMachines,
     cleanup,
     destroy_recorded,
     temporary_machine,
@@ -117,6 +118,51 @@ def test_the_copy_is_destroyed_when_the_search_fails():
             raise RuntimeError("search broke")
         assert live(sim) == before
     assert [e["status"] for e in ledger.entries] == ["destroyed", "destroyed"]
+
+
+def test_a_kept_machine_is_made_once_for_every_use_and_destroyed_when_the_run_closes():
+    ledger = Ledger.in_memory()
+    kept = TemporaryMachines()
+    with SimServer(SCENARIO) as sim, client_for(sim) as client:
+        before = live(sim)
+        volume = source_volume(client)
+
+        def make() -> Any:
+            return temporary_machine(client, APP, volume, ledger=ledger, poll=0.05)
+
+        first = kept.get(volume.id, make)  # the search
+        again = kept.get(volume.id, make)  # the copy: the same Machine, the same fork
+        during = live(sim)
+        kept.close()
+        after = live(sim)
+        kept.close()  # a second close has nothing left to do
+    forks = [a for a in sim.state.actions if a["action"] == "create_volume"]
+    assert again == first
+    assert len(forks) == 1
+    assert during[0] - before[0] == {first.machine.id}
+    assert during[1] - before[1] == {first.volume.id}
+    assert after == before
+    assert [e["status"] for e in ledger.entries] == ["destroyed", "destroyed"]
+
+
+def test_a_failed_make_keeps_nothing_and_the_next_use_tries_again():
+    ledger = Ledger.in_memory()
+    kept = TemporaryMachines()
+    with SimServer(SCENARIO) as sim, client_for(sim) as client:
+        before = live(sim)
+        volume = source_volume(client)
+
+        def make() -> Any:
+            return temporary_machine(client, APP, volume, ledger=ledger, poll=0.05)
+
+        sim.inject(refuse_volume_next=1)
+        with pytest.raises(TemporaryResourceError, match="forking volume"):
+            kept.get(volume.id, make)
+        made = kept.get(volume.id, make)
+        kept.close()
+        after = live(sim)
+    assert made.volume.state == "created"
+    assert after == before
 
 
 @pytest.mark.parametrize(

@@ -16,7 +16,8 @@ stranded: on the worker's volume (the split, VG103/VG205), on a sibling app Mach
    searched only for the names no cheaper source had a copy of, and not at all (no fork, no
    restore) once every name is found. Temporary volumes and Machines are made and
    destroyed by `volguard.fly.temporary`, recorded in the run record's step while they
-   live (``--apply``), and removed at the run's end and by ``--resume``;
+   live (``--apply``), kept from the search that made them to the run's end (the copy
+   reads the copy it searched) and removed then, or by ``--resume`` after a kill;
 3. the plan (`volguard.recover_document`): each row ``found``, ``conflict`` or
    ``not_found``.
 
@@ -27,7 +28,7 @@ did not finish: ``gate`` (verify-volume for the target passes), ``audit``, ``sea
 ``created``), ``copy`` (ONE streaming session per source Machine and ONE on the target: the
 source's send mode writes frames, volguard relays them a chunk at a time into the target's
 receive mode, which never replaces a file and verifies each sha256; a volume or snapshot
-is forked or restored again for its send session, which lives within it), ``restore-rows``
+is read on the temporary Machine its search made), ``restore-rows``
 (``manage.py restore_fixed_rows --apply`` on the target for the files this run and the runs it
 resumes restored: rows an earlier ``--fix`` marked failed get their status and log back when
 nobody changed them since), ``re-audit``.
@@ -70,7 +71,13 @@ from volguard.fly.client import MachinesClient, Token
 from volguard.fly.fleet import Fleet, load_fleet
 from volguard.fly.models import SNAPSHOT_CREATED, Machine, Snapshot, Volume
 from volguard.fly.temporary import GROUP as TEMPORARY_GROUP
-from volguard.fly.temporary import Ledger, cleanup, temporary_machine
+from volguard.fly.temporary import (
+    Ledger,
+    TemporaryMachine,
+    TemporaryMachines,
+    cleanup,
+    temporary_machine,
+)
 from volguard.flytoml import FlyConfig
 from volguard.lint import static_context
 from volguard.recover_document import (
@@ -234,6 +241,8 @@ class RecoverContext:
     fleet: Fleet | None = None
     previous: RunRecord | None = None  # the run --resume continues
     missing: list[MissingRow] = field(default_factory=list)  # what the audit step found
+    #: the run's temporary Machines, one per volume or snapshot searched, kept to its end
+    temporaries: TemporaryMachines = field(default_factory=TemporaryMachines)
 
     def __post_init__(self) -> None:
         self.outcome = Outcome(app=self.app)
@@ -273,7 +282,8 @@ class RecoverContext:
         """The sources to search, cheapest first: every other started Machine, then each
         unattached media volume that holds data, then each `created` snapshot of a media
         volume (newest first; before --snapshot-before when given). Nothing is made here:
-        a temporary source forks or restores only when it is searched or read."""
+        a temporary source forks or restores when it is first searched or read, once per
+        run (`temporaries`)."""
         fleet = self.fleet or self.load_fleet()
         target = self.target
         kinds = self.available_kinds()
@@ -330,6 +340,7 @@ class RecoverContext:
             mount_path=media_destination(self.config, target.group),
             media_root=media_root,
             ledger=ledger,
+            kept=self.temporaries,
             make_timeout=self.options.temporary_timeout,
             poll=self.options.temporary_poll,
             out=lambda line: print(f"  {line}", file=sys.stderr, flush=True),
@@ -375,12 +386,15 @@ def recover(ctx: RecoverContext) -> Outcome:
     if options.resume and not options.apply:
         raise UsageError("--resume needs --apply")
     if not options.apply:
-        # No run record: the temporary copies live only inside the search of their source
-        # (a plan killed there leaves vg_tmp_… volumes and volguard-tmp-… Machines).
-        ctx.choose_target()
-        missing = _what_is_missing(ctx)
-        outcome.document = _search(ctx, missing, Ledger.in_memory())
-        outcome.exit_code = outcome.document.exit_code()
+        # No run record: a plan killed while a temporary copy is up leaves its vg_tmp_…
+        # volume and volguard-tmp-… Machine (docs/recover.md says so).
+        try:
+            ctx.choose_target()
+            missing = _what_is_missing(ctx)
+            outcome.document = _search(ctx, missing, Ledger.in_memory())
+            outcome.exit_code = outcome.document.exit_code()
+        finally:
+            _remove_temporaries(ctx)
         return outcome
 
     with RunLock(ctx.app, ctx.runs_dir):
@@ -442,18 +456,36 @@ def _clean_up_earlier(ctx: RecoverContext, previous: RunRecord) -> None:
 
 
 def _clean_up_run(ctx: RecoverContext, record: RunRecord) -> None:
-    """The run's end, however it ends: whatever temporary volume or Machine this run
-    recorded and did not destroy yet is destroyed now (normally nothing is left: each lives
-    only within the search or the send session of its source)."""
+    """The run's end, however it ends: its temporary Machines and copies are destroyed
+    (each lives from the search that made it to here), then whatever else the record lists
+    and is not destroyed yet (a removal that failed just now is tried once more)."""
+    _remove_temporaries(ctx, report=False)  # what it could not remove, cleanup tries again
     if not any(s.detail.get("temporary") for s in record.steps):
         return
     try:
         with ctx.client_factory(ctx.token) as client:
             cleanup(record, client, out=ctx.out)
     except VolguardError as e:
-        if ctx.outcome.error is None:
-            ctx.outcome.error = e
-            ctx.outcome.exit_code = e.exit_code
+        _failed(ctx, e)
+
+
+def _remove_temporaries(ctx: RecoverContext, report: bool = True) -> bool:
+    """Destroy the run's kept temporary Machines and copies; answer whether all went. With
+    ``report``, what could not be removed is the outcome's error (unless it has one)."""
+    try:
+        ctx.temporaries.close()
+    except VolguardError as e:
+        if report:
+            _failed(ctx, e)
+    else:
+        return True
+    return False
+
+
+def _failed(ctx: RecoverContext, error: VolguardError) -> None:
+    if ctx.outcome.error is None:
+        ctx.outcome.error = error
+        ctx.outcome.exit_code = error.exit_code
 
 
 def _carry_over(ctx: RecoverContext, record: RunRecord) -> None:
@@ -928,12 +960,12 @@ class MachineSource:
 @dataclass
 class TemporarySource:
     """An unattached volume (kind ``volume``) or one snapshot of a media volume (kind
-    ``snapshot``), never touched itself: each use forks the volume (or restores the
-    snapshot into a new volume), starts a temporary Machine in its region with the app's
-    image (the target's) and the copy mounted where the app mounts its volume, reads it
-    like any Machine in one session, and destroys both when that session ends. A search
-    and the later send session each have their own copy; a volume forked twice is read
-    the same, and the target checks every sha256 against the plan anyway."""
+    ``snapshot``), never touched itself: its first use forks the volume (or restores the
+    snapshot into a new volume) and starts a temporary Machine in its region with the app's
+    image (the target's) and the copy mounted where the app mounts its volume; each use
+    (the search, the send session) reads that Machine like any other, in one session. The
+    Machine and its copy are kept in `kept`, the run's `TemporaryMachines`, and destroyed
+    when the run ends: the copy step reads the very copy the search read, and makes none."""
 
     transport: Transport
     settings: Settings
@@ -947,6 +979,7 @@ class TemporarySource:
     mount_path: str
     media_root: str | None
     ledger: Ledger
+    kept: TemporaryMachines
     make_timeout: float = 300.0
     poll: float = 0.5
     out: Out | None = None
@@ -965,7 +998,7 @@ class TemporarySource:
         return f"unattached volume {self.volume.id} ({self.volume.region})"
 
     @contextlib.contextmanager
-    def _machine(self) -> Iterator[MachineSource]:
+    def _made(self) -> Iterator[TemporaryMachine]:
         with (
             self.client_factory(self.token) as client,
             temporary_machine(
@@ -975,20 +1008,23 @@ class TemporarySource:
                 timeout=self.make_timeout, poll=self.poll, out=self.out,
             ) as tmp,
         ):  # fmt: skip
-            yield MachineSource(
-                self.transport, tmp.machine, self.settings, self.timeout, self.token,
-                kind=self.kind, source_id=self.id,
-                what=f"{self.describe()} (on temporary Machine {tmp.machine.id})",
-                media_root=self.media_root,
-            )  # fmt: skip
+            yield tmp
+
+    def _machine(self) -> MachineSource:
+        tmp = self.kept.get(self.id, self._made)
+        return MachineSource(
+            self.transport, tmp.machine, self.settings, self.timeout, self.token,
+            kind=self.kind, source_id=self.id,
+            what=f"{self.describe()} (on temporary Machine {tmp.machine.id})",
+            media_root=self.media_root,
+        )  # fmt: skip
 
     def search(self, names: Sequence[str]) -> dict[str, Copy]:
-        with self._machine() as machine:
-            return machine.search(names)
+        return self._machine().search(names)
 
     @contextlib.contextmanager
     def open_reader(self, names: Names, timeout: float) -> Iterator[FrameReader]:
-        with self._machine() as machine, machine.open_reader(names, timeout) as reader:
+        with self._machine().open_reader(names, timeout) as reader:
             yield reader
 
 
@@ -1212,9 +1248,8 @@ def _copy(
                     try:
                         _relay(sources[source_id], left, receiver, timeout, sent)
                     except TemporaryResourceError as e:
-                        # its copy or Machine could not be made (nothing was sent from it),
-                        # or not removed after the send (the run's end retries that): the
-                        # files of the other sources still go
+                        # its copy or Machine could not be made (a resumed run makes its
+                        # own; nothing was sent from it): the other sources' files still go
                         ctx.out(f"{source_id}: {ctx.token.redact(str(e))}")
                         for t in wanted:
                             if t.name not in sent:

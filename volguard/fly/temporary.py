@@ -16,6 +16,10 @@ The interface (stable; `volguard.recover` builds on it)::
     temporary_machine(…, snapshot_id="vs_…")        # the copy is of that snapshot of `volume`
     cleanup(previous_record, client)               # --resume: what a killed run left
 
+    kept = TemporaryMachines()                     # one per source, for a whole run
+    tmp = kept.get(key, lambda: temporary_machine(…))   # made on the first use only
+    kept.close()                                   # the run's end: every one destroyed
+
 What it records. Each resource is written into the run record *before* it is asked for
 (an entry ``{"kind": "volume"|"machine", "name", "app", "status": "creating", "id": null}``
 under ``detail["temporary"]`` of the given step; the name is unique to it) and gets its
@@ -214,6 +218,38 @@ def temporary_machine(
             )
         else:
             say(f"{machine.id}, {copy.id}: destroyed")
+
+
+class TemporaryMachines:
+    """A run's temporary Machines, one per source (a volume, or a snapshot of one): each is
+    made on its first use (the search) and kept for the later ones (the copy then reads the
+    very copy it searched: no second fork, restore or start), and all are destroyed by
+    `close`, the run's end, however it ends. A `get` that fails keeps nothing (its
+    `temporary_machine` has removed what it made); the next `get` of that key tries again.
+    Thread-safe: `get` makes one Machine at a time."""
+
+    def __init__(self) -> None:
+        self._stack = contextlib.ExitStack()
+        self._made: dict[str, TemporaryMachine] = {}
+        self._lock = threading.Lock()
+
+    def get(
+        self, key: str, make: Callable[[], contextlib.AbstractContextManager[TemporaryMachine]]
+    ) -> TemporaryMachine:
+        """The Machine kept under `key`, made by entering `make()` if there is none yet."""
+        with self._lock:
+            if key not in self._made:
+                self._made[key] = self._stack.enter_context(make())
+            return self._made[key]
+
+    def close(self) -> None:
+        """Destroy every kept Machine and its copy, the newest first. Raises
+        TemporaryResourceError naming what could not be removed (the run record still lists
+        it: `cleanup` retries it)."""
+        with self._lock:
+            self._made.clear()
+            stack, self._stack = self._stack, contextlib.ExitStack()
+        stack.close()
 
 
 def destroy_recorded(
