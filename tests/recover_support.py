@@ -255,3 +255,44 @@ def deployment(
             yield site
     finally:
         shutil.rmtree(database_dir, ignore_errors=True)
+
+
+#: The real command, each file's relay followed by 0.15 s, so that a session dies mid-copy.
+SLOW_DRIVER = """\
+import sys, time
+import volguard.recover as recover
+send = recover.Receiver.send
+
+def slow(self, header, chunks):
+    send(self, header, chunks)
+    time.sleep(0.15)
+
+recover.Receiver.send = slow
+from volguard.cli import main
+sys.argv = ["volguard", *sys.argv[1:]]
+main()
+"""
+
+#: The real command, recording the name and the bytes of every frame relayed to the target.
+COUNTING_DRIVER = """\
+import json, sys
+import volguard.recover as recover
+send, sent = recover.Receiver.send, []
+
+def counted(self, header, chunks):
+    def counting():
+        for chunk in chunks:
+            sent[-1][1] += len(chunk)
+            yield chunk
+    sent.append([header["name"], 0])
+    send(self, header, counting())
+
+recover.Receiver.send = counted
+from volguard.cli import main
+out, sys.argv = sys.argv[1], ["volguard", *sys.argv[2:]]
+try:
+    main()
+finally:
+    with open(out, "w") as fh:
+        json.dump(sent, fh)
+"""

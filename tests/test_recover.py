@@ -28,7 +28,9 @@ from typing import Any
 import pytest
 from recover_support import (
     APP,
+    COUNTING_DRIVER,
     NAMES,
+    SLOW_DRIVER,
     VOLGUARD,
     WHY,
     WORKER,
@@ -310,46 +312,6 @@ def test_apply_copies_verified_files_without_replacing_one_uploaded_meanwhile(
     # one session to search and one to send, per source Machine, whatever the file count
     assert sessions[WORKER] <= 3, sessions
     assert sessions[WORKER_B] <= 3, sessions
-
-
-SLOW_DRIVER = """\
-import sys, time
-import volguard.recover as recover
-send = recover.Receiver.send
-
-def slow(self, header, chunks):
-    send(self, header, chunks)
-    time.sleep(0.15)
-
-recover.Receiver.send = slow
-from volguard.cli import main
-sys.argv = ["volguard", *sys.argv[1:]]
-main()
-"""
-
-
-COUNTING_DRIVER = """\
-import json, sys
-import volguard.recover as recover
-send, sent = recover.Receiver.send, []
-
-def counted(self, header, chunks):
-    def counting():
-        for chunk in chunks:
-            sent[-1][1] += len(chunk)
-            yield chunk
-    sent.append([header["name"], 0])
-    send(self, header, counting())
-
-recover.Receiver.send = counted
-from volguard.cli import main
-out, sys.argv = sys.argv[1], ["volguard", *sys.argv[2:]]
-try:
-    main()
-finally:  # what the relay handed to the target: [name, bytes] per frame
-    with open(out, "w") as fh:
-        json.dump(sent, fh)
-"""
 
 
 @needs_fleet

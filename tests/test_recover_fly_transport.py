@@ -27,7 +27,15 @@ import time
 from pathlib import Path
 from typing import Any
 
-from recover_support import APP, WORKER, Deployment, deployment, needs_fleet
+from recover_support import (
+    APP,
+    COUNTING_DRIVER,
+    SLOW_DRIVER,
+    WORKER,
+    Deployment,
+    deployment,
+    needs_fleet,
+)
 
 #: The rows' file names, as Django stores them: spaces, accents, other scripts, and one
 #: video of a few MB in the middle (files are sent in the plan's order).
@@ -53,45 +61,6 @@ for name, data in json.load(sys.stdin).items():
         fh.write(base64.b64decode(data))
 """
 
-#: The real command, each file's relay followed by 0.15 s, so that a session dies mid-copy.
-SLOW_DRIVER = """\
-import sys, time
-import volguard.recover as recover
-send = recover.Receiver.send
-
-def slow(self, header, chunks):
-    send(self, header, chunks)
-    time.sleep(0.15)
-
-recover.Receiver.send = slow
-from volguard.cli import main
-sys.argv = ["volguard", *sys.argv[1:]]
-main()
-"""
-
-#: The real command, recording the name and the bytes of every frame relayed to the target.
-COUNTING_DRIVER = """\
-import json, sys
-import volguard.recover as recover
-send, sent = recover.Receiver.send, []
-
-def counted(self, header, chunks):
-    def counting():
-        for chunk in chunks:
-            sent[-1][1] += len(chunk)
-            yield chunk
-    sent.append([header["name"], 0])
-    send(self, header, counting())
-
-recover.Receiver.send = counted
-from volguard.cli import main
-out, sys.argv = sys.argv[1], ["volguard", *sys.argv[2:]]
-try:
-    main()
-finally:
-    with open(out, "w") as fh:
-        json.dump(sent, fh)
-"""
 
 FLY = ("--apply", "--yes", "--transport", "fly", "--format", "json", "--sources", "machines")
 

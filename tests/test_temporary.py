@@ -120,18 +120,20 @@ def test_the_copy_is_destroyed_when_the_search_fails():
     assert [e["status"] for e in ledger.entries] == ["destroyed", "destroyed"]
 
 
+def maker(client: MachinesClient, ledger: Ledger) -> Any:
+    """A `make` for TemporaryMachines.get: a fork of the web volume on a temporary Machine."""
+    volume = source_volume(client)
+    return volume.id, lambda: temporary_machine(client, APP, volume, ledger=ledger, poll=0.05)
+
+
 def test_a_kept_machine_is_made_once_for_every_use_and_destroyed_when_the_run_closes():
     ledger = Ledger.in_memory()
     kept = TemporaryMachines()
     with SimServer(SCENARIO) as sim, client_for(sim) as client:
         before = live(sim)
-        volume = source_volume(client)
-
-        def make() -> Any:
-            return temporary_machine(client, APP, volume, ledger=ledger, poll=0.05)
-
-        first = kept.get(volume.id, make)  # the search
-        again = kept.get(volume.id, make)  # the copy: the same Machine, the same fork
+        key, make = maker(client, ledger)
+        first = kept.get(key, make)  # the search
+        again = kept.get(key, make)  # the copy: the same Machine, the same fork
         during = live(sim)
         kept.close()
         after = live(sim)
@@ -150,15 +152,11 @@ def test_a_failed_make_keeps_nothing_and_the_next_use_tries_again():
     kept = TemporaryMachines()
     with SimServer(SCENARIO) as sim, client_for(sim) as client:
         before = live(sim)
-        volume = source_volume(client)
-
-        def make() -> Any:
-            return temporary_machine(client, APP, volume, ledger=ledger, poll=0.05)
-
+        key, make = maker(client, ledger)
         sim.inject(refuse_volume_next=1)
         with pytest.raises(TemporaryResourceError, match="forking volume"):
-            kept.get(volume.id, make)
-        made = kept.get(volume.id, make)
+            kept.get(key, make)
+        made = kept.get(key, make)
         kept.close()
         after = live(sim)
     assert made.volume.state == "created"
