@@ -697,7 +697,8 @@ class Bench:
         self.proxies.reset()
         result = run_measured(argv, self.workdir, self.env(), kill_when)
         result.update(self.proxies.counts())
-        result["copy_s"] = self._copy_seconds()
+        result["steps_s"] = self._step_seconds()
+        result["copy_s"] = result["steps_s"].get("copy")
         result.update(self._temporaries(result))
         return result
 
@@ -726,13 +727,14 @@ class Bench:
             }
         return out
 
-    def _copy_seconds(self) -> float | None:
+    def _step_seconds(self) -> dict[str, float]:
+        """Each step's seconds in the latest run record (those that ran in that run)."""
         runs = sorted((self.workdir / ".volguard" / "runs").glob("recover-*.json"))
         if not runs:
-            return None
+            return {}
         record = json.loads(runs[-1].read_text())
-        step = next((s for s in record["steps"] if s["name"] == "copy"), None)
-        return step.get("seconds") if step else None
+        return {s["name"]: s["seconds"] for s in record["steps"]
+                if s.get("seconds") is not None and not s.get("carried_over")}  # fmt: skip
 
     def copy_detail(self) -> dict[str, Any]:
         """The latest run record's copy step detail (what it had verified, saved as it went)."""
@@ -946,6 +948,8 @@ def print_table(r: dict[str, Any], args: argparse.Namespace, goals: list[dict[st
               f"{c.get(WORKER, 0):8} {volume:8} {c.get(APP, 0):8} {row['maxrss_mb']:9.0f} "
               f"{row['tree_rss_mb']:8.0f} {ok}")  # fmt: skip
     print()
+    steps = ", ".join(f"{name} {s:.2f}" for name, s in (v.get("steps_s") or {}).items())
+    print(f"volguard's steps (s, from its run record): {steps}")
     for kind, entry in sorted(v.get("per_source", {}).items()):
         print(
             f"source {kind} {', '.join(entry['ids'])}: {entry['files']} files, "
