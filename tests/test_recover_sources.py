@@ -9,7 +9,8 @@ unattached — the files the rows name are put on the old one, or only in a snap
 before they were deleted. What must hold: the copies are found and copied back, the original
 volume is byte-for-byte unchanged and never attached, a failed fork or Machine start is one
 clear finding with nothing left behind, a run SIGKILLed while a temporary Machine exists
-leaves nothing once resumed, and the token is never printed.
+leaves nothing once resumed (and so does a chain of runs killed at random moments), and the
+token is never printed.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ import datetime as dt
 import hashlib
 import json
 import os
+import random
 import signal
 import subprocess
 import sys
@@ -27,6 +29,7 @@ from typing import Any
 
 import pytest
 from recover_support import APP, Deployment, deployment, needs_fleet
+from recover_support import SLOW_DRIVER as SLOW_RELAY
 
 from volguard.fly.client import MachinesClient, Token
 from volguard.fly.models import Snapshot, Volume
@@ -308,3 +311,72 @@ def test_a_run_killed_with_a_temporary_machine_up_leaves_nothing_once_resumed(
         assert site.sim.token not in text
     for path in runs:
         assert site.sim.token not in path.read_text()
+
+
+@needs_fleet
+def test_a_run_killed_at_random_points_and_resumed_restores_each_file_once_and_leaves_nothing(
+    tmp_path: Path,
+) -> None:
+    """A chain of runs, each SIGKILLed at a random moment (the search, the snapshot, the
+    copy, with the temporary Machine up or not) and the next one resumed, then a last
+    resume to the end: every file restored once, nothing temporary left, the source the
+    same."""
+    rng = random.Random(20261202)  # noqa: S311 - kill points, not a secret
+    stranded = {f"media/user_data/k/{i:02d}.bin": os.urandom(40_000) for i in range(20)}
+    names = {f"k{i:02d}": name.removeprefix("media/") for i, name in enumerate(stranded)}
+    runs_dir = tmp_path / ".volguard" / "runs"
+    killed_at: list[float] = []
+    outputs: list[str] = []
+    with deployment(tmp_path, names, "detached-volume") as site:
+        site.fleet.seed_volume(OLD_VOLUME, stranded)
+        original = tree(site.fleet.volume_dir(OLD_VOLUME))
+        before = live(site)
+        finished = None
+        for _ in range(4):
+            resume = ["--resume"] if any(runs_dir.glob("recover-*.json")) else []
+            args = site.cli("--apply", "--yes", "--transport", "ssh", "--sources", "volumes",
+                            "--format", "json", *resume)[1:]  # fmt: skip
+            proc = subprocess.Popen(
+                [sys.executable, "-c", SLOW_RELAY, *args],  # one file per 0.15 s
+                cwd=site.workdir, env=site.cli_env(), stdin=subprocess.DEVNULL,
+                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+            )  # fmt: skip
+            delay = rng.uniform(0.5, 6.0)
+            try:
+                out, err = proc.communicate(timeout=delay)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                out, err = proc.communicate()
+                killed_at.append(round(delay, 2))
+                time.sleep(1)  # its orphaned ssh sessions see their pipes close and end
+            else:
+                finished = (proc.returncode, out)
+            outputs.append(out + err)
+            if finished:
+                break
+        if finished is None:
+            last = site.run_cli("--apply", "--yes", "--transport", "ssh", "--sources",
+                                "volumes", "--format", "json", "--resume")  # fmt: skip
+            outputs.append(last.stdout + last.stderr)
+            finished = (last.returncode, last.stdout)
+        after = live(site)
+        target = site.files(APP)
+        log = site.log_lines()
+        temps = site.sh(APP, "find /data/media -name '.volguard-recover-*'")
+        unchanged = tree(site.fleet.volume_dir(OLD_VOLUME))
+        never_attached = not attached_ever(site, OLD_VOLUME)
+        records = [path.read_text() for path in runs_dir.glob("recover-*.json")]
+    assert killed_at, "no run was killed: the kill points are too late for this machine"
+    code, out = finished
+    assert code == 0, f"killed at {killed_at}:\n" + "\n".join(outputs)
+    for stored, data in stranded.items():
+        assert target[stored.removeprefix("media/")][0] == hashlib.sha256(data).hexdigest()
+    restored = sorted(e["target"] for e in log if e["action"] == "restore_file")
+    assert restored == sorted(names.values()), f"killed at {killed_at}"  # each exactly once
+    assert temps == ""
+    assert after == before, f"killed at {killed_at}"  # zero temporary resources left
+    assert unchanged == original
+    assert never_attached
+    assert {row["name"] for row in json.loads(out)["applied"]} <= set(names.values())
+    for text in [*outputs, *records]:
+        assert site.sim.token not in text
