@@ -469,17 +469,14 @@ def _clean_up_run(ctx: RecoverContext, record: RunRecord) -> None:
         _failed(ctx, e)
 
 
-def _remove_temporaries(ctx: RecoverContext, report: bool = True) -> bool:
-    """Destroy the run's kept temporary Machines and copies; answer whether all went. With
-    ``report``, what could not be removed is the outcome's error (unless it has one)."""
+def _remove_temporaries(ctx: RecoverContext, report: bool = True) -> None:
+    """Destroy the run's kept temporary Machines and copies. With ``report``, what could
+    not be removed is the outcome's error (unless it has one already)."""
     try:
         ctx.temporaries.close()
     except VolguardError as e:
         if report:
             _failed(ctx, e)
-    else:
-        return True
-    return False
 
 
 def _failed(ctx: RecoverContext, error: VolguardError) -> None:
