@@ -81,6 +81,7 @@ from volguard.remediate import (
     media_destination,
     read_audit,
     run_manage,
+    snapshot_first,
 )
 from volguard.runs import (
     RUNS_DIR,
@@ -494,31 +495,13 @@ def plan_step(ctx: MigrateContext, step: Step) -> None:
 
 def snapshot_step(ctx: MigrateContext, step: Step) -> None:
     """A snapshot of every media volume, created, before any byte moves."""
-    from volguard.fly.volumes import snapshot_media_volumes
-
     outcome = ctx.outcome
     if outcome.plan is not None and not outcome.plan.files.get("to_copy"):
         # Everything is in the object store already (a second run): no byte will move, and
         # a snapshot per run would only use up the volumes' snapshot retention.
         step.ok("nothing to copy: no new snapshot")
         return
-    outcome.snapshots = snapshot_media_volumes(
-        ctx.config,
-        ctx.settings,
-        ctx.app,
-        ctx.token,
-        apply=True,
-        audit=ctx.audit or AuditLog(command=KIND),
-        out=ctx.out,
-        timeout=ctx.options.snapshot_timeout,
-        poll=ctx.options.snapshot_poll,
-        client_factory=ctx.client_factory,
-    )
-    step.detail = {"snapshots": dict(outcome.snapshots)}
-    if not outcome.snapshots:
-        step.failed("no media volume to snapshot: refusing to migrate without a backup")
-        raise StepFailed(step.summary)
-    step.changed(", ".join(f"{v}: {s}" for v, s in outcome.snapshots.items()))
+    outcome.snapshots = snapshot_first(ctx, step, KIND, "migrate")
 
 
 def copy_step(ctx: MigrateContext, step: Step) -> None:

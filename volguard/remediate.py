@@ -309,26 +309,35 @@ def confirm_step(ctx: RemediateContext, step: Step) -> None:
 
 def snapshot_step(ctx: RemediateContext, step: Step) -> None:
     """An on-demand snapshot of every media volume: no row changes without a backup."""
+    ctx.outcome.snapshots = snapshot_first(ctx, step, "remediate", "change rows")
+
+
+def snapshot_first(ctx: Any, step: Step, command: str, doing: str) -> dict[str, str]:
+    """The snapshot step of a runbook that writes (remediate, migrate-media): a snapshot of
+    every media volume, each waited on until `created`, logged to the local change log as
+    `command`; none to take fails the step ("refusing to `doing` without a backup").
+    ``ctx`` has the config, settings, app, token, audit, out, client_factory and the
+    options' snapshot_timeout and snapshot_poll. Answers {volume id: snapshot id}."""
     from volguard.fly.volumes import snapshot_media_volumes
 
-    outcome = ctx.outcome
-    outcome.snapshots = snapshot_media_volumes(
+    snapshots = snapshot_media_volumes(
         ctx.config,
         ctx.settings,
         ctx.app,
         ctx.token,
         apply=True,
-        audit=ctx.audit or AuditLog(command="remediate"),
+        audit=ctx.audit or AuditLog(command=command),
         out=ctx.out,
         timeout=ctx.options.snapshot_timeout,
         poll=ctx.options.snapshot_poll,
         client_factory=ctx.client_factory,
     )
-    step.detail = {"snapshots": dict(outcome.snapshots)}
-    if not outcome.snapshots:
-        step.failed("no media volume to snapshot: refusing to change rows without a backup")
+    step.detail = {"snapshots": dict(snapshots)}
+    if not snapshots:
+        step.failed(f"no media volume to snapshot: refusing to {doing} without a backup")
         raise StepFailed(step.summary)
-    step.changed(", ".join(f"{v}: {s}" for v, s in outcome.snapshots.items()))
+    step.changed(", ".join(f"{v}: {s}" for v, s in snapshots.items()))
+    return snapshots
 
 
 def remediate_step(ctx: RemediateContext, step: Step) -> None:
