@@ -172,16 +172,12 @@ def fixed_fly_toml(text: str) -> str:
     return header + body.split("\n\n", 1)[-1] if body.startswith("#") else header + body
 
 
-def run_demo(out: Out = print, workdir: Path | None = None) -> int:
-    """Run the demo; 0 when it ends with a clean verify, else 1."""
-    why = prerequisites()
-    if why:
-        raise DemoError(f"the demo cannot run here: {why}")
-    from volguard.sim.api import SimServer, load_scenario
+def demo_workdir(prefix: str, workdir: Path | None) -> tuple[Path, str, dict[str, str]]:
+    """The demo's directory (`workdir`, else a new one named `prefix`…), which the
+    Machines' app user can enter, and the example app's Python and its environment."""
     from volguard.sim.example_app import ExampleAppError, app_python, world_can
-    from volguard.sim.local_fleet import LocalFleet
 
-    root = Path(tempfile.mkdtemp(prefix="volguard-demo-")) if workdir is None else workdir
+    root = Path(tempfile.mkdtemp(prefix=prefix)) if workdir is None else workdir
     if not world_can(root.parent, execute=True):
         raise DemoError(
             f"--workdir {root}: the Machines' app user cannot enter it; pick one under /tmp"
@@ -192,6 +188,18 @@ def run_demo(out: Out = print, workdir: Path | None = None) -> int:
         python, python_env = app_python()
     except ExampleAppError as e:
         raise DemoError(f"the demo cannot run here: {e}") from None
+    return root, python, python_env
+
+
+def run_demo(out: Out = print, workdir: Path | None = None) -> int:
+    """Run the demo; 0 when it ends with a clean verify, else 1."""
+    why = prerequisites()
+    if why:
+        raise DemoError(f"the demo cannot run here: {why}")
+    from volguard.sim.api import SimServer, load_scenario
+    from volguard.sim.local_fleet import LocalFleet
+
+    root, python, python_env = demo_workdir("volguard-demo-", workdir)
     # The app's secrets, as `fly secrets set` would give them to every Machine.
     secrets = {"DATABASE_URL": f"sqlite:///{root / 'db' / 'demo.sqlite3'}", **python_env}
     scenario = load_scenario(scenario_file(root, secrets))

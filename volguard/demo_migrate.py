@@ -31,13 +31,12 @@ import os
 import shlex
 import subprocess
 import sys
-import tempfile
 import textwrap
 from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from volguard.demo import EXAMPLE, Demo, Out, prerequisites, scenario_file
+from volguard.demo import EXAMPLE, Demo, Out, demo_workdir, prerequisites, scenario_file
 from volguard.errors import DemoError
 
 if TYPE_CHECKING:
@@ -145,20 +144,9 @@ def run_demo_migrate(out: Out = print, workdir: Path | None = None) -> int:
     import boto3
 
     from volguard.sim.api import SimServer, load_scenario
-    from volguard.sim.example_app import ExampleAppError, app_python, world_can
     from volguard.sim.local_fleet import LocalFleet
 
-    root = Path(tempfile.mkdtemp(prefix="volguard-demo-migrate-")) if workdir is None else workdir
-    if not world_can(root.parent, execute=True):
-        raise DemoError(
-            f"--workdir {root}: the Machines' app user cannot enter it; pick one under /tmp"
-        )
-    root.mkdir(parents=True, exist_ok=True)
-    root.chmod(0o755)  # the app user reaches its database in here
-    try:
-        python, python_env = app_python()
-    except ExampleAppError as e:
-        raise DemoError(f"the demo cannot run here: {e}") from None
+    root, python, python_env = demo_workdir("volguard-demo-migrate-", workdir)
     out(f"volguard demo-migrate: the incident's uploads moved to object storage ({root})")
     with s3_server(root / "s3.log") as endpoint:
         # Credentials: moto accepts any; these are the demo's, never a real one.
