@@ -213,6 +213,19 @@ class Deployment:
             check=False,
         )
 
+    def start(self, driver: str, *args: str, text: bool = True) -> subprocess.Popen[Any]:
+        """`driver` (python -c: volguard's CLI with a part of it patched) started with
+        `args` in the deployment's directory and environment, its output piped."""
+        return subprocess.Popen(
+            [sys.executable, "-c", driver, *args],
+            cwd=self.workdir,
+            env=self.cli_env(),
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=text,
+        )
+
     def log_lines(self) -> list[dict[str, Any]]:
         done = self.fleet.exec(APP, ["cat", "/data/.volguard/audit.jsonl"])
         return [json.loads(line) for line in done.stdout.splitlines() if line.strip()]

@@ -327,14 +327,7 @@ def test_a_run_killed_during_the_copy_resumes_and_restores_each_file_once(
         # the real command, slowed to one file per 0.15 s so that the kill lands mid-copy
         args = site.cli("--apply", "--yes", "--transport", "ssh", "--format", "json",
                         "--sources", "machines")[1:]  # fmt: skip
-        proc = subprocess.Popen(
-            [sys.executable, "-c", SLOW_DRIVER, *args],
-            cwd=site.workdir,
-            env=site.cli_env(),
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-        )
+        proc = site.start(SLOW_DRIVER, *args, text=False)
         deadline = time.monotonic() + 300
         while time.monotonic() < deadline and proc.poll() is None:
             copied = site.fleet.exec(APP, ["ls", "/data/media/user_data/big"]).stdout.split()

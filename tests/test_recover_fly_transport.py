@@ -110,18 +110,6 @@ def flyctl_sessions(site: Deployment, mode: str) -> list[int]:
     return found
 
 
-def _popen(site: Deployment, driver: str, *args: str) -> subprocess.Popen[str]:
-    return subprocess.Popen(
-        [sys.executable, "-c", driver, *args],
-        cwd=site.workdir,
-        env=site.cli_env(),
-        stdin=subprocess.DEVNULL,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-
-
 @needs_fleet
 def test_recover_streams_every_file_byte_identical_over_the_fly_transport(
     tmp_path: Path,
@@ -158,7 +146,7 @@ def test_a_flyctl_session_killed_mid_stream_fails_in_one_line_and_resume_sends_n
     files = contents()
     with deployment(tmp_path, NAMES) as site:
         put_on_worker(site, files)
-        proc = _popen(site, SLOW_DRIVER, *site.cli(*FLY)[1:])
+        proc = site.start(SLOW_DRIVER, *site.cli(*FLY)[1:])
         killed: list[int] = []
         deadline = time.monotonic() + 300
         while time.monotonic() < deadline and proc.poll() is None:

@@ -22,7 +22,6 @@ import os
 import random
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -268,15 +267,7 @@ def test_a_run_killed_with_a_temporary_machine_up_leaves_nothing_once_resumed(
         original = tree(site.fleet.volume_dir(OLD_VOLUME))
         before = live(site)
         args = site.cli("--apply", "--yes", "--transport", "ssh", "--sources", "volumes")[1:]
-        proc = subprocess.Popen(
-            [sys.executable, "-c", SLOW_DRIVER, *args],
-            cwd=site.workdir,
-            env=site.cli_env(),
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-        )
+        proc = site.start(SLOW_DRIVER, *args)
         assert proc.stderr is not None
         seen = []
         deadline = time.monotonic() + 240
@@ -336,11 +327,7 @@ def test_a_run_killed_at_random_points_and_resumed_restores_each_file_once_and_l
             resume = ["--resume"] if any(runs_dir.glob("recover-*.json")) else []
             args = site.cli("--apply", "--yes", "--transport", "ssh", "--sources", "volumes",
                             "--format", "json", *resume)[1:]  # fmt: skip
-            proc = subprocess.Popen(
-                [sys.executable, "-c", SLOW_RELAY, *args],  # one file per 0.15 s
-                cwd=site.workdir, env=site.cli_env(), stdin=subprocess.DEVNULL,
-                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-            )  # fmt: skip
+            proc = site.start(SLOW_RELAY, *args)  # one file per 0.15 s
             delay = rng.uniform(0.5, 6.0)
             try:
                 out, err = proc.communicate(timeout=delay)
