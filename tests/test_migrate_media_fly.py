@@ -43,6 +43,7 @@ from volguard.media_move import (
     merge,
     migrate_media,
     render_text,
+    set_env,
 )
 from volguard.sim.api import SimServer
 from volguard.sim.local_fleet import LocalFleet
@@ -71,6 +72,21 @@ def test_a_row_is_missing_only_when_no_volume_holds_its_file() -> None:
     assert [(m["pk"], m["machines"]) for m in merged.missing] == [(3, ["a", "b"])]
     assert merged.files["to_copy"] == 2
     assert merged.files["missing_from_source"] == 1
+
+
+def test_a_value_already_in_env_as_flyctl_sends_it_is_not_written_again(tmp_path: Path) -> None:
+    """flyctl sends a non-string [env] value as Go's %v: 1e6 is "1e+06", true is "true"."""
+    fly_toml = tmp_path / "fly.toml"
+    fly_toml.write_text('app = "a"\n\n[env]\n  BIG = 1e6\n  ON = true\n  RATIO = 0.5\n')
+    before = fly_toml.read_text()
+    previous, written = set_env(str(fly_toml), {"BIG": "1e+06", "ON": "true", "RATIO": "0.5"})
+    changed, written_again = set_env(str(fly_toml), {"BIG": "1000000"})
+    assert previous == {"BIG": "1e+06", "ON": "true", "RATIO": "0.5"}
+    assert not written
+    assert changed == {"BIG": "1e+06"}
+    assert written_again
+    assert before != fly_toml.read_text()
+    assert 'BIG = "1000000"' in fly_toml.read_text()
 
 
 def test_a_name_that_differs_between_volumes_lists_every_copy_and_chooses_none() -> None:

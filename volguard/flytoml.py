@@ -246,14 +246,14 @@ def _is_int(value: Any) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
 
 
-def _go_string(value: Any) -> str:
+def go_string(value: Any) -> str:
     """How flyctl stringifies a non-string value (patchEnv, castToString: Go's %v)."""
     if isinstance(value, bool):
         return "true" if value else "false"
     if isinstance(value, float):
         return _go_float(value)
     if isinstance(value, list):
-        return "[" + " ".join(_go_string(v) for v in value) + "]"
+        return "[" + " ".join(go_string(v) for v in value) + "]"
     return str(value)
 
 
@@ -366,7 +366,7 @@ class _Builder:
         if value is None or isinstance(value, str):
             return value
         if cast and isinstance(value, int | float) and not isinstance(value, bool):
-            return _go_string(value)
+            return go_string(value)
         expected = 'a size such as "10gb"' + (" or a number of GB" if cast else "")
         self._wrong(key, value, expected)
         return None
@@ -423,7 +423,7 @@ class _Builder:
             env = {k: v for table in raw for k, v in table.items()}  # [[env]]: later keys win
         else:
             env = self._table(data, ("env",)) or {}
-        return {k: v if isinstance(v, str) else _go_string(v) for k, v in env.items()}
+        return {k: v if isinstance(v, str) else go_string(v) for k, v in env.items()}
 
     def _computes(self, data: dict[str, Any]) -> list[Compute]:
         """flyctl's patchCompute: `compute`, `computes`, `vm`, each a table or an array of
@@ -443,7 +443,7 @@ class _Builder:
                 computes.append(
                     Compute(
                         size=entry["size"] if isinstance(entry.get("size"), str) else "",
-                        memory=_go_string(memory) if memory is not None else "",
+                        memory=go_string(memory) if memory is not None else "",
                         guest={
                             k: v
                             for k, kind in GUEST_FIELDS.items()

@@ -70,7 +70,7 @@ from volguard.errors import RemoteCommandError, StepFailed, UsageError, Volguard
 from volguard.fly.client import MachinesClient, Token
 from volguard.fly.fleet import load_fleet
 from volguard.fly.models import Machine
-from volguard.flytoml import FlyConfig
+from volguard.flytoml import FlyConfig, go_string
 from volguard.lint import static_context
 from volguard.masking import MASK, Masker, url_passwords
 from volguard.remediate import (
@@ -753,7 +753,7 @@ def set_env(path: str, wanted: dict[str, str]) -> tuple[dict[str, str | None], b
     elif not isinstance(env, dict):
         raise VolguardError(f"{path}: env is not a table")
     before = {str(k): v for k, v in env.unwrap().items()} if hasattr(env, "unwrap") else {}
-    previous = {n: None if n not in before else _flyctl_string(before[n]) for n in wanted}
+    previous = {n: None if n not in before else go_string(before[n]) for n in wanted}
     changes = {n: v for n, v in wanted.items() if previous[n] != v}
     if not changes:
         return previous, False
@@ -782,13 +782,6 @@ def set_env(path: str, wanted: dict[str, str]) -> tuple[dict[str, str | None], b
     finally:
         os.close(dir_fd)
     return previous, True
-
-
-def _flyctl_string(value: Any) -> str:
-    """An ``[env]`` value as flyctl sends it: ``fmt.Sprintf("%v")`` (docs/fly-facts.md)."""
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    return str(value)
 
 
 # -- verification after the cutover ----------------------------------------------------------
