@@ -314,6 +314,16 @@ def test_apply_copies_verified_files_without_replacing_one_uploaded_meanwhile(
     assert sessions[WORKER_B] <= 3, sessions
 
 
+def _verified_saved(site: Deployment) -> bool:
+    """The latest run record's copy step lists a verified file."""
+    runs = sorted((site.workdir / ".volguard" / "runs").glob("recover-*.json"))
+    try:
+        steps = json.loads(runs[-1].read_text())["steps"] if runs else []
+    except ValueError:  # never half-written (atomic rename), but be safe
+        return False
+    return any(s["name"] == "copy" and s.get("detail", {}).get("verified") for s in steps)
+
+
 @needs_fleet
 def test_a_run_killed_during_the_copy_resumes_and_restores_each_file_once(
     tmp_path: Path,
@@ -331,7 +341,9 @@ def test_a_run_killed_during_the_copy_resumes_and_restores_each_file_once(
         deadline = time.monotonic() + 300
         while time.monotonic() < deadline and proc.poll() is None:
             copied = site.fleet.exec(APP, ["ls", "/data/media/user_data/big"]).stdout.split()
-            if len([n for n in copied if n.endswith(".bin")]) >= 3:
+            # at least 3 files in place, and the record saved with one verified (it is
+            # saved every 0.5 s at most): the resume must carry that one over
+            if len([n for n in copied if n.endswith(".bin")]) >= 3 and _verified_saved(site):
                 break
             time.sleep(0.05)
         assert proc.poll() is None, "the run ended before it could be killed"
